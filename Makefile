@@ -1,0 +1,31 @@
+# Ghost Tracks: `make demo` runs the whole pipeline on a built-in sample,
+# `make test` runs the test suite. Both create and fill .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+DEMO   ?= demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO)
+	$(PY) make_sample.py -o $(DEMO)/sample.root --tracks 200000 --track matching --seed 1
+	$(PY) make_dataset.py -f $(DEMO)/sample.root --output $(DEMO)/dataset --track matching \
+		--plot --plots-dir $(DEMO)/plots/features
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	bash bench/run_all.sh
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

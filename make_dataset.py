@@ -1,0 +1,180 @@
+"""ROOT file(s) from Allen's kalman_validator -> balanced, split numpy datasets.
+
+    python make_dataset.py -f ../data/Data.root --output ../data/dataset --track matching
+
+writes {output}_{train,valid,test}_{data,labels}.npy and {output}_features.json.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from features import DEFAULT_TREE, HEAVY_TAILED, LABEL, TRACK_TYPES, features_for
+from utils import (SPLITS, AtomicOutputs, GhostError, check_output_dir, expand_inputs,
+                   features_json_path, fit_normalization, log, normalize, read_root,
+                   run_cli, split_paths)
+
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
+MIN_TRACKS_PER_CLASS = 10
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-f", "--filename", nargs="+", required=True,
+                   help="input ROOT file(s) or glob(s), read as one dataset")
+    p.add_argument("--output", required=True, help="prefix of the output files")
+    p.add_argument("--track", required=True, choices=TRACK_TYPES,
+                   help="track type: selects the feature branches")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="fraction of the ghosts to keep, in (0, 1] (default 1)")
+    p.add_argument("--plot", action="store_true",
+                   help="write one PNG per feature, ghosts vs real tracks")
+    p.add_argument("--plots-dir", default="plots", help="folder for --plot (default plots)")
+    p.add_argument("--normalize", action="store_true",
+                   help="min-max normalize the features into [0, 1] (for network 0)")
+    p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ROOT implicit multi-threading threads (default 0: off)")
+    args = p.parse_args(argv)
+    if not 0.0 < args.fraction <= 1.0:
+        p.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    return args
+
+
+def clean(columns, names):
+    """Stack the features, dropping tracks with any non-finite feature or label."""
+    finite = np.ones(len(columns[LABEL]), dtype=bool)
+    dropped = {}
+    for name in names + [LABEL]:
+        ok = np.isfinite(columns[name])
+        if (n_bad := int((~ok).sum())):
+            dropped[name] = n_bad
+        finite &= ok
+    labels = columns[LABEL][finite]
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1")
+    data = np.empty((int(finite.sum()), len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        data[:, j] = columns[name][finite]
+    return data, labels, dropped
+
+
+def balance_and_split(labels, fraction, rng):
+    """Row indices of each split: the ghosts (times fraction), as many real tracks
+    drawn at random, each class split 60/20/20, each split shuffled."""
+    ghosts, reals = np.flatnonzero(labels == 1.0), np.flatnonzero(labels == 0.0)
+    if len(ghosts) == 0:
+        raise GhostError("no ghost tracks left after cleaning: cannot make a dataset")
+    if len(reals) == 0:
+        raise GhostError("no real tracks left after cleaning: cannot make a dataset")
+    n = min(int(round(len(ghosts) * fraction)), len(reals))
+    if n < MIN_TRACKS_PER_CLASS:
+        raise GhostError(f"too few tracks: {n} per class after balancing "
+                         f"(need at least {MIN_TRACKS_PER_CLASS})")
+    cuts = np.cumsum([int(n * f) for f in SPLIT_FRACTIONS[:-1]])
+    parts = {s: [] for s in SPLITS}
+    for cls in (ghosts, reals):
+        chosen = rng.choice(cls, size=n, replace=False)
+        for split, idx in zip(SPLITS, np.split(chosen, cuts)):
+            parts[split].append(idx)
+    return {s: rng.permutation(np.concatenate(parts[s])) for s in SPLITS}
+
+
+def plot_features(data, labels, names, plots_dir, out):
+    """One PNG per feature, ghost and real distributions overlaid (file only)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ghost = labels == 1.0
+    for j, name in enumerate(names):
+        x = data[:, j]
+        heavy = name in HEAVY_TAILED
+        lo, hi = np.percentile(x, [0.0, 100.0 if not heavy else 99.9])
+        if heavy and lo > 0:
+            bins = np.geomspace(lo, hi, 81)
+        else:
+            bins = np.linspace(lo, hi if hi > lo else lo + 1, 81)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for sel, label, color in ((~ghost, "real", "tab:blue"), (ghost, "ghost", "tab:red")):
+            ax.hist(x[sel], bins=bins, density=True, histtype="step", lw=1.5,
+                    color=color, label=f"{label} ({int(sel.sum()):,} tracks)")
+        if heavy:
+            ax.set_yscale("log")
+            if lo > 0:
+                ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("density (normalized to unit area)")
+        ax.set_title(f"{name}: ghost vs real tracks")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.tmp(os.path.join(plots_dir, f"{name}.png")), dpi=100)
+        plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    names = features_for(args.track)
+    files = expand_inputs(args.filename)
+    check_output_dir(args.output)
+    if args.plot:
+        os.makedirs(args.plots_dir, exist_ok=True)
+
+    log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
+    columns = read_root(files, args.tree, names + [LABEL], threads=args.threads)
+    n_read = len(columns[LABEL])
+    data, labels, dropped = clean(columns, names)
+    del columns
+    n_ghost, n_real = int((labels == 1.0).sum()), int((labels == 0.0).sum())
+    log(f"read {n_read:,} tracks in {time.perf_counter() - t0:.1f} s; "
+        f"dropped {n_read - len(data):,} with a non-finite value"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
+        + f"; {n_ghost:,} ghosts, {n_real:,} real")
+
+    rng = np.random.default_rng(args.seed)
+    index = balance_and_split(labels, args.fraction, rng)
+    splits = {s: (data[i], labels[i].reshape(-1, 1)) for s, i in index.items()}
+    offsets, scales = fit_normalization(splits["train"][0], names)
+    if args.normalize:
+        splits = {s: (normalize(d, offsets, scales), y) for s, (d, y) in splits.items()}
+
+    meta = {
+        "track": args.track,
+        "features": names,
+        "label": LABEL,
+        "tree": args.tree,
+        "input_files": [os.path.abspath(f) for f in files],
+        "seed": args.seed,
+        "fraction": args.fraction,
+        "tracks_read": n_read,
+        "tracks_dropped_nonfinite": n_read - len(data),
+        "dropped_per_feature": dropped,
+        "counts": {s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
+                   for s, (_, y) in splits.items()},
+        "normalized": args.normalize,
+        # always recorded: network 1 embeds this transform, inference reuses it
+        "normalization": {"offsets": offsets.tolist(), "scales": scales.tolist()},
+    }
+    with AtomicOutputs() as out:
+        for split, (d, y) in splits.items():
+            data_path, label_path = split_paths(args.output, split)
+            out.save_npy(data_path, d)
+            out.save_npy(label_path, y)
+        out.save_json(features_json_path(args.output), meta)
+        if args.plot:
+            plot_features(data, labels, names, args.plots_dir, out)
+
+    sizes = ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
+    log(f"kept {sum(len(i) for i in index.values()) // 2:,}"
+        f" tracks per class; splits: {sizes}"
+        f"{' (normalized)' if args.normalize else ''}")
+    log(f"wrote {args.output}_*.npy and {features_json_path(args.output)}"
+        f"{f' and {len(names)} plots in {args.plots_dir}' if args.plot else ''}"
+        f" in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

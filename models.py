@@ -1,0 +1,166 @@
+"""The ghost classifiers: a one-hidden-layer MLP, with or without an embedded
+normalization layer, ready for INT8 quantization-aware training and ONNX export.
+
+  network 0:            features (already in [0, 1]) -> l0 -> act -> 1 -> sigmoid
+  network 1: raw branch values -> MinMaxNorm -> the same MLP
+
+One function, build_model(config), builds either from a plain config dict.
+"""
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+NETWORKS = {0: "MLP, inputs normalized beforehand", 1: "MLP with embedded normalization"}
+
+INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
+
+
+class MinMaxNorm(nn.Module):
+    """x -> clamp((x - offset) / scale, 0, 1), with the transform recorded at
+    dataset time; lives inside the model so raw branch values can go in."""
+
+    def __init__(self, offsets, scales):
+        super().__init__()
+        self.register_buffer("offset", torch.as_tensor(offsets, dtype=torch.float32))
+        self.register_buffer("inv_scale", 1.0 / torch.as_tensor(scales, dtype=torch.float32))
+
+    def forward(self, x):
+        return torch.clamp((x - self.offset) * self.inv_scale, 0.0, 1.0)
+
+
+class FakeQuant(nn.Module):
+    """INT8 quantize-dequantize (the QuantStub/DeQuantStub role) for
+    quantization-aware training.  Off by default; when on, it tracks the range of
+    what passes (running min/max while observing) and rounds to 256 levels.
+    Exports to ONNX as a QuantizeLinear/DequantizeLinear pair."""
+
+    def __init__(self, symmetric=False, momentum=0.05):
+        super().__init__()
+        self.symmetric, self.momentum = symmetric, momentum
+        self.enabled, self.observing, self.frozen = False, False, None
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("seen", torch.tensor(0))
+
+    def observe(self, x):
+        with torch.no_grad():
+            lo, hi = x.detach().min(), x.detach().max()
+            if self.symmetric:
+                hi = torch.maximum(hi.abs(), lo.abs())
+                lo = -hi
+            if int(self.seen) == 0:
+                self.lo.copy_(lo), self.hi.copy_(hi)
+            else:
+                self.lo.lerp_(lo, self.momentum), self.hi.lerp_(hi, self.momentum)
+            self.seen += 1
+
+    def qparams(self):
+        """Scale and zero point as tensors (export-friendly, no Python branches)."""
+        if self.symmetric:  # int8 [-128, 127], zero point 0 (weights)
+            scale = torch.clamp(self.hi, min=1e-8) / 127.0
+            return scale, torch.zeros((), dtype=torch.int32, device=scale.device), -128, 127
+        lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)  # 0 exact
+        scale = torch.clamp(hi - lo, min=1e-8) / 255.0
+        zero_point = torch.round(-lo / scale).to(torch.int32)
+        return scale, zero_point, 0, 255  # uint8 (activations)
+
+    def freeze(self):
+        """Fix the quantization parameters as constants (after training or
+        loading), so inference and ONNX export see plain numbers."""
+        scale, zero_point, qmin, qmax = self.qparams()
+        self.frozen = (float(scale), int(zero_point), qmin, qmax)
+
+    def forward(self, x):
+        if not self.enabled:
+            return x
+        if self.observing and self.training:
+            self.observe(x)
+        if self.frozen is not None and not self.observing:
+            return torch.fake_quantize_per_tensor_affine(x, *self.frozen)
+        scale, zero_point, qmin, qmax = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+
+
+class QuantLinear(nn.Linear):
+    """nn.Linear whose weight passes through a symmetric INT8 FakeQuant."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__(n_in, n_out)
+        self.weight_quant = FakeQuant(symmetric=True)
+
+    def forward(self, x):
+        weight = self.weight
+        if self.weight_quant.enabled:
+            if self.weight_quant.observing and self.training:
+                self.weight_quant.observe(weight)
+            weight = self.weight_quant(weight)
+        return nn.functional.linear(x, weight, self.bias)
+
+
+class GhostNet(nn.Module):
+    def __init__(self, n_features, l0, activation, offsets=None, scales=None):
+        super().__init__()
+        self.norm = MinMaxNorm(offsets, scales) if offsets is not None else nn.Identity()
+        self.quant = FakeQuant()           # input -> int8 domain
+        self.fc0 = QuantLinear(n_features, l0)
+        self.act = ACTIVATIONS[activation]()
+        self.act_quant = FakeQuant()
+        self.fc1 = QuantLinear(l0, 1)
+        self.dequant = FakeQuant()         # logit range, then back to float
+
+    def logits(self, x):
+        x = self.quant(self.norm(x))
+        x = self.act_quant(self.act(self.fc0(x)))
+        return self.dequant(self.fc1(x))
+
+    def forward(self, x):
+        return torch.sigmoid(self.logits(x))
+
+    def fake_quants(self):
+        return [m for m in self.modules() if isinstance(m, FakeQuant)]
+
+    def set_int8(self, enabled=True, observing=False):
+        """Switch INT8 fake quantization on/off and range observation on/off."""
+        for m in self.fake_quants():
+            m.enabled, m.observing, m.frozen = enabled, observing, None
+            if enabled and not observing:
+                m.freeze()
+        return self
+
+
+def build_model(config):
+    """The network a plain config dict describes (network, n_features, l0,
+    activation; offsets and scales for network 1; int8 for the quantized model)."""
+    network = int(config.get("network", 0))
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network}: valid are {sorted(NETWORKS)}")
+    activation = config.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: valid are {sorted(ACTIVATIONS)}")
+    offsets = scales = None
+    if network == 1:
+        norm = config.get("normalization") or {}
+        offsets, scales = norm.get("offsets"), norm.get("scales")
+        if offsets is None or scales is None:
+            raise ValueError("network 1 needs the normalization offsets and scales")
+        if len(offsets) != int(config["n_features"]) or len(scales) != int(config["n_features"]):
+            raise ValueError("normalization offsets/scales do not match n_features")
+    model = GhostNet(int(config["n_features"]), int(config["l0"]), activation, offsets, scales)
+    return model.set_int8(bool(config.get("int8", False)))
+
+
+def load_model(config, state_dict):
+    """build_model(config) with trained weights loaded, ready for inference."""
+    model = build_model(config)
+    model.load_state_dict(state_dict)
+    return model.set_int8(bool(config.get("int8", False))).eval()
+
+
+def n_inputs(model):
+    return model.fc0.in_features
