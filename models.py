@@ -164,3 +164,67 @@ def load_model(config, state_dict):
 
 def n_inputs(model):
     return model.fc0.in_features
+
+
+# ---------------------------------------------------------------------------
+# ONNX: one self-contained file that describes itself
+# ---------------------------------------------------------------------------
+
+METADATA_KEY = "ghost_tracks_config"  # the whole config, as JSON
+
+
+def onnx_bytes(model, config):
+    """The model as ONNX bytes: input `features` [batch, n_features] float32, output
+    `probabilities` [batch, 1], dynamic batch axis, weights inside the file, and the
+    config in the metadata (track, features, network, normalization, threshold).
+
+    Float models go through torch.export (the current exporter, with external data
+    off); INT8 models through the TorchScript exporter, since torch.export has no
+    kernel for fake quantization; it writes QuantizeLinear/DequantizeLinear pairs."""
+    import contextlib
+    import io
+    import json
+    import warnings
+
+    import onnx
+    model = model.cpu().eval()
+    example = torch.zeros(2, n_inputs(model))
+    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if config.get("int8"):
+            buffer = io.BytesIO()
+            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=17,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              **names)
+            proto = onnx.load_from_string(buffer.getvalue())
+        else:
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **names)
+            proto = program.model_proto
+    meta = {
+        METADATA_KEY: json.dumps(config),
+        "track": str(config.get("track", "")),
+        "features": ",".join(config.get("features", [])),
+        "network": str(config.get("network", "")),
+        "threshold": str(config.get("threshold", "")),
+        "int8": str(bool(config.get("int8", False))).lower(),
+        "normalization": json.dumps(config.get("normalization")),
+        "producer": "ghost-tracks",
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def onnx_config(proto):
+    """The config stored in an ONNX model's metadata by onnx_bytes, or {}."""
+    import json
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
+    except ValueError:
+        return {}
