@@ -114,10 +114,14 @@ class GhostNet(nn.Module):
         self.fc1 = QuantLinear(l0, 1)
         self.dequant = FakeQuant()         # logit range, then back to float
 
-    def logits(self, x):
-        x = self.quant(self.norm(x))
-        x = self.act_quant(self.act(self.fc0(x)))
+    def core(self, x):
+        """Normalized inputs -> logit: the trainable part (training feeds it
+        inputs normalized once up front, which is the same as logits())."""
+        x = self.act_quant(self.act(self.fc0(self.quant(x))))
         return self.dequant(self.fc1(x))
+
+    def logits(self, x):
+        return self.core(self.norm(x))
 
     def forward(self, x):
         return torch.sigmoid(self.logits(x))

@@ -1,0 +1,92 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model, load_model, n_inputs
+from utils import GhostError, load_config, normalize, plain
+
+OFFSETS = [0.0, -1.0, 10.0]
+SCALES = [2.0, 4.0, 5.0]
+
+
+def config(network=1, **kw):
+    cfg = {"network": network, "n_features": 3, "l0": 8, "activation": "relu",
+           "normalization": {"offsets": OFFSETS, "scales": SCALES}}
+    return {**cfg, **kw}
+
+
+@pytest.mark.parametrize("network", [0, 1])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "tanh", "sigmoid"])
+def test_shapes_and_probabilities(network, activation):
+    model = build_model(config(network, activation=activation))
+    out = model(torch.randn(17, 3) * 10)
+    assert out.shape == (17, 1) and n_inputs(model) == 3
+    assert ((out > 0) & (out < 1)).all()
+
+
+def test_network1_normalizes_inside_like_make_dataset():
+    raw = (torch.rand(100, 3) * 30 - 10).numpy()
+    net1 = build_model(config(1))
+    net0 = build_model(config(0))
+    net0.load_state_dict({k: v for k, v in net1.state_dict().items()
+                          if not k.startswith("norm.")})
+    expected = net0(torch.from_numpy(normalize(raw, OFFSETS, SCALES)))
+    torch.testing.assert_close(net1(torch.from_numpy(raw)), expected)
+    # values outside the recorded bounds are clipped, like make_dataset.py does
+    assert net1.norm(torch.tensor([[-100.0, 100.0, 12.5]])).tolist() == [[0.0, 1.0, 0.5]]
+
+
+def test_build_model_errors():
+    with pytest.raises(ValueError, match="unknown network"):
+        build_model(config(2))
+    with pytest.raises(ValueError, match="unknown activation"):
+        build_model(config(activation="swish"))
+    with pytest.raises(ValueError, match="offsets and scales"):
+        build_model({"network": 1, "n_features": 3, "l0": 4})
+    with pytest.raises(ValueError, match="do not match"):
+        build_model(config(n_features=4))
+
+
+def test_int8_fake_quantization_rounds_to_256_levels():
+    model = build_model(config(1)).set_int8(True, observing=True).train()
+    x = torch.rand(512, 3) * 20
+    model(x)
+    model.set_int8(True, observing=False).eval()
+    levels = model.quant(model.norm(x)).unique()
+    assert 2 < len(levels) <= 256
+    w = model.fc0.weight_quant(model.fc0.weight)
+    assert len(w.unique()) <= 255
+    # off again: the float model
+    model.set_int8(False)
+    assert len(model.quant(model.norm(x)).unique()) > 256
+
+
+def test_config_round_trip_plain_pickle_and_json(tmp_path):
+    cfg = plain({**config(1), "lr": np.float64(1e-3), "features": ["a", "b", "c"]})
+    (tmp_path / "c.pkl").write_bytes(pickle.dumps(cfg))
+    assert load_config(str(tmp_path / "c.pkl")) == cfg
+    import json
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert load_config(str(tmp_path / "c.json")) == cfg
+    model = build_model(cfg)
+    again = load_model(cfg, model.state_dict())
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(model.eval()(x), again(x))
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_config_that_is_not_plain_data_is_refused(tmp_path):
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"network": 1, "x": Evil()}))
+    with pytest.raises(GhostError, match="refusing to unpickle"):
+        load_config(str(tmp_path / "evil.pkl"))
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(GhostError, match="not a dict"):
+        load_config(str(tmp_path / "list.pkl"))
+    with pytest.raises(GhostError, match="not plain data"):
+        plain({"a": object()})
