@@ -1,0 +1,248 @@
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import training
+from conftest import ROOT_DIR, assert_clean_error, run_script
+from models import METADATA_KEY, build_model, load_model, onnx_config
+from utils import GhostError, load_config, load_split
+
+ARTIFACTS = ["ghost_model.pth", "ghost_model_config.pkl", "ghost_model_config.json",
+             "ghost_model.onnx", "ghost_model_int8.pth", "ghost_model_int8_config.pkl",
+             "ghost_model_int8_config.json", "ghost_model_int8.onnx"]
+SEARCH = ["-n", "2", "--epochs", "2", "--batch", "512", "--cpu", "1", "--seed", "3"]
+
+
+def search(prefix, tmp, *extra):
+    out = tmp / "models"
+    training.main(["-f", prefix, *SEARCH, "--path", str(tmp / "ray"), "--save",
+                   "--output-dir", str(out), *extra])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(raw_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    return search(raw_dataset, tmp, "--int8")
+
+
+def test_search_writes_all_artifacts(trained):
+    for name in ARTIFACTS:
+        assert (trained / name).is_file(), name
+    assert not list(trained.glob("*.data")) and not list(trained.glob(".*tmp*"))
+
+
+def test_config_is_plain_and_complete(trained, raw_dataset):
+    config = load_config(str(trained / "ghost_model_config.pkl"))
+    assert config == json.load(open(trained / "ghost_model_config.json"))
+    meta = json.load(open(raw_dataset + "_features.json"))
+    assert config["features"] == meta["features"] and config["track"] == "matching"
+    assert config["normalization"] == meta["normalization"] and config["network"] == 1
+    assert config["l0"] in (8, 16, 32, 64, 128) and config["optimizer"] in ("adam", "sgd")
+    assert config["int8"] is False and config["threshold"] == 0.5
+    assert 0.5 < config["metrics"]["test"]["auc"] <= 1.0
+    assert load_config(str(trained / "ghost_model_int8_config.pkl"))["int8"] is True
+
+
+def test_onnx_matches_torch_and_describes_itself(trained, raw_dataset):
+    config = load_config(str(trained / "ghost_model_config.pkl"))
+    state = torch.load(trained / "ghost_model.pth", weights_only=True)
+    model = load_model(config, state)
+    x, _ = load_split(raw_dataset, "test")  # raw branch values: network 1
+    proto = onnx.load(str(trained / "ghost_model.onnx"))
+    assert [i.name for i in proto.graph.input] == ["features"]
+    assert [o.name for o in proto.graph.output] == ["probabilities"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 13
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["track"] == "matching" and props["network"] == "1"
+    assert props["features"].split(",") == config["features"]
+    assert json.loads(props["normalization"]) == config["normalization"]
+    assert float(props["threshold"]) == 0.5 and METADATA_KEY in props
+    assert onnx_config(proto)["l0"] == config["l0"]
+    session = ort.InferenceSession(str(trained / "ghost_model.onnx"))
+    got = session.run(None, {"features": x})[0]
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (len(x), 1)
+    assert np.abs(got - want).max() < 1e-5
+    from onnx2torch import convert
+    with torch.inference_mode():
+        converted = convert(proto)(torch.from_numpy(x)).numpy()
+    assert np.abs(converted - want).max() < 1e-5
+
+
+def test_int8_artifacts_load_and_run(trained, raw_dataset):
+    x, y = load_split(raw_dataset, "test")
+    proto = onnx.load(str(trained / "ghost_model_int8.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    got = ort.InferenceSession(str(trained / "ghost_model_int8.onnx")).run(
+        None, {"features": x})[0]
+    config = load_config(str(trained / "ghost_model_int8_config.pkl"))
+    model = load_model(config, torch.load(trained / "ghost_model_int8.pth", weights_only=True))
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    # one INT8 rounding step of the logit can differ between runtimes
+    assert np.mean(np.abs(got - want) < 1e-3) > 0.99
+    accuracy = np.mean((got > 0.5) == (y > 0.5))
+    assert accuracy > 0.6
+
+
+def test_seed_reproducibility(raw_dataset, tmp_path, trained):
+    again = search(raw_dataset, tmp_path, "--int8")
+    a = torch.load(trained / "ghost_model.pth", weights_only=True)
+    b = torch.load(again / "ghost_model.pth", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_config(str(trained / "ghost_model_config.pkl")) == \
+        load_config(str(again / "ghost_model_config.pkl"))
+
+
+def test_network0_on_normalized_dataset(norm_dataset, tmp_path):
+    out = tmp_path / "m0"
+    training.main(["-f", norm_dataset, "-n", "1", "--epochs", "1", "--batch", "512",
+                   "--cpu", "1", "--path", str(tmp_path / "ray"), "--save",
+                   "--output-dir", str(out)])
+    config = load_config(str(out / "ghost_model_config.pkl"))
+    assert config["network"] == 0
+    model = build_model(config)
+    assert isinstance(model.norm, torch.nn.Identity)
+
+
+def test_resume_an_interrupted_search(raw_dataset, tmp_path):
+    args = [sys.executable, "-u", os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
+            "-n", "3", "--epochs", "3", "--batch", "512", "--cpu", "1",
+            "--path", str(tmp_path / "ray"), "--save", "--output-dir", str(tmp_path / "m")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("[1/3]"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "--resume" in err
+    assert not (tmp_path / "m" / "ghost_model.pth").exists()
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "[1/3]" not in resumed.stdout
+    assert "[3/3]" in resumed.stdout
+    assert (tmp_path / "m" / "ghost_model.onnx").is_file()
+
+
+def test_search_writes_little_and_no_data(raw_dataset, trained):
+    files = [f for f in (trained.parent / "ray").rglob("*") if f.is_file()]
+    sizes = {str(f): f.stat().st_size for f in files}
+    assert sum(sizes.values()) < 1_000_000, sizes  # 2 trials: metrics + a few checkpoints
+    assert max(sizes.values()) < 100_000, max(sizes.items(), key=lambda kv: kv[1])
+    data_bytes = os.path.getsize(raw_dataset + "_train_data.npy")
+    assert max(sizes.values()) < data_bytes / 2  # no copy of the data anywhere
+    params = [json.load(open(f)) for f in files if f.name == "params.json"]
+    assert params and all("data" not in p and "l0" in p for p in params)
+
+
+def test_trainer_learns_and_evaluate_is_consistent():
+    torch.manual_seed(0)
+    x = torch.rand(4096, 3)
+    y = (x[:, :1] + x[:, 1:2] > 1.0).float()
+    cfg = {"network": 0, "n_features": 3, "l0": 16, "activation": "relu",
+           "optimizer": "adam", "lr": 1e-2}
+    model = build_model(cfg)
+    opt = training.make_optimizer(cfg, model, torch.device("cpu"))
+    trainer = training.Trainer(model, opt, x, y, 256, seed=1)
+    first = trainer.epoch()
+    for _ in range(15):
+        last = trainer.epoch()
+    assert last < first * 0.5
+    m = training.evaluate(model, x, y, 0.5)
+    with torch.no_grad():
+        p = model(x)
+    assert m["accuracy"] == pytest.approx(float(((p > 0.5).float() == y).float().mean()))
+    assert m["accuracy"] > 0.9 and m["auc"] > 0.95
+
+
+class FakeResult:
+    def __init__(self, error=None, done=True):
+        self.error, self.metrics = error, ({"done": done, "loss": 0.5} if not error else {})
+
+
+class FakeGrid(list):
+    pass
+
+
+def test_best_trial_reports_why_all_failed_and_interruptions():
+    grid = FakeGrid([FakeResult(RuntimeError("CUDA out of memory")),
+                     FakeResult(RuntimeError("CUDA out of memory"))])
+    with pytest.raises(GhostError, match="all 2 trials failed: CUDA out of memory"):
+        training.best_trial(grid)
+    with pytest.raises(GhostError, match="interrupted.*--resume"):
+        training.best_trial(FakeGrid([FakeResult(), FakeResult(done=False)]))
+
+
+def _write(prefix, **arrays):
+    for split in ("train", "valid", "test"):
+        x = arrays.get(f"{split}_x", np.random.rand(1000, 13).astype(np.float32))
+        y = arrays.get(f"{split}_y", (np.arange(len(x)) % 2).reshape(-1, 1).astype(np.float32))
+        np.save(f"{prefix}_{split}_data.npy", x)
+        np.save(f"{prefix}_{split}_labels.npy", y)
+    json.dump({"normalized": True, "features": [f"f{i}" for i in range(13)]},
+              open(f"{prefix}_features.json", "w"))
+    return prefix
+
+
+@pytest.mark.parametrize("case,extra,needles", [
+    ("missing", [], ["ds_valid_labels.npy is missing"]),
+    ("shapes", [], ["shape"]),
+    ("labels", [], ["labels other than 0 and 1"]),
+    ("nan", [], ["non-finite"]),
+    ("small", ["--batch", "4096"], ["fewer than one batch"]),
+    ("gpu", ["--gpu", "1"], ["CUDA is not available"]),
+    ("address", ["--address", "127.0.0.1:9"], ["cannot reach the Ray cluster"]),
+    ("net1_on_normalized", ["--network", "1"], ["already normalized"]),
+])
+def test_bad_input(tmp_path, case, extra, needles):
+    prefix = _write(str(tmp_path / "ds"))
+    if case == "missing":
+        os.remove(prefix + "_valid_labels.npy")
+    elif case == "shapes":
+        np.save(prefix + "_train_labels.npy", np.zeros((999, 1), np.float32))
+    elif case == "labels":
+        np.save(prefix + "_train_labels.npy", np.full((1000, 1), 2.0, np.float32))
+    elif case == "nan":
+        x = np.random.rand(1000, 13).astype(np.float32)
+        x[5, 3] = np.nan
+        np.save(prefix + "_test_data.npy", x)
+    if case == "gpu" and torch.cuda.is_available():
+        pytest.skip("this check needs a machine without CUDA")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_script("training.py", "-f", prefix, "--save", "--output-dir", out,
+                      "--path", tmp_path / "ray", "--batch", "256", *extra)
+    assert_clean_error(proc, *needles)
+    assert not list(out.iterdir())
+
+
+def test_network0_on_raw_dataset_is_refused(raw_dataset, tmp_path):
+    proc = run_script("training.py", "-f", raw_dataset, "--network", "0",
+                      "--path", tmp_path / "ray")
+    assert_clean_error(proc, "expects normalized inputs", "--normalize")
+
+
+def test_help_imports_neither_ray_nor_torch():
+    code = "import sys, training; print('ray' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT_DIR).stdout
+    assert out.split() == ["False", "False"]
+    proc = run_script("training.py", "--help")
+    for option in ("--network", "--epochs", "--num_samples", "--threshold", "--batch",
+                   "--path", "--cpu", "--gpu", "--cuda", "--nocuda", "--int8", "--save",
+                   "--seed", "--output-dir", "--address", "--resume"):
+        assert option in proc.stdout, option
