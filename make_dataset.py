@@ -45,7 +45,8 @@ def parse_args(argv=None):
 
 
 def clean(columns, names):
-    """Stack the features, dropping tracks with any non-finite feature or label."""
+    """Tracks whose features and label are all finite: (row numbers, their labels,
+    dropped tracks per feature)."""
     finite = np.ones(len(columns[LABEL]), dtype=bool)
     dropped = {}
     for name in names + [LABEL]:
@@ -53,13 +54,20 @@ def clean(columns, names):
         if (n_bad := int((~ok).sum())):
             dropped[name] = n_bad
         finite &= ok
-    labels = columns[LABEL][finite]
+    rows = np.flatnonzero(finite)
+    labels = columns[LABEL][rows]
     if not np.isin(labels, (0.0, 1.0)).all():
         raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1")
-    data = np.empty((int(finite.sum()), len(names)), dtype=np.float32)
+    return rows, labels, dropped
+
+
+def stack(columns, names, rows):
+    """The chosen tracks as one float32 [n, n_features] array, built column by
+    column (never a copy of the whole file)."""
+    data = np.empty((len(rows), len(names)), dtype=np.float32)
     for j, name in enumerate(names):
-        data[:, j] = columns[name][finite]
-    return data, labels, dropped
+        data[:, j] = columns[name][rows]
+    return data
 
 
 def balance_and_split(labels, fraction, rng):
@@ -83,14 +91,14 @@ def balance_and_split(labels, fraction, rng):
     return {s: rng.permutation(np.concatenate(parts[s])) for s in SPLITS}
 
 
-def plot_features(data, labels, names, plots_dir, out):
+def plot_features(columns, rows, labels, names, plots_dir, out):
     """One PNG per feature, ghost and real distributions overlaid (file only)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ghost = labels == 1.0
-    for j, name in enumerate(names):
-        x = data[:, j]
+    for name in names:
+        x = columns[name][rows]
         heavy = name in HEAVY_TAILED
         lo, hi = np.percentile(x, [0.0, 100.0 if not heavy else 99.9])
         if heavy and lo > 0:
@@ -126,17 +134,17 @@ def main(argv=None):
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
     columns = read_root(files, args.tree, names + [LABEL], threads=args.threads)
     n_read = len(columns[LABEL])
-    data, labels, dropped = clean(columns, names)
-    del columns
+    rows, labels, dropped = clean(columns, names)
     n_ghost, n_real = int((labels == 1.0).sum()), int((labels == 0.0).sum())
     log(f"read {n_read:,} tracks in {time.perf_counter() - t0:.1f} s; "
-        f"dropped {n_read - len(data):,} with a non-finite value"
+        f"dropped {n_read - len(rows):,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
         + f"; {n_ghost:,} ghosts, {n_real:,} real")
 
     rng = np.random.default_rng(args.seed)
     index = balance_and_split(labels, args.fraction, rng)
-    splits = {s: (data[i], labels[i].reshape(-1, 1)) for s, i in index.items()}
+    splits = {s: (stack(columns, names, rows[i]), labels[i].reshape(-1, 1))
+              for s, i in index.items()}
     offsets, scales = fit_normalization(splits["train"][0], names)
     if args.normalize:
         splits = {s: (normalize(d, offsets, scales), y) for s, (d, y) in splits.items()}
@@ -150,7 +158,7 @@ def main(argv=None):
         "seed": args.seed,
         "fraction": args.fraction,
         "tracks_read": n_read,
-        "tracks_dropped_nonfinite": n_read - len(data),
+        "tracks_dropped_nonfinite": n_read - len(rows),
         "dropped_per_feature": dropped,
         "counts": {s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
                    for s, (_, y) in splits.items()},
@@ -165,7 +173,7 @@ def main(argv=None):
             out.save_npy(label_path, y)
         out.save_json(features_json_path(args.output), meta)
         if args.plot:
-            plot_features(data, labels, names, args.plots_dir, out)
+            plot_features(columns, rows, labels, names, args.plots_dir, out)
 
     sizes = ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
     log(f"kept {sum(len(i) for i in index.values()) // 2:,}"

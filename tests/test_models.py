@@ -51,7 +51,7 @@ def test_build_model_errors():
 
 def test_int8_fake_quantization_rounds_to_256_levels():
     model = build_model(config(1)).set_int8(True, observing=True).train()
-    x = torch.rand(512, 3) * 20
+    x = torch.tensor(OFFSETS) + torch.rand(512, 3) * torch.tensor(SCALES)  # inside bounds
     model(x)
     model.set_int8(True, observing=False).eval()
     levels = model.quant(model.norm(x)).unique()
