@@ -13,7 +13,7 @@ import numpy as np
 from features import DEFAULT_TREE, HEAVY_TAILED, LABEL, TRACK_TYPES, features_for
 from utils import (SPLITS, AtomicOutputs, GhostError, check_output_dir, expand_inputs,
                    features_json_path, fit_normalization, log, normalize, read_root,
-                   run_cli, split_paths)
+                   run_cli, split_paths, stack_columns)
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
 MIN_TRACKS_PER_CLASS = 10
@@ -59,15 +59,6 @@ def clean(columns, names):
     if not np.isin(labels, (0.0, 1.0)).all():
         raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1")
     return rows, labels, dropped
-
-
-def stack(columns, names, rows):
-    """The chosen tracks as one float32 [n, n_features] array, built column by
-    column (never a copy of the whole file)."""
-    data = np.empty((len(rows), len(names)), dtype=np.float32)
-    for j, name in enumerate(names):
-        data[:, j] = columns[name][rows]
-    return data
 
 
 def balance_and_split(labels, fraction, rng):
@@ -143,7 +134,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(args.seed)
     index = balance_and_split(labels, args.fraction, rng)
-    splits = {s: (stack(columns, names, rows[i]), labels[i].reshape(-1, 1))
+    splits = {s: (stack_columns(columns, names, rows[i]), labels[i].reshape(-1, 1))
               for s, i in index.items()}
     offsets, scales = fit_normalization(splits["train"][0], names)
     if args.normalize:
