@@ -309,6 +309,15 @@ def train_trial(config, data):
 # the search
 # ---------------------------------------------------------------------------
 
+def check_gpu_flags(args):
+    """--gpu needs CUDA here (unless the cluster at --address has it); --cuda K
+    must name a device.  Imports torch, so only called when a GPU flag is given."""
+    import torch
+    if args.gpu and not args.address and not torch.cuda.is_available():
+        raise GhostError(f"--gpu {args.gpu} asked, but CUDA is not available here")
+    pick_device(args.nocuda, args.cuda)
+
+
 def check_reachable(address, timeout=3.0):
     """Fail fast on an unreachable Ray address (ray.init would retry for minutes)."""
     import socket
@@ -325,6 +334,9 @@ def init_ray(args):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # JSON and CSV metrics only (added in run_search): Ray's TensorBoard logger would
+    # import torch into the driver (+700 MB) and write event files nobody asked for
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     kw = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     try:
         if args.address:
@@ -368,6 +380,7 @@ def trial_line_callback(total):
 def run_search(args, data, base):
     """Run (or resume) the ASHA search; returns Ray's ResultGrid."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -397,7 +410,8 @@ def run_search(args, data, base):
                 search_alg=BasicVariantGenerator(random_state=args.seed)),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage, verbose=0,
-                callbacks=[trial_line_callback(args.num_samples)],
+                callbacks=[trial_line_callback(args.num_samples), JsonLoggerCallback(),
+                           CSVLoggerCallback()],
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute="loss",
                     checkpoint_score_order="min")))
@@ -481,11 +495,8 @@ def main(argv=None):
     if args.save:
         os.makedirs(args.output_dir, exist_ok=True)
         check_output_dir(os.path.join(args.output_dir, ARTIFACT))
-    if args.gpu and not args.address:
-        import torch
-        if not torch.cuda.is_available():
-            raise GhostError(f"--gpu {args.gpu} asked, but CUDA is not available here")
-    device = pick_device(args.nocuda, args.cuda)
+    if args.gpu or args.cuda is not None:  # check GPU flags before a long search
+        check_gpu_flags(args)
     n_features = splits["train"][0].shape[1]
     base = base_config(args, meta, network, n_features)
     log(f"dataset {args.filename}: {n_features} features, "
@@ -503,9 +514,10 @@ def main(argv=None):
     log(f"search done in {clock():.1f} s; best: l0={config['l0']} lr={config['lr']:.2e} "
         f"{config['optimizer']} {config['activation']} (epoch {epoch})")
 
-    import torch
+    import torch  # only now: the driver stays light while the trials run
 
     from models import build_model
+    device = pick_device(args.nocuda, args.cuda)
     torch.manual_seed(args.seed)
     model = build_model(config)
     model.load_state_dict(state)

@@ -94,7 +94,8 @@ def bench_throughput(args):
 
 
 def tree_memory(pid):
-    """(sum of PSS, sum of RSS) in bytes over a process and all its descendants."""
+    """(sum of PSS, sum of RSS, PSS per command) in bytes over a process and all
+    its descendants."""
     def children(p):
         out = []
         try:
@@ -106,6 +107,7 @@ def tree_memory(pid):
         return out
 
     todo, pss, rss = [pid], 0, 0
+    parts = {}
     while todo:
         p = todo.pop()
         try:
@@ -113,12 +115,15 @@ def tree_memory(pid):
                 for line in f:
                     if line.startswith("Pss:"):
                         pss += int(line.split()[1]) * 1024
+                        with open(f"/proc/{p}/cmdline") as c:
+                            name = c.read().replace("\0", " ")[:40]
+                        parts[name] = parts.get(name, 0) + int(line.split()[1]) * 1024
                     elif line.startswith("Rss:"):
                         rss += int(line.split()[1]) * 1024
         except OSError:
             pass
         todo += children(p)
-    return pss, rss
+    return pss, rss, parts
 
 
 def bench_search(args):
@@ -126,15 +131,17 @@ def bench_search(args):
         cmd = [sys.executable, os.path.join(ROOT_DIR, "training.py"), "-f", args.prefix,
                "-n", "4", "--epochs", "10", "--path", os.path.join(tmp, "ray"), "--save",
                "--output-dir", os.path.join(tmp, "models"), "--nocuda"]
-        peak = [0, 0]
+        peak = [0, 0, {}]
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
         def sample():
             while proc.poll() is None:
-                pss, rss = tree_memory(proc.pid)
-                peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
+                pss, rss, parts = tree_memory(proc.pid)
+                if pss > peak[0]:
+                    peak[0], peak[2] = pss, parts
+                peak[1] = max(peak[1], rss)
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample)
@@ -148,6 +155,9 @@ def bench_search(args):
         written = sum(os.path.getsize(os.path.join(d, f))
                       for d, _, files in os.walk(os.path.join(tmp, "ray")) for f in files)
     print(output.rstrip())
+    print("at the peak (PSS, MB): " + ", ".join(
+        f"{name.strip()}: {b / 2**20:.0f}" for name, b in
+        sorted(peak[2].items(), key=lambda kv: -kv[1])[:6]))
     print(f"search -n 4 --epochs 10: wall {wall:.1f} s (target < 40 s), peak memory "
           f"{peak[0] / 2**30:.2f} GB PSS / {peak[1] / 2**30:.2f} GB RSS summed over the "
           f"process tree (target < 2 GB), written under --path {written / 2**20:.2f} MB "
