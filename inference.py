@@ -626,6 +626,11 @@ def print_summary(res, over):
 # plots: one figure each, files by default
 # ---------------------------------------------------------------------------
 
+THRESHOLD_AXIS = "threshold (ghost when probability > threshold)"
+SCORE_AXIS = "ghost probability (model output)"
+PER_BIN_AXIS = "fraction of the class per bin (0.01 wide)"
+
+
 def _pyplot(show):
     import matplotlib
     if not show:
@@ -663,17 +668,22 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
         fig.savefig(out.tmp(os.path.join(plots_dir, name)), dpi=100)
         figures.append(fig) if show else plt.close(fig)
 
+    def decorate(ax, what, xlabel, ylabel, logy=False, loc="best"):
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{what}\n{title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc=loc, fontsize=8)
+
     def vs_threshold(curves, name, what, ylabel, extra=None):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for key, label, style in curves:
             ax.plot(thr, tab[key], style, label=label, ms=4)
         if extra:
             extra(ax)
-        ax.set_xlabel("threshold (ghost when probability > threshold)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{what} vs threshold\n{title}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        decorate(ax, f"{what} vs threshold", THRESHOLD_AXIS, ylabel)
         save(fig, name)
 
     def mark_best(ax):
@@ -704,7 +714,7 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
                               ("fp", "FP: real called ghost", "^-", ),
                               ("fn", "FN: ghost called real", "v-")):
         ax.plot(thr, tab[key], style, label=label, ms=4)
-    ax.set_xlabel("threshold (ghost when probability > threshold)")
+    ax.set_xlabel(THRESHOLD_AXIS)
     ax.set_ylabel("fraction of all tracks")
     ax.set_title("Confusion fractions vs threshold", fontsize=10)
     ax.grid(alpha=0.3)
@@ -739,12 +749,9 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
     ax.plot(tab["fpr"], tab["sensitivity"], "o", color="tab:orange", ms=4,
             label=f"the {len(thr)} thresholds")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="random guess")
-    ax.set_xlabel("false positive rate (real tracks called ghost)")
-    ax.set_ylabel("true positive rate (ghosts called ghost)")
-    ax.set_title(f"ROC curve\n{title}", fontsize=10)
     ax.set_xlim(0, 1), ax.set_ylim(0, 1.005)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    decorate(ax, "ROC curve", "false positive rate (real tracks called ghost)",
+             "true positive rate (ghosts called ghost)", loc="lower right")
     save(fig, "roc.png")
 
     bins = np.linspace(0.0, 1.0, 101)
@@ -754,12 +761,7 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
         counts, _ = np.histogram(arr, bins=bins)
         ax.stairs(counts / max(len(arr), 1), bins, color=color, lw=1.5,
                   label=f"{label} ({len(arr):,})")
-    ax.set_yscale("log")
-    ax.set_xlabel("ghost probability (model output)")
-    ax.set_ylabel("fraction of the class per bin (0.01 wide)")
-    ax.set_title(f"Score distributions\n{title}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    decorate(ax, "Score distributions", SCORE_AXIS, PER_BIN_AXIS, logy=True)
     save(fig, "scores.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -769,12 +771,10 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
             ax.plot(r["real_efficiency"], r["ghost_rejection"], "o", ms=6,
                     label=f"{r['target_efficiency']:.1%} efficiency: rejection "
                           f"{r['ghost_rejection']:.3f} (p > {r['threshold']:.3f})")
-    ax.set_xlabel("real-track efficiency (fraction of real tracks kept)")
-    ax.set_ylabel("ghost rejection (fraction of ghosts removed)")
-    ax.set_title(f"Ghost rejection vs real-track efficiency\n{title}", fontsize=10)
     ax.set_xlim(0.5, 1.002), ax.set_ylim(0, 1.005)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    decorate(ax, "Ghost rejection vs real-track efficiency",
+             "real-track efficiency (fraction of real tracks kept)",
+             "ghost rejection (fraction of ghosts removed)", loc="lower left")
     save(fig, "rejection.png")
 
     if over and train is not None:
@@ -791,12 +791,8 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
             ax.errorbar(centers, cb / max(len(b), 1), yerr=np.sqrt(cb) / max(len(b), 1),
                         fmt="o", ms=3, color=color,
                         label=f"{name}, test ({len(b):,}); KS p = {over[name]['p_value']:.3g}")
-        ax.set_yscale("log")
-        ax.set_xlabel("ghost probability (model output)")
-        ax.set_ylabel("fraction of the class per bin (0.01 wide)")
-        ax.set_title(f"Overtraining check: train vs test scores\n{title}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        decorate(ax, "Overtraining check: train vs test scores", SCORE_AXIS, PER_BIN_AXIS,
+                 logy=True)
         save(fig, "overtraining.png")
     return figures
 
