@@ -330,8 +330,18 @@ def check_reachable(address, timeout=3.0):
         raise GhostError(f"cannot reach the Ray cluster at {address}: {e}")
 
 
+def has_ray_token():
+    """Whether a Ray cluster token is at hand (as `ray start` leaves one)."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(
+        os.environ.get("RAY_AUTH_TOKEN_PATH", os.path.expanduser("~/.ray/auth_token")))
+
+
 def init_ray(args):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if args.address and "RAY_AUTH_MODE" not in os.environ and has_ray_token():
+        # clusters started by `ray start` (Ray >= 2.52) want their token; Ray reads
+        # this before it is imported
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # JSON and CSV metrics only (added in run_search): Ray's TensorBoard logger would
@@ -343,7 +353,7 @@ def init_ray(args):
             check_reachable(args.address)
             ray.init(address=args.address, **kw)
         else:
-            ray.init(num_cpus=args.cpu, num_gpus=args.gpu, **kw)
+            ray.init(address="local", num_cpus=args.cpu, num_gpus=args.gpu, **kw)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         where = f"the Ray cluster at {args.address}" if args.address else "a local Ray"
         raise GhostError(f"cannot start or reach {where}: {str(e).splitlines()[0]}")

@@ -246,3 +246,25 @@ def test_help_imports_neither_ray_nor_torch():
                    "--path", "--cpu", "--gpu", "--cuda", "--nocuda", "--int8", "--save",
                    "--seed", "--output-dir", "--address", "--resume"):
         assert option in proc.stdout, option
+
+
+def test_join_an_existing_ray_cluster(raw_dataset, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        proc = run_script("training.py", "-f", raw_dataset, "-n", "2", "--epochs", "1",
+                          "--batch", "512", "--address", f"127.0.0.1:{port}",
+                          "--path", tmp_path / "ray", "--save", "--output-dir", tmp_path / "m")
+        assert proc.returncode == 0, proc.stderr
+        assert "[2/2]" in proc.stdout
+        assert (tmp_path / "m" / "ghost_model.onnx").is_file()
+    finally:
+        subprocess.run([ray_cli, "stop"], capture_output=True, env=env, timeout=120)
