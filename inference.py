@@ -832,7 +832,7 @@ def main(argv=None):
         raise GhostError(f"{args.filename} holds no tracks")
     finite = np.isfinite(data).all(axis=1)  # before normalization clips inf into [0, 1]
     log(f"read {len(data):,} tracks from {args.filename} in {read_clock():.1f} s"
-        + (f"" if labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
+        + ("" if labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
     if settings["normalize"]:
         rec = settings["normalization"]
         data = normalize(data, rec["offsets"], rec["scales"])
