@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# All CPU benchmarks on a 1,000,000-track matching sample (cached in bench/.cache).
+# Run them on a quiet machine: the numbers are wall-clock times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+echo "== make_dataset.py --normalize vs ROOT's bare read"
+bash bench/bench_make_dataset.sh
+DS=bench/.cache/ds1M
+[ -f ${DS}_train_data.npy ] || $PY make_dataset.py -f bench/.cache/matching_1M.root \
+    --output $DS --track matching > /dev/null
+echo "== one trial's training throughput (network 1, l0=32, batch 2048)"
+$PY bench/bench_training.py throughput $DS
+echo "== full search: training.py -n 4 --epochs 10"
+$PY bench/bench_training.py search $DS
+echo "== inference.py on 1,000,000 tracks"
+$PY bench/bench_inference.py --cache bench/.cache/inference
