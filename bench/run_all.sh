@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 echo "== make_dataset.py --normalize vs ROOT's bare read"
 bash bench/bench_make_dataset.sh
-DS=bench/.cache/ds1M
+DS=bench/.cache/raw1M  # raw features: network 1, as the targets assume
 [ -f ${DS}_train_data.npy ] || $PY make_dataset.py -f bench/.cache/matching_1M.root \
     --output $DS --track matching > /dev/null
 echo "== one trial's training throughput (network 1, l0=32, batch 2048)"
