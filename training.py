@@ -532,16 +532,15 @@ def main(argv=None):
     model = build_model(config)
     model.load_state_dict(state)
     model = model.to(device).eval()
-    tensors = {s: to_tensors(model, splits[s], device) for s in splits}
-    rows = {"validation": evaluate(model, *tensors["valid"], args.threshold),
-            "test": evaluate(model, *tensors["test"], args.threshold)}
+    valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
+    rows = {"validation": evaluate(model, *valid, args.threshold),
+            "test": evaluate(model, *test, args.threshold)}
     config = model_config(config)
-    config["metrics"] = {k: v for k, v in rows.items()}
+    config["metrics"] = dict(rows)
     qmodel = None
-    if args.int8:
+    if args.int8:  # same normalization layer: the normalized test tensors serve both
         qmodel = quantize(model, config, splits, device, args.int8_epochs)
-        rows["test (INT8)"] = evaluate(qmodel, *to_tensors(qmodel, splits["test"], device),
-                                       args.threshold)
+        rows["test (INT8)"] = evaluate(qmodel, *test, args.threshold)
     print_table(rows)
 
     if args.save:
