@@ -204,12 +204,28 @@ def check_root_file(path, tree):
 def read_root(files, tree, columns, threads=0, optional=()):
     """Read `columns` (+ `optional` ones where present) of one tree from several
     files as one dataset, through RDataFrame opened by file name, so a TTree and an
-    RNTuple both work.  Returns {name: float32 array} in entry order."""
+    RNTuple both work.  Returns {name: float32 array} in entry order; with
+    threads > 1 ROOT reads clusters in any order (and rdfentry_ is then not the
+    entry number), so the rows are sorted by their values instead: the same
+    file always gives the same order."""
     ROOT = import_root()
     for path in files:
         check_root_file(path, tree)
-    if threads and threads > 1:
+    parallel = bool(threads and threads > 1)
+    if parallel:
         ROOT.EnableImplicitMT(threads)
+    try:
+        arrays = _read_columns(ROOT, files, tree, columns, optional)
+    finally:
+        if parallel:  # later reads in this process stay in entry order
+            ROOT.DisableImplicitMT()
+    if parallel:
+        order = np.lexsort(list(arrays.values())[::-1])
+        arrays = {c: a[order] for c, a in arrays.items()}
+    return arrays
+
+
+def _read_columns(ROOT, files, tree, columns, optional):
     names = ROOT.std.vector("std::string")(files)
     try:
         df = ROOT.RDataFrame(tree, names)
