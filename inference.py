@@ -28,9 +28,9 @@ import warnings
 import numpy as np
 
 from features import DEFAULT_TREE, LABEL, TRACK_TYPES, features_for
-from utils import (AtomicOutputs, GhostError, Stopwatch, check_output_dir, import_root,
-                   load_config, load_dataset_meta, load_split, log, normalize, one_line,
-                   read_root, roc_auc, run_cli, stack_columns)
+from utils import (AtomicOutputs, GhostError, Stopwatch, check_output_dir, load_config,
+                   load_dataset_meta, load_split, log, normalize, one_line, read_root,
+                   roc_auc, run_cli, stack_columns, write_root)
 
 # The original study's 26 thresholds: 0.10-0.80 by 0.05, 0.81-0.89 by 0.01, 0.90, 0.95.
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in (
@@ -113,8 +113,6 @@ def check_args(args):
         if ext not in (".npy", ".root"):
             raise GhostError(f"--output {args.output}: the extension must be .npy or .root")
         check_output_dir(args.output)
-        if os.path.isdir(args.output):
-            raise GhostError(f"--output {args.output} is a folder, not a file name")
     if os.path.exists(args.plots_dir) and not os.path.isdir(args.plots_dir):
         raise GhostError(f"--plots-dir {args.plots_dir} is a file, not a folder")
     if not os.path.isfile(args.model):
@@ -797,18 +795,6 @@ def _make_plots(plt, res, over, test_scores, test_labels, train, title, plots_di
     return figures
 
 
-def save_root_scores(out, final, scores):
-    """Tree `ghost_probability`, one float branch `ghost_prob`, an entry per track."""
-    ROOT = import_root()
-    tmp = out.tmp(final)
-    try:
-        df = ROOT.RDF.FromNumpy({"ghost_prob": np.ascontiguousarray(scores, np.float32)})
-        df.Snapshot("ghost_probability", tmp, ["ghost_prob"])
-        del df
-    except Exception as e:
-        raise GhostError(f"could not write {final}: {one_line(e, last=False)}")
-
-
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
@@ -878,7 +864,9 @@ def main(argv=None):
             if args.output.lower().endswith(".npy"):
                 out.save_npy(args.output, scores.astype(np.float32))
             else:
-                save_root_scores(out, args.output, scores)
+                write_root(out.tmp(args.output), "ghost_probability",
+                           {"ghost_prob": np.ascontiguousarray(scores, np.float32)},
+                           shown=args.output)
         figures = []
         if res is not None:
             try:

@@ -504,7 +504,7 @@ def main(argv=None):
     network = resolve_network(args.network, meta)
     if args.save:
         os.makedirs(args.output_dir, exist_ok=True)
-        check_output_dir(os.path.join(args.output_dir, ARTIFACT))
+        check_output_dir(os.path.join(args.output_dir, f"{ARTIFACT}.pth"))
     if args.gpu or args.cuda is not None:  # check GPU flags before a long search
         check_gpu_flags(args)
     n_features = splits["train"][0].shape[1]

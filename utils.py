@@ -54,12 +54,15 @@ def log(msg):
 # ---------------------------------------------------------------------------
 
 def check_output_dir(path):
-    """The folder that will receive a file must exist and be writable."""
+    """The file `path` can be written: its folder exists and is writable, and the
+    name is not taken by a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise GhostError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise GhostError(f"output folder {folder} is not writable")
+    if os.path.isdir(path):
+        raise GhostError(f"output {path} is a folder, not a file name")
     return folder
 
 
@@ -243,6 +246,33 @@ def _read_columns(ROOT, files, tree, columns, optional):
     except Exception as e:
         raise GhostError(f"reading {tree!r} failed: {one_line(e)}")
     return {c: np.asarray(arrays[c], dtype=np.float32) for c in wanted}
+
+
+def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):
+    """Write {name: array} as `tree` ('dir/name' makes the directory), a TTree or an
+    RNTuple, one entry per row in array order: implicit multi-threading, which
+    would reorder the entries, is paused meanwhile.  `shown`: the name for errors
+    (`path` is often a temporary name)."""
+    ROOT = import_root()
+    opts = ROOT.RDF.RSnapshotOptions()
+    opts.fMode = "RECREATE"
+    if zstd_level is not None:
+        opts.fCompressionAlgorithm = ROOT.RCompressionSetting.EAlgorithm.kZSTD
+        opts.fCompressionLevel = zstd_level
+    if fmt == "rntuple":
+        opts.fOutputFormat = ROOT.RDF.ESnapshotOutputFormat.kRNTuple
+    threads = ROOT.IsImplicitMTEnabled() and ROOT.GetThreadPoolSize()
+    try:
+        if threads:
+            ROOT.DisableImplicitMT()
+        df = ROOT.RDF.FromNumpy(columns)
+        df.Snapshot(tree, path, list(columns), opts)
+        del df
+    except Exception as e:  # cppyy reports a failed Snapshot as a TypeError
+        raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")
+    finally:
+        if threads:
+            ROOT.EnableImplicitMT(threads)
 
 
 def one_line(e, last=True):

@@ -10,6 +10,7 @@ import pytest
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT_DIR)
+from features import features_for
 import make_sample  # noqa: E402
 
 with warnings.catch_warnings():
@@ -127,7 +128,7 @@ def test_nonfinite_values(data):
     every = np.stack(list(cols.values()))
     assert (~np.isfinite(every)).any(axis=0).sum() == round(0.05 * N)
     assert (~np.isfinite(every)).sum() == round(0.05 * N)  # one value per broken track
-    x = np.stack([cols[k] for k in make_sample.FEATURES["matching"]])
+    x = np.stack([cols[k] for k in features_for("matching")])
     assert (~np.isfinite(x)).any(axis=0).mean() > 0.015  # many land in the features
     assert np.isnan(x).any() and np.isinf(x).any()
     cols = make_sample.generate(N, "matching", 0.15, 3, nonfinite=0)
