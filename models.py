@@ -35,14 +35,14 @@ class MinMaxNorm(nn.Module):
 
 
 class FakeQuant(nn.Module):
-    """INT8 quantize-dequantize (the QuantStub/DeQuantStub role) for
+    """INT8 quantize-dequantize of activations (the QuantStub role) for
     quantization-aware training.  Off by default; when on, it tracks the range of
-    what passes (running min/max while observing) and rounds to 256 levels.
+    what passes (running min/max while observing) and rounds to 256 uint8 levels.
     Exports to ONNX as a QuantizeLinear/DequantizeLinear pair."""
 
-    def __init__(self, symmetric=False, momentum=0.05):
+    def __init__(self, momentum=0.05):
         super().__init__()
-        self.symmetric, self.momentum = symmetric, momentum
+        self.momentum = momentum
         self.enabled, self.observing, self.frozen = False, False, None
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
@@ -51,9 +51,6 @@ class FakeQuant(nn.Module):
     def observe(self, x):
         with torch.no_grad():
             lo, hi = x.detach().min(), x.detach().max()
-            if self.symmetric:
-                hi = torch.maximum(hi.abs(), lo.abs())
-                lo = -hi
             if int(self.seen) == 0:
                 self.lo.copy_(lo), self.hi.copy_(hi)
             else:
@@ -62,19 +59,20 @@ class FakeQuant(nn.Module):
 
     def qparams(self):
         """Scale and zero point as tensors (export-friendly, no Python branches)."""
-        if self.symmetric:  # int8 [-128, 127], zero point 0 (weights)
-            scale = torch.clamp(self.hi, min=1e-8) / 127.0
-            return scale, torch.zeros((), dtype=torch.int32, device=scale.device), -128, 127
         lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)  # 0 exact
         scale = torch.clamp(hi - lo, min=1e-8) / 255.0
         zero_point = torch.round(-lo / scale).to(torch.int32)
-        return scale, zero_point, 0, 255  # uint8 (activations)
+        return scale, zero_point, 0, 255
 
     def freeze(self):
         """Fix the quantization parameters as constants (after training or
         loading), so inference and ONNX export see plain numbers."""
         scale, zero_point, qmin, qmax = self.qparams()
         self.frozen = (float(scale), int(zero_point), qmin, qmax)
+
+    def scale(self):
+        """The step between two levels: a float once frozen, else a tensor."""
+        return self.frozen[0] if self.frozen is not None else self.qparams()[0]
 
     def forward(self, x):
         if not self.enabled:
@@ -87,17 +85,63 @@ class FakeQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
 
 
+# 7-bit weights: the integers of a quantized weight lie in [-63, 63].  onnxruntime
+# fuses Q/DQ pairs into u8 x s8 integer kernels; on x86 CPUs without VNNI (AVX2 only)
+# those add pairs of products in 16-bit registers with saturation, and 2 * 255 * 127
+# overflows there while 2 * 255 * 63 = 32130 does not.  So the deployed INT8 model
+# computes the same numbers on every CPU (onnxruntime's own remedy, "reduce range").
+WEIGHT_LEVELS = 63
+
+
+def weight_scale(weight):
+    """Symmetric per-tensor scale of a weight: max|w| maps to WEIGHT_LEVELS."""
+    return weight.detach().abs().max().clamp(min=1e-8) / WEIGHT_LEVELS
+
+
+def quantize_bias(bias, scale):
+    """The bias as an integer runtime holds it: int32 in units of input scale x
+    weight scale (onnxruntime quantizes a float bias so when it fuses the layer).
+    Straight-through gradient."""
+    return bias + (torch.round(bias.detach() / scale) * scale - bias.detach())
+
+
 class QuantLinear(nn.Linear):
-    """nn.Linear whose weight passes through a symmetric INT8 FakeQuant."""
+    """nn.Linear with INT8 fake quantization: weights symmetric 7-bit (zero point 0,
+    scale from the weight itself), bias int32 in units of input x weight scale, so
+    the fake-quantized model computes what an integer runtime computes.  In training
+    mode the scales follow the current weights at every step; in eval mode they are
+    the constants fixed by freeze() (exported to ONNX as a QuantizeLinear/
+    DequantizeLinear pair on the weight and a float bias on the integer grid)."""
 
     def __init__(self, n_in, n_out):
         super().__init__(n_in, n_out)
-        self.weight_quant = FakeQuant(symmetric=True)
+        self.int8, self.frozen = False, None  # frozen: (weight scale, bias)
 
-    def forward(self, x):
-        if not self.weight_quant.enabled:
+    def freeze(self, input_scale):
+        """Fix the weight scale and the quantized bias from the current weights and
+        the (frozen) scale of this layer's input."""
+        w_scale = float(weight_scale(self.weight))
+        grid = (torch.tensor(input_scale, dtype=torch.float32)
+                * torch.tensor(w_scale, dtype=torch.float32))
+        self.frozen = (w_scale, quantize_bias(self.bias, grid.to(self.bias.device)).detach())
+
+    def use_frozen(self):
+        return self.frozen is not None and not self.training
+
+    def quantized_weight(self):
+        if self.use_frozen():
+            return torch.fake_quantize_per_tensor_affine(self.weight, self.frozen[0], 0,
+                                                         -128, 127)
+        zero = torch.zeros((), dtype=torch.int32, device=self.weight.device)
+        return torch.fake_quantize_per_tensor_affine(self.weight, weight_scale(self.weight),
+                                                     zero, -128, 127)
+
+    def forward(self, x, input_scale=None):
+        if not self.int8:
             return super().forward(x)
-        return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
+        bias = (self.frozen[1] if self.use_frozen()
+                else quantize_bias(self.bias, input_scale * weight_scale(self.weight)))
+        return nn.functional.linear(x, self.quantized_weight(), bias)
 
 
 class GhostNet(nn.Module):
@@ -108,8 +152,9 @@ class GhostNet(nn.Module):
         self.fc0 = QuantLinear(n_features, l0)
         self.act = ACTIVATIONS[activation]()
         self.act_quant = FakeQuant()
+        # the logit stays float (integer sum x scales + bias): rounding it to 256
+        # levels would only comb the scores, and costs nothing to avoid
         self.fc1 = QuantLinear(l0, 1)
-        self.dequant = FakeQuant()         # logit range, then back to float
         self.int8 = False
 
     def core(self, x):
@@ -117,8 +162,9 @@ class GhostNet(nn.Module):
         inputs normalized once up front, which is the same as logits())."""
         if not self.int8:  # the hot path of float training: no quantization calls
             return self.fc1(self.act(self.fc0(x)))
-        x = self.act_quant(self.act(self.fc0(self.quant(x))))
-        return self.dequant(self.fc1(x))
+        x = self.quant(x)
+        x = self.act_quant(self.act(self.fc0(x, self.quant.scale())))
+        return self.fc1(x, self.act_quant.scale())
 
     def logits(self, x):
         return self.core(self.norm(x))
@@ -130,12 +176,18 @@ class GhostNet(nn.Module):
         return [m for m in self.modules() if isinstance(m, FakeQuant)]
 
     def set_int8(self, enabled=True, observing=False):
-        """Switch INT8 fake quantization on/off and range observation on/off."""
+        """Switch INT8 fake quantization on/off and range observation on/off.  Off
+        observation, every range is frozen: activations at what was observed,
+        weights at their current values (call again after the weights change)."""
         self.int8 = enabled
         for m in self.fake_quants():
             m.enabled, m.observing, m.frozen = enabled, observing, None
             if enabled and not observing:
                 m.freeze()
+        for quant, linear in ((self.quant, self.fc0), (self.act_quant, self.fc1)):
+            linear.int8, linear.frozen = enabled, None
+            if enabled and not observing:
+                linear.freeze(quant.scale())
         return self
 
 

@@ -97,6 +97,43 @@ def test_int8_artifacts_load_and_run(trained, raw_dataset):
     assert accuracy > 0.6
 
 
+def _int8_session(path, optimized):
+    opts = ort.SessionOptions()
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def test_int8_onnx_weights_are_7_bit(trained):
+    """Every quantized weight is an integer in [-63, 63]: pairs of u8 x s8 products then
+    fit the 16-bit sums of onnxruntime's AVX2 kernels (no VNNI), so no CPU saturates."""
+    from onnx import numpy_helper
+    proto = onnx.load(str(trained / "ghost_model_int8.onnx"))
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:  # constants may also come as Constant nodes
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    weights = [n for n in proto.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[0] in consts]
+    assert len(weights) == 2  # fc0 and fc1
+    for node in weights:
+        w, scale = consts[node.input[0]], consts[node.input[1]]
+        q = np.round(w / scale)
+        assert consts[node.input[2]].dtype == np.int8 and not consts[node.input[2]].any()
+        assert q.min() >= -63 and q.max() <= 63, (q.min(), q.max())
+        assert q.max() == 63 or q.min() == -63  # the range is used, not wasted
+
+
+def test_int8_onnxruntime_same_with_and_without_graph_optimizations(trained, raw_dataset):
+    """The fused integer kernels (optimizations on) compute what the plain Q/DQ graph
+    computes, as tightly as torch and onnxruntime must agree: the same on every CPU."""
+    x, _ = load_split(raw_dataset, "test")
+    path = trained / "ghost_model_int8.onnx"
+    fused = _int8_session(path, optimized=True).run(None, {"features": x})[0]
+    plain_graph = _int8_session(path, optimized=False).run(None, {"features": x})[0]
+    assert np.mean(np.abs(fused - plain_graph) < 1e-3) > 0.99
+
+
 def test_seed_reproducibility(raw_dataset, tmp_path, trained):
     again = search(raw_dataset, tmp_path, "--int8")
     a = torch.load(trained / "ghost_model.pth", weights_only=True)
