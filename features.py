@@ -41,3 +41,36 @@ def features_for(track):
         raise ValueError(
             f"unknown track type {track!r}: valid types are {', '.join(TRACK_TYPES)}")
     return list(TRACK_FEATURES[track])
+
+
+def own_branches(track):
+    """The features only this track type uses (its pattern-recognition branches)."""
+    others = {f for t, names in TRACK_FEATURES.items() if t != track for f in names}
+    return [f for f in features_for(track) if f not in others]
+
+
+def other_track_branches(track):
+    """The branches that tell the other track types apart from `track`."""
+    return [f for t in TRACK_TYPES if t != track for f in own_branches(t)]
+
+
+def unfilled(columns, names):
+    """The features with no finite non-zero value: an Allen file written for another
+    track type leaves that type's pr_* branches at 0 for every track."""
+    import numpy as np
+    return [n for n in names
+            if not np.any((columns[n] != 0) & np.isfinite(columns[n]))]
+
+
+def track_mismatch(track, zero, others, fix="use --track {}"):
+    """One sentence on features that are 0 for every track; `others`: the branches of
+    the other track types read from the same input ({name: array}), to say which
+    type the file looks like, and `fix` what to do then."""
+    filled = [t for t in TRACK_TYPES if t != track and own_branches(t)
+              and all(b in others for b in own_branches(t))
+              and not unfilled(others, own_branches(t))]
+    looks = (f"; it looks like {' or '.join(filled)} tracks "
+             f"({', '.join(b for t in filled for b in own_branches(t))} filled): "
+             f"{fix.format(filled[0])}" if filled else "")
+    return (f"{track + ' ' if track else ''}features {', '.join(zero)} are 0 for every "
+            f"track (not filled in this input){looks}")

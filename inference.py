@@ -27,10 +27,11 @@ import warnings
 
 import numpy as np
 
-from features import DEFAULT_TREE, LABEL, TRACK_TYPES, features_for
+from features import (DEFAULT_TREE, LABEL, TRACK_TYPES, features_for, other_track_branches,
+                      track_mismatch, unfilled)
 from utils import (AtomicOutputs, GhostError, Stopwatch, check_output_dir, load_config,
-                   load_dataset_meta, load_split, log, normalize, one_line, read_root,
-                   roc_auc, run_cli, stack_columns, write_root)
+                   load_dataset_meta, load_split, log, normalize, one_line, prepare_folder,
+                   read_root, roc_auc, run_cli, stack_columns, warn, write_root)
 
 # The original study's 26 thresholds: 0.10-0.80 by 0.05, 0.81-0.89 by 0.01, 0.90, 0.95.
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in (
@@ -113,8 +114,7 @@ def check_args(args):
         if ext not in (".npy", ".root"):
             raise GhostError(f"--output {args.output}: the extension must be .npy or .root")
         check_output_dir(args.output)
-    if os.path.exists(args.plots_dir) and not os.path.isdir(args.plots_dir):
-        raise GhostError(f"--plots-dir {args.plots_dir} is a file, not a folder")
+    prepare_folder(args.plots_dir, "--plots-dir", create=False)  # made once there are metrics
     if not os.path.isfile(args.model):
         raise GhostError(f"model file {args.model} does not exist")
     if args.model.endswith((".pth", ".pt")) and not args.config:
@@ -320,6 +320,23 @@ def read_input(args, source, names):
                              f"but {len(names)} are selected")
         splits[split] = (data, labels.ravel() == 1.0)
     return splits["test"][0], splits["test"][1], splits.get("train")
+
+
+def warn_unfilled(args, source, settings, data):
+    """A loud warning when features are 0 for every track: the input is of another
+    track type than the model (its scores mean little), or a branch is empty."""
+    names = settings["features"]
+    zero = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
+    if not zero:
+        return
+    track = settings["track"]
+    others = {}
+    if source["kind"] == "root" and track in TRACK_TYPES:
+        others = read_root([source["path"]], args.tree, [],
+                           optional=other_track_branches(track))
+    warn(f"{track_mismatch(track, zero, others, fix='score it with a {} model')}; the model sees "
+         "constant inputs it was not trained on, so its scores and metrics are not "
+         "meaningful")
 
 
 # ---------------------------------------------------------------------------
@@ -819,6 +836,7 @@ def main(argv=None):
     finite = np.isfinite(data).all(axis=1)  # before normalization clips inf into [0, 1]
     log(f"read {len(data):,} tracks from {args.filename} in {read_clock():.1f} s"
         + ("" if labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
+    warn_unfilled(args, source, settings, data)
     if settings["normalize"]:
         rec = settings["normalization"]
         data = normalize(data, rec["offsets"], rec["scales"])
@@ -869,11 +887,7 @@ def main(argv=None):
                            shown=args.output)
         figures = []
         if res is not None:
-            try:
-                os.makedirs(args.plots_dir, exist_ok=True)
-            except OSError as e:
-                raise GhostError(f"cannot create --plots-dir {args.plots_dir}: {e.strerror}")
-            check_output_dir(os.path.join(args.plots_dir, "x"))
+            prepare_folder(args.plots_dir, "--plots-dir")
             metrics = {
                 "input": os.path.abspath(args.filename), "input_kind": source["kind"],
                 "model": os.path.abspath(args.model), "model_kind": model["kind"],

@@ -10,10 +10,11 @@ import time
 
 import numpy as np
 
-from features import DEFAULT_TREE, HEAVY_TAILED, LABEL, TRACK_TYPES, features_for
+from features import (DEFAULT_TREE, HEAVY_TAILED, LABEL, TRACK_TYPES, features_for,
+                      other_track_branches, track_mismatch, unfilled)
 from utils import (SPLITS, AtomicOutputs, GhostError, check_output_dir, expand_inputs,
-                   features_json_path, fit_normalization, log, normalize, read_root,
-                   run_cli, split_paths, stack_columns)
+                   features_json_path, fit_normalization, log, normalize, prepare_folder,
+                   read_root, run_cli, split_paths, stack_columns)
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
 MIN_TRACKS_PER_CLASS = 10
@@ -118,13 +119,18 @@ def main(argv=None):
     t0 = time.perf_counter()
     names = features_for(args.track)
     files = expand_inputs(args.filename)
-    check_output_dir(args.output)
+    check_output_dir(args.output)  # every output location before the long read
     if args.plot:
-        os.makedirs(args.plots_dir, exist_ok=True)
+        prepare_folder(args.plots_dir, "--plots-dir")
 
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
     columns = read_root(files, args.tree, names + [LABEL], threads=args.threads)
     n_read = len(columns[LABEL])
+    if n_read == 0:
+        raise GhostError(f"no tracks to read: tree {args.tree} is empty in every input file")
+    if zero := unfilled(columns, names):
+        others = read_root(files, args.tree, [], optional=other_track_branches(args.track))
+        raise GhostError(track_mismatch(args.track, zero, others))
     rows, labels, dropped = clean(columns, names)
     n_ghost, n_real = int((labels == 1.0).sum()), int((labels == 0.0).sum())
     log(f"read {n_read:,} tracks in {time.perf_counter() - t0:.1f} s; "

@@ -7,6 +7,7 @@ ghost_model.pth, ghost_model_config.pkl (+ .json) and ghost_model.onnx
 (+ ghost_model_int8.* with --int8) into --output-dir.
 """
 import argparse
+import contextlib
 import copy
 import io
 import logging
@@ -17,8 +18,9 @@ import tempfile
 
 import numpy as np
 
-from utils import (AtomicOutputs, GhostError, Stopwatch, check_output_dir, load_dataset,
-                   load_dataset_meta, log, pick_device, plain, roc_auc, run_cli)
+from utils import (AtomicOutputs, FolderLock, GhostError, Stopwatch, load_dataset,
+                   load_dataset_meta, log, pick_device, plain, prepare_folder,
+                   remove_stale_temporaries, roc_auc, run_cli)
 
 CHECKPOINT = "checkpoint.pt"
 ARTIFACT = "ghost_model"
@@ -87,10 +89,13 @@ def load_data(args):
     if n_train < args.batch:
         raise GhostError(f"the training split holds {n_train} tracks, fewer than one "
                          f"batch of {args.batch}: use a smaller --batch")
-    names = meta.get("features") or [f"f{i}" for i in range(splits["train"][0].shape[1])]
-    if len(names) != splits["train"][0].shape[1]:
-        raise GhostError(f"{args.filename}_features.json lists {len(names)} features, "
-                         f"but the arrays have {splits['train'][0].shape[1]} columns")
+    width = splits["train"][0].shape[1]
+    names = meta.get("features") or [f"f{i}" for i in range(width)]
+    offsets = (meta.get("normalization") or {}).get("offsets", names)
+    if len(names) != width or len(offsets) != width:
+        raise GhostError(f"{args.filename}_features.json describes "
+                         f"{len(names) if len(names) != width else len(offsets)} features "
+                         f"(names or normalization), but the arrays have {width} columns")
     return splits, meta
 
 
@@ -499,12 +504,27 @@ def save_artifacts(folder, stem, model, config, out):
 
 def main(argv=None):
     args = parse_args(argv)
+    with contextlib.ExitStack() as locks:
+        run(args, locks)
+
+
+def prepare_outputs(args, locks):
+    """Every output location checked, and locked against a concurrent run, before
+    Ray starts: the Ray folder of this search and, with --save, the model folder
+    (where stale temporaries of killed runs are removed)."""
+    prepare_folder(args.path, "--path")
+    locks.enter_context(FolderLock(args.path, "--path", name=f".{args.name}.lock"))
+    if args.save:
+        prepare_folder(args.output_dir, "--output-dir")
+        locks.enter_context(FolderLock(args.output_dir, "--output-dir"))
+        remove_stale_temporaries(args.output_dir)
+
+
+def run(args, locks):
     clock = Stopwatch()
     splits, meta = load_data(args)
     network = resolve_network(args.network, meta)
-    if args.save:
-        os.makedirs(args.output_dir, exist_ok=True)
-        check_output_dir(os.path.join(args.output_dir, f"{ARTIFACT}.pth"))
+    prepare_outputs(args, locks)
     if args.gpu or args.cuda is not None:  # check GPU flags before a long search
         check_gpu_flags(args)
     n_features = splits["train"][0].shape[1]

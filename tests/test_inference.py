@@ -403,3 +403,46 @@ def test_help_imports_nothing_heavy():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--thresholds" in proc.stdout and "--backend" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# mixed-up inputs: warned about or refused, never a crash
+# ---------------------------------------------------------------------------
+
+def test_empty_rntuple_is_a_clean_error(trained, tmp_path):
+    from make_sample import generate
+    path = str(tmp_path / "empty.root")
+    utils.write_root(path, DEFAULT_TREE, {k: v[:0] for k, v in generate(10).items()},
+                     fmt="rntuple")
+    proc = run_script("inference.py", "-f", path, "--model", trained["net1"],
+                      "--plots-dir", tmp_path / "p")
+    assert_clean_error(proc, "holds no tracks")
+
+
+def test_forward_file_through_a_matching_model_warns(trained, forward_file, tmp_path):
+    proc = run_script("inference.py", "-f", forward_file, "--model", trained["net1"],
+                      "--plots-dir", tmp_path / "p", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, proc.stderr
+    for needle in ("pr_match_chi2", "pr_seed_chi2", "0 for every track",
+                   "looks like forward", "not meaningful"):
+        assert needle in warnings[0], needle
+
+
+def test_matching_file_through_a_matching_model_is_quiet(trained, matching_file, tmp_path):
+    proc = run_script("inference.py", "-f", matching_file, "--model", trained["net1"],
+                      "--plots-dir", tmp_path / "p", "--no-plots")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("where,needles", [
+    (["--output", "/proc/ghost_p.npy"], ["/proc", "not writable"]),
+    (["--plots-dir", "/proc/ghost_plots"], ["--plots-dir", "/proc"]),
+])
+def test_unwritable_outputs_fail_before_scoring(trained, matching_file, tmp_path, where,
+                                                needles):
+    proc = run_script("inference.py", "-f", matching_file, "--model", trained["net1"],
+                      *where)
+    assert_clean_error(proc, *needles)
+    assert "scored" not in proc.stdout and "read " not in proc.stdout

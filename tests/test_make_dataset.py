@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -258,9 +260,163 @@ def test_interrupted_write_leaves_nothing(tmp_path, matching_file, monkeypatch):
 def test_help_is_instant_and_imports_no_root():
     proc = run_script("make_dataset.py", "--help")
     assert proc.returncode == 0 and "--normalize" in proc.stdout
-    import subprocess
-    import sys
     code = "import sys, make_dataset; print('ROOT' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__))).stdout
     assert out.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------
+# mixed inputs: every file read with its own kind and types, never a crash
+# ---------------------------------------------------------------------------
+
+TREE = "kalman_validator/kalman_ip_tree"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Small files of one generator: a float TTree, the same tracks with chi2 as
+    double and n_velo as int, an RNTuple, one without pr_seed_chi2 and empty ones."""
+    from make_sample import generate
+    from utils import write_root
+    d = tmp_path_factory.mktemp("mixed")
+    cols = generate(3000, "matching", seed=7)
+    files = {}
+
+    def write(name, columns, fmt="ttree"):
+        files[name] = str(d / f"{name}.root")
+        write_root(files[name], TREE, columns, fmt=fmt)
+
+    write("float", cols)
+    write("typed", {**cols, "chi2": cols["chi2"].astype(np.float64),
+                    "n_velo": cols["n_velo"].astype(np.int32)})
+    write("rntuple", cols, fmt="rntuple")
+    write("rntuple_fewer", {k: v for k, v in cols.items() if k != "kalman_ip"}, fmt="rntuple")
+    write("rntuple_no_seed", {k: v for k, v in cols.items() if k != "pr_seed_chi2"},
+          fmt="rntuple")
+    write("rntuple_empty", {k: v[:0] for k, v in cols.items()}, fmt="rntuple")
+    write("ttree_empty", {k: v[:0] for k, v in cols.items()})
+    files["dir"] = str(d)
+    return files, cols
+
+
+def _all_rows(prefix):
+    return np.concatenate([d for d, _ in load_dataset(prefix).values()])
+
+
+def test_mixed_branch_types_are_read_per_file(tmp_path, mixed):
+    files, cols = mixed
+    names = TRACK_FEATURES["matching"] + ["ghost"]
+    both = read_root([files["float"], files["typed"]], TREE, names)
+    for name in names:  # each half equals the generator's values, in entry order
+        for half in (both[name][:3000], both[name][3000:]):
+            assert np.array_equal(half, cols[name], equal_nan=True), name
+    proc = run_script("make_dataset.py", "-f", files["float"], files["typed"], "--output",
+                      tmp_path / "ds", "--track", "matching")
+    assert proc.returncode == 0, proc.stderr
+    assert "chi2 as float32 / float64" in proc.stdout and "n_velo" in proc.stdout
+    rows = _all_rows(str(tmp_path / "ds"))
+    j = TRACK_FEATURES["matching"].index("chi2")
+    assert np.isin(rows[:, j], cols["chi2"]).all()  # no garbage: every value is a real one
+    k = TRACK_FEATURES["matching"].index("n_velo")
+    assert np.isin(rows[:, k], cols["n_velo"]).all()
+
+
+@pytest.mark.parametrize("inputs", [
+    ["float", "rntuple"],           # TTree + RNTuple: segfaulted
+    ["rntuple", "rntuple_fewer"],   # two RNTuples, different branches: ROOT aborted
+    ["rntuple_empty", "float"],     # an empty RNTuple: segfaulted in CreateSampleInfo
+    ["ttree_empty", "rntuple", "rntuple_empty"],
+])
+def test_mixed_kinds_and_empty_files_never_crash(tmp_path, mixed, inputs):
+    files, cols = mixed
+    proc = run_script("make_dataset.py", "-f", *[files[i] for i in inputs], "--output",
+                      tmp_path / "ds", "--track", "matching")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    meta = json.load(open(tmp_path / "ds_features.json"))
+    full = [i for i in inputs if "empty" not in i]  # empty files add nothing
+    assert meta["tracks_read"] == 3000 * len(full)
+
+
+def test_glob_over_a_ttree_and_an_rntuple(tmp_path, mixed):
+    files, _ = mixed
+    # float.root (TTree) and rntuple.root
+    proc = run_script("make_dataset.py", "-f", os.path.join(files["dir"], "[fr]*[et].root"),
+                      "--output", tmp_path / "ds", "--track", "matching")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert json.load(open(tmp_path / "ds_features.json"))["tracks_read"] == 6000
+
+
+def test_rntuple_lacking_a_feature_is_named_not_aborted(tmp_path, mixed):
+    files, _ = mixed  # ROOT aborted: "Fatal: fOnDiskId != kInvalidDescriptorId"
+    proc = run_script("make_dataset.py", "-f", files["rntuple"], files["rntuple_no_seed"],
+                      "--output", tmp_path / "ds", "--track", "matching")
+    assert_clean_error(proc, "rntuple_no_seed.root", "lacks branches: pr_seed_chi2")
+    assert not list(tmp_path.iterdir())
+
+
+def test_only_empty_files_is_a_clean_error(tmp_path, mixed):
+    files, _ = mixed
+    proc = run_script("make_dataset.py", "-f", files["rntuple_empty"], files["ttree_empty"],
+                      "--output", tmp_path / "ds", "--track", "matching")
+    assert_clean_error(proc, "no tracks", "empty")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_branch_that_is_no_number_is_named(tmp_path):
+    import ROOT
+    ROOT.gInterpreter.Declare("std::vector<float> three_hits() { return {1.f, 2.f, 3.f}; }")
+    path = str(tmp_path / "vec.root")
+    df = ROOT.RDataFrame(50)
+    for name in TRACK_FEATURES["matching"] + ["ghost"]:
+        df = df.Define(name, "float(rdfentry_ % 2)")
+    df = df.Redefine("chi2", "three_hits()")
+    df.Snapshot(TREE, path)
+    proc = run_script("make_dataset.py", "-f", path, "--output", tmp_path / "ds",
+                      "--track", "matching")
+    assert_clean_error(proc, "vec.root", "chi2", "not plain numbers")
+
+
+@pytest.mark.parametrize("track,sample,needles", [
+    ("matching", "forward", ["pr_match_chi2", "pr_seed_chi2", "0 for every track",
+                             "looks like forward", "--track forward"]),
+    ("forward", "matching", ["pr_forward_quality", "0 for every track",
+                             "looks like matching", "--track matching"]),
+])
+def test_wrong_track_type_is_an_error(tmp_path, forward_file, matching_file, track, sample,
+                                      needles):
+    f = forward_file if sample == "forward" else matching_file
+    proc = run_script("make_dataset.py", "-f", f, "--output", tmp_path / "ds", "--track", track)
+    assert_clean_error(proc, *needles)
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------
+# output locations: checked before the long read, one line each
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where,needles", [
+    (["--output", "/proc/ghost_ds"], ["/proc", "not writable"]),
+    (["--plot", "--plots-dir", "/proc/ghost_plots"], ["--plots-dir", "/proc/ghost_plots"]),
+    (["--plot", "--plots-dir", "FILE"], ["--plots-dir", "is a file"]),
+])
+def test_unwritable_outputs_fail_before_reading(tmp_path, matching_file, where, needles):
+    where = [str(tmp_path / "afile") if w == "FILE" else w for w in where]
+    (tmp_path / "afile").write_text("")
+    if "--output" not in where:
+        where += ["--output", str(tmp_path / "ds")]
+    proc = run_script("make_dataset.py", "-f", matching_file, "--track", "matching", *where)
+    assert_clean_error(proc, *needles)
+    assert "read " not in proc.stdout  # refused before reading the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(tmp_path, matching_file):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ds_train_data.tmp{dead.pid}_0.npy"
+    alive = tmp_path / f".other.tmp{os.getppid()}_0.npy"  # a running process's: kept
+    stale.write_text("half")
+    alive.write_text("busy")
+    make(tmp_path, "-f", matching_file, "--track", "matching")
+    assert not stale.exists() and alive.exists()

@@ -304,3 +304,92 @@ def test_join_an_existing_ray_cluster(raw_dataset, tmp_path):
         assert (tmp_path / "m" / "ghost_model.onnx").is_file()
     finally:
         subprocess.run([ray_cli, "stop"], capture_output=True, env=env, timeout=120)
+
+
+# ---------------------------------------------------------------------------
+# outputs checked and locked before Ray starts
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case,needles", [
+    ("output_dir_is_file", ["--output-dir", "is a file"]),
+    ("path_is_file", ["--path", "is a file"]),
+    ("output_dir_in_proc", ["--output-dir", "/proc/ghost_models"]),
+    ("json_not_object", ["_features.json", "not an object"]),
+    ("norm_wrong_length", ["_features.json", "12 offsets for 13 features"]),
+    ("norm_wrong_length_no_names", ["_features.json", "12", "13 columns"]),
+])
+def test_bad_outputs_and_metadata_fail_before_ray(tmp_path, raw_dataset, case, needles):
+    prefix = str(tmp_path / "ds")
+    for suffix in [f"_{s}_{k}.npy" for s in ("train", "valid", "test")
+                   for k in ("data", "labels")]:
+        os.symlink(raw_dataset + suffix, prefix + suffix)
+    meta = json.load(open(raw_dataset + "_features.json"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out, path = tmp_path / "out", tmp_path / "ray"
+    if case == "output_dir_is_file":
+        out = afile
+    elif case == "path_is_file":
+        path = afile
+    elif case == "output_dir_in_proc":
+        out = "/proc/ghost_models"
+    elif case == "json_not_object":
+        meta = [meta]
+    elif case.startswith("norm_wrong_length"):
+        meta["normalization"]["offsets"] = meta["normalization"]["offsets"][:12]
+        if case.endswith("no_names"):
+            del meta["features"]
+    json.dump(meta, open(prefix + "_features.json", "w"))
+    proc = run_script("training.py", "-f", prefix, "--save", "--output-dir", out,
+                      "--path", path, "-n", "1", "--epochs", "1")
+    assert_clean_error(proc, *needles)
+    assert "trials x" not in proc.stdout  # nothing started
+    assert not os.path.exists(tmp_path / "ray" / "ghost_search")
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_running_search_locks_its_folders(raw_dataset, tmp_path):
+    out, ray_dir = tmp_path / "m", tmp_path / "ray"
+    out.mkdir()
+    ray_dir.mkdir()
+    args = ["-f", raw_dataset, *SEARCH, "--path", ray_dir, "--save", "--output-dir", out]
+    (out / ".ghost_tracks.lock").write_text(f"{os.getpid()}\n")  # a live owner: this test
+    proc = run_script("training.py", *args)
+    assert_clean_error(proc, "--output-dir", "in use by another run", str(os.getpid()))
+    (out / ".ghost_tracks.lock").unlink()
+    (ray_dir / ".ghost_search.lock").write_text(f"{os.getpid()}\n")
+    proc = run_script("training.py", *args)
+    assert_clean_error(proc, "--path", "in use by another run")
+    assert not (out / "ghost_model.onnx").exists()
+    # a lock whose owner died (SIGKILL) is taken over, as are its temporaries
+    (ray_dir / ".ghost_search.lock").write_text(f"{_dead_pid()}\n")
+    (out / ".ghost_tracks.lock").write_text(f"{_dead_pid()}\n")
+    stale = out / f".ghost_model.tmp{_dead_pid()}_3.onnx"
+    stale.write_text("half a model")
+    proc = run_script("training.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "ghost_model.onnx").is_file() and not stale.exists()
+    assert not (out / ".ghost_tracks.lock").exists()
+    assert not (ray_dir / ".ghost_search.lock").exists()
+
+
+def test_two_searches_at_once_one_is_refused(raw_dataset, tmp_path):
+    args = [sys.executable, os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
+            *SEARCH, "--path", str(tmp_path / "ray"), "--save", "--output-dir",
+            str(tmp_path / "m")]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:  # the first one holds its locks once it starts Ray
+            if "trials x" in line:
+                break
+        second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert_clean_error(second, "in use by another run", str(first.pid))
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert (tmp_path / "m" / "ghost_model.onnx").is_file()
