@@ -28,6 +28,7 @@ demo: $(STAMP)
 	@echo "demo done: plots in $(DEMO)/plots, model in $(DEMO)/model"
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -1,8 +1,13 @@
-"""What a track type means for the toolkit: its ROOT branches, label, tree and bounds.
+"""What a track type means for the toolkit: its ROOT branches, label, tree, and how
+the features are scaled before a network sees them.
 
 The one place these are defined; make_dataset.py, training.py and inference.py all
 ask this module.  Feature lists are the original study's (see docs in README.md).
 """
+import math
+from dataclasses import dataclass
+
+import numpy as np
 
 # Default location of the tracks in an Allen kalman_validator file.
 DEFAULT_TREE = "kalman_validator/kalman_ip_tree"
@@ -57,7 +62,6 @@ def other_track_branches(track):
 def unfilled(columns, names):
     """The features with no finite non-zero value: an Allen file written for another
     track type leaves that type's pr_* branches at 0 for every track."""
-    import numpy as np
     return [n for n in names
             if not np.any((columns[n] != 0) & np.isfinite(columns[n]))]
 
@@ -74,3 +78,67 @@ def track_mismatch(track, zero, others, fix="use --track {}"):
              f"{fix.format(filled[0])}" if filled else "")
     return (f"{track + ' ' if track else ''}features {', '.join(zero)} are 0 for every "
             f"track (not filled in this input){looks}")
+
+
+@dataclass(frozen=True)
+class MinMax:
+    """The original study's input scaling, x -> clip((x - offset) / scale, 0, 1) per
+    feature: FIXED_BOUNDS where given, else the training split's own min and max.
+
+    One arithmetic wherever it runs: numpy (make_dataset.py --normalize, inference)
+    and the model's first layer (models.MinMaxNorm) both compute, in float32,
+    (x - offset) * inv_scale with the inv_scale of float32_arrays()."""
+    offsets: tuple
+    scales: tuple
+
+    def __post_init__(self):
+        if len(self.offsets) != len(self.scales):
+            raise ValueError(f"{len(self.offsets)} offsets but {len(self.scales)} scales")
+        for key in ("offsets", "scales"):
+            if not all(_is_number(v) for v in getattr(self, key)):
+                raise ValueError(f"normalization {key} must be finite numbers")
+        if any(v <= 0 for v in self.scales):
+            raise ValueError("normalization scales must be positive")
+
+    def __len__(self):
+        return len(self.offsets)
+
+    @classmethod
+    def fit(cls, train, names):
+        """From the training split only (never validation or test statistics)."""
+        offsets, scales = [], []
+        for i, name in enumerate(names):
+            if name in FIXED_BOUNDS:
+                lo, hi = FIXED_BOUNDS[name]
+            else:
+                lo, hi = float(train[:, i].min()), float(train[:, i].max())
+            offsets.append(float(lo))
+            scales.append(float(hi - lo) if hi > lo else 1.0)
+        return cls(tuple(offsets), tuple(scales))
+
+    @classmethod
+    def from_dict(cls, d):
+        """From {"offsets": [...], "scales": [...]}; ValueError if malformed."""
+        if not isinstance(d, dict) or not all(
+                isinstance(d.get(k), (list, tuple)) for k in ("offsets", "scales")):
+            raise ValueError("the normalization must hold lists 'offsets' and 'scales'")
+        return cls(tuple(d["offsets"]), tuple(d["scales"]))
+
+    def to_dict(self):
+        return {"offsets": list(self.offsets), "scales": list(self.scales)}
+
+    def float32_arrays(self):
+        """(offsets, inv_scales) as float32 arrays: the constants of the arithmetic."""
+        scales = np.asarray(self.scales, dtype=np.float32)
+        return (np.asarray(self.offsets, dtype=np.float32),
+                (np.float32(1.0) / scales).astype(np.float32))
+
+    def apply(self, data):
+        """float32 [n, features] in [0, 1]."""
+        offsets, inv_scales = self.float32_arrays()
+        out = (np.asarray(data, dtype=np.float32) - offsets) * inv_scales
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -6,15 +6,25 @@ writes {output}_{train,valid,test}_{data,labels}.npy and {output}_features.json.
 """
 import argparse
 import os
-import time
 
 import numpy as np
 
-from features import (DEFAULT_TREE, HEAVY_TAILED, LABEL, TRACK_TYPES, features_for,
-                      other_track_branches, track_mismatch, unfilled)
-from utils import (SPLITS, AtomicOutputs, GhostError, check_output_dir, expand_inputs,
-                   features_json_path, fit_normalization, log, normalize, prepare_folder,
-                   read_root, run_cli, split_paths, stack_columns)
+from dataset import SPLITS, DatasetMeta, meta_path, write_dataset
+from features import (
+    DEFAULT_TREE,
+    HEAVY_TAILED,
+    LABEL,
+    TRACK_TYPES,
+    MinMax,
+    features_for,
+    other_track_branches,
+    track_mismatch,
+    unfilled,
+)
+from outputs import AtomicOutputs, check_output_file, prepare_folder
+from plots import write_feature_figures
+from rootio import expand_inputs, read_root, stack_columns
+from utils import GhostError, Stopwatch, log, run_cli
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
 MIN_TRACKS_PER_CLASS = 10
@@ -83,102 +93,69 @@ def balance_and_split(labels, fraction, rng):
     return {s: rng.permutation(np.concatenate(parts[s])) for s in SPLITS}
 
 
-def plot_features(columns, rows, labels, names, plots_dir, out):
-    """One PNG per feature, ghost and real distributions overlaid (file only)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ghost = labels == 1.0
-    for name in names:
-        x = columns[name][rows]
-        heavy = name in HEAVY_TAILED
-        lo, hi = np.percentile(x, [0.0, 100.0 if not heavy else 99.9])
-        if heavy and lo > 0:
-            bins = np.geomspace(lo, hi, 81)
-        else:
-            bins = np.linspace(lo, hi if hi > lo else lo + 1, 81)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for sel, label, color in ((~ghost, "real", "tab:blue"), (ghost, "ghost", "tab:red")):
-            ax.hist(x[sel], bins=bins, density=True, histtype="step", lw=1.5,
-                    color=color, label=f"{label} ({int(sel.sum()):,} tracks)")
-        if heavy:
-            ax.set_yscale("log")
-            if lo > 0:
-                ax.set_xscale("log")
-        ax.set_xlabel(name)
-        ax.set_ylabel("density (normalized to unit area)")
-        ax.set_title(f"{name}: ghost vs real tracks")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out.tmp(os.path.join(plots_dir, f"{name}.png")), dpi=100)
-        plt.close(fig)
+def read_tracks(files, tree, track, names, threads):
+    """The feature and label columns of every input file; the wrong track type (its
+    features 0 for every track) or no tracks at all is an error."""
+    columns = read_root(files, tree, names + [LABEL], threads=threads)
+    if len(columns[LABEL]) == 0:
+        raise GhostError(f"no tracks to read: tree {tree} is empty in every input file")
+    if zero := unfilled(columns, names):
+        others = read_root(files, tree, [], optional=other_track_branches(track))
+        raise GhostError(track_mismatch(track, zero, others))
+    return columns
+
+
+def describe(args, files, n_read, rows, dropped, splits, minmax):
+    """The DatasetMeta written beside the arrays."""
+    return DatasetMeta(
+        track=args.track, features=features_for(args.track), label=LABEL, tree=args.tree,
+        input_files=[os.path.abspath(f) for f in files], seed=args.seed,
+        fraction=args.fraction, tracks_read=n_read,
+        tracks_dropped_nonfinite=n_read - len(rows), dropped_per_feature=dropped,
+        counts={s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
+                for s, (_, y) in splits.items()},
+        # always recorded: network 1 embeds this transform, inference reuses it
+        normalized=args.normalize, normalization=minmax)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     names = features_for(args.track)
     files = expand_inputs(args.filename)
-    check_output_dir(args.output)  # every output location before the long read
+    check_output_file(args.output)  # every output location before the long read
     if args.plot:
         prepare_folder(args.plots_dir, "--plots-dir")
 
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
-    columns = read_root(files, args.tree, names + [LABEL], threads=args.threads)
+    columns = read_tracks(files, args.tree, args.track, names, args.threads)
     n_read = len(columns[LABEL])
-    if n_read == 0:
-        raise GhostError(f"no tracks to read: tree {args.tree} is empty in every input file")
-    if zero := unfilled(columns, names):
-        others = read_root(files, args.tree, [], optional=other_track_branches(args.track))
-        raise GhostError(track_mismatch(args.track, zero, others))
     rows, labels, dropped = clean(columns, names)
-    n_ghost, n_real = int((labels == 1.0).sum()), int((labels == 0.0).sum())
-    log(f"read {n_read:,} tracks in {time.perf_counter() - t0:.1f} s; "
+    log(f"read {n_read:,} tracks in {clock():.1f} s; "
         f"dropped {n_read - len(rows):,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
-        + f"; {n_ghost:,} ghosts, {n_real:,} real")
+        + f"; {int((labels == 1.0).sum()):,} ghosts, {int((labels == 0.0).sum()):,} real")
 
-    rng = np.random.default_rng(args.seed)
-    index = balance_and_split(labels, args.fraction, rng)
+    index = balance_and_split(labels, args.fraction, np.random.default_rng(args.seed))
     splits = {s: (stack_columns(columns, names, rows[i]), labels[i].reshape(-1, 1))
               for s, i in index.items()}
-    offsets, scales = fit_normalization(splits["train"][0], names)
+    minmax = MinMax.fit(splits["train"][0], names)
     if args.normalize:
-        splits = {s: (normalize(d, offsets, scales), y) for s, (d, y) in splits.items()}
-
-    meta = {
-        "track": args.track,
-        "features": names,
-        "label": LABEL,
-        "tree": args.tree,
-        "input_files": [os.path.abspath(f) for f in files],
-        "seed": args.seed,
-        "fraction": args.fraction,
-        "tracks_read": n_read,
-        "tracks_dropped_nonfinite": n_read - len(rows),
-        "dropped_per_feature": dropped,
-        "counts": {s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
-                   for s, (_, y) in splits.items()},
-        "normalized": args.normalize,
-        # always recorded: network 1 embeds this transform, inference reuses it
-        "normalization": {"offsets": offsets.tolist(), "scales": scales.tolist()},
-    }
+        splits = {s: (minmax.apply(d), y) for s, (d, y) in splits.items()}
     with AtomicOutputs() as out:
-        for split, (d, y) in splits.items():
-            data_path, label_path = split_paths(args.output, split)
-            out.save_npy(data_path, d)
-            out.save_npy(label_path, y)
-        out.save_json(features_json_path(args.output), meta)
+        write_dataset(out, args.output, splits,
+                      describe(args, files, n_read, rows, dropped, splits, minmax))
         if args.plot:
-            plot_features(columns, rows, labels, names, args.plots_dir, out)
+            write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
+                                  args.plots_dir, out)
 
     sizes = ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
     log(f"kept {sum(len(i) for i in index.values()) // 2:,}"
         f" tracks per class; splits: {sizes}"
         f"{' (normalized)' if args.normalize else ''}")
-    log(f"wrote {args.output}_*.npy and {features_json_path(args.output)}"
+    log(f"wrote {args.output}_*.npy and {meta_path(args.output)}"
         f"{f' and {len(names)} plots in {args.plots_dir}' if args.plot else ''}"
-        f" in {time.perf_counter() - t0:.1f} s")
+        f" in {clock():.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """The ghost classifiers: a one-hidden-layer MLP, with or without an embedded
-normalization layer, ready for INT8 quantization-aware training and ONNX export.
+normalization layer, ready for INT8 quantization-aware training.
 
   network 0:            features (already in [0, 1]) -> l0 -> act -> 1 -> sigmoid
   network 1: raw branch values -> MinMaxNorm -> the same MLP
 
-One function, build_model(config), builds either from a plain config dict.
+One function, build_model(ModelConfig), builds either (architecture.py describes
+them without torch).
 """
 import torch
 from torch import nn
+
+from architecture import normalizes_inside
 
 ACTIVATIONS = {  # in place where possible: one allocation less per training step
     "relu": lambda: nn.ReLU(inplace=True),
@@ -16,19 +19,17 @@ ACTIVATIONS = {  # in place where possible: one allocation less per training ste
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
-NETWORKS = {0: "MLP, inputs normalized beforehand", 1: "MLP with embedded normalization"}
-
-INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 
 
 class MinMaxNorm(nn.Module):
-    """x -> clamp((x - offset) / scale, 0, 1), with the transform recorded at
-    dataset time; lives inside the model so raw branch values can go in."""
+    """features.MinMax as the model's first layer, with the same float32 constants,
+    so raw branch values can go in."""
 
-    def __init__(self, offsets, scales):
+    def __init__(self, minmax):
         super().__init__()
-        self.register_buffer("offset", torch.as_tensor(offsets, dtype=torch.float32))
-        self.register_buffer("inv_scale", 1.0 / torch.as_tensor(scales, dtype=torch.float32))
+        offsets, inv_scales = minmax.float32_arrays()
+        self.register_buffer("offset", torch.from_numpy(offsets))
+        self.register_buffer("inv_scale", torch.from_numpy(inv_scales))
 
     def forward(self, x):
         return torch.clamp((x - self.offset) * self.inv_scale, 0.0, 1.0)
@@ -145,9 +146,9 @@ class QuantLinear(nn.Linear):
 
 
 class GhostNet(nn.Module):
-    def __init__(self, n_features, l0, activation, offsets=None, scales=None):
+    def __init__(self, n_features, l0, activation, minmax=None):
         super().__init__()
-        self.norm = MinMaxNorm(offsets, scales) if offsets is not None else nn.Identity()
+        self.norm = MinMaxNorm(minmax) if minmax is not None else nn.Identity()
         self.quant = FakeQuant()           # input -> int8 domain
         self.fc0 = QuantLinear(n_features, l0)
         self.act = ACTIVATIONS[activation]()
@@ -192,96 +193,18 @@ class GhostNet(nn.Module):
 
 
 def build_model(config):
-    """The network a plain config dict describes (network, n_features, l0,
-    activation; offsets and scales for network 1; int8 for the quantized model)."""
-    network = int(config.get("network", 0))
-    if network not in NETWORKS:
-        raise ValueError(f"unknown network {network}: valid are {sorted(NETWORKS)}")
-    activation = config.get("activation", "relu")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}: valid are {sorted(ACTIVATIONS)}")
-    offsets = scales = None
-    if network == 1:
-        norm = config.get("normalization") or {}
-        offsets, scales = norm.get("offsets"), norm.get("scales")
-        if offsets is None or scales is None:
-            raise ValueError("network 1 needs the normalization offsets and scales")
-        if len(offsets) != int(config["n_features"]) or len(scales) != int(config["n_features"]):
-            raise ValueError("normalization offsets/scales do not match n_features")
-    model = GhostNet(int(config["n_features"]), int(config["l0"]), activation, offsets, scales)
-    return model.set_int8(bool(config.get("int8", False)))
+    """The network a ModelConfig describes, INT8 fake quantization on if it says so."""
+    norm = config.normalization if normalizes_inside(config.network) else None
+    model = GhostNet(config.n_features, config.l0, config.activation, norm)
+    return model.set_int8(config.int8)
 
 
 def load_model(config, state_dict):
     """build_model(config) with trained weights loaded, ready for inference."""
     model = build_model(config)
     model.load_state_dict(state_dict)
-    return model.set_int8(bool(config.get("int8", False))).eval()
+    return model.set_int8(config.int8).eval()
 
 
 def n_inputs(model):
     return model.fc0.in_features
-
-
-# ---------------------------------------------------------------------------
-# ONNX: one self-contained file that describes itself
-# ---------------------------------------------------------------------------
-
-METADATA_KEY = "ghost_tracks_config"  # the whole config, as JSON
-
-
-def onnx_bytes(model, config):
-    """The model as ONNX bytes: input `features` [batch, n_features] float32, output
-    `probabilities` [batch, 1], dynamic batch axis, weights inside the file, and the
-    config in the metadata (track, features, network, normalization, threshold).
-
-    Float models go through torch.export (the current exporter, with external data
-    off); INT8 models through the TorchScript exporter, since torch.export has no
-    kernel for fake quantization; it writes QuantizeLinear/DequantizeLinear pairs."""
-    import contextlib
-    import io
-    import json
-    import warnings
-
-    import onnx
-    model = model.cpu().eval()
-    example = torch.zeros(2, n_inputs(model))
-    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if config.get("int8"):
-            buffer = io.BytesIO()
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=17,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                              **names)
-            proto = onnx.load_from_string(buffer.getvalue())
-        else:
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **names)
-            proto = program.model_proto
-    meta = {
-        METADATA_KEY: json.dumps(config),
-        "track": str(config.get("track", "")),
-        "features": ",".join(config.get("features", [])),
-        "network": str(config.get("network", "")),
-        "threshold": str(config.get("threshold", "")),
-        "int8": str(bool(config.get("int8", False))).lower(),
-        "normalization": json.dumps(config.get("normalization")),
-        "producer": "ghost-tracks",
-    }
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
-def onnx_config(proto):
-    """The config stored in an ONNX model's metadata by onnx_bytes, or {}."""
-    import json
-    props = {p.key: p.value for p in proto.metadata_props}
-    try:
-        return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
-    except ValueError:
-        return {}

@@ -1,4 +1,7 @@
-"""Baseline: ROOT alone reading the 14 columns (13 matching features + label) into numpy."""
+"""Baseline: ROOT alone reading the 14 columns (13 matching features + label) into numpy.
+
+    python -m bench.bare_read FILE.root      (from the repository root)
+"""
 import sys
 import time
 import warnings
@@ -8,8 +11,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import ROOT
 
-sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from features import DEFAULT_TREE, LABEL, features_for  # noqa: E402
+from features import DEFAULT_TREE, LABEL, features_for  # noqa: E402  (after ROOT, timed)
 
 columns = features_for("matching") + [LABEL]
 arrays = ROOT.RDataFrame(DEFAULT_TREE, sys.argv[1]).AsNumpy(columns)

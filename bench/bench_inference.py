@@ -1,6 +1,6 @@
 """Benchmark inference.py on 1,000,000 matching tracks (not a test).
 
-    .venv/bin/python bench/bench_inference.py [--tracks N] [--cache DIR] [--repeat K]
+    .venv/bin/python -m bench.bench_inference [--tracks N] [--cache DIR] [--repeat K]
 
 Makes (once, cached) a synthetic matching file with make_sample and a quick l0=32
 network-1 model (briefly trained, exported to ONNX), then times
@@ -19,9 +19,7 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT_DIR = os.path.dirname(HERE)
-sys.path.insert(0, ROOT_DIR)
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TARGET_WALL_S = 10.0        # full analysis of 1M tracks
 TARGET_RATE = 100e6         # scoring pass, tracks/s, torch on CPU
@@ -40,19 +38,18 @@ def prepare(cache, tracks):
         import torch
 
         import models
-        from features import features_for
+        from architecture import ModelConfig
+        from artifacts import SavedConfig, onnx_bytes
+        from features import MinMax, features_for
         from make_sample import generate
-        from utils import fit_normalization
         names = features_for("matching")
         cols = generate(100_000, "matching", seed=8)
         x = np.stack([cols[n] for n in names], axis=1)
         y = cols["ghost"].reshape(-1, 1)
         ok = np.isfinite(x).all(axis=1)
         x, y = x[ok], y[ok]
-        offsets, scales = fit_normalization(x, names)
-        config = {"network": 1, "n_features": len(names), "l0": 32, "activation": "relu",
-                  "track": "matching", "features": names, "threshold": 0.5, "int8": False,
-                  "normalization": {"offsets": offsets.tolist(), "scales": scales.tolist()}}
+        config = ModelConfig(network=1, n_features=len(names), l0=32,
+                             normalization=MinMax.fit(x, names))
         torch.manual_seed(0)
         model = models.build_model(config)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -64,7 +61,8 @@ def prepare(cache, tracks):
             loss.backward()
             opt.step()
         with open(model_path, "wb") as f:
-            f.write(models.onnx_bytes(model.eval(), config))
+            saved = SavedConfig(model=config, track="matching", features=names, threshold=0.5)
+            f.write(onnx_bytes(model.eval(), saved))
         print(f"made {model_path}")
     return sample, model_path
 
@@ -87,19 +85,17 @@ def time_cli(sample, model_path, cache, repeat):
 
 def time_scoring(sample, model_path, repeat):
     """tracks/s of the scoring pass alone, per backend and batch (data in memory)."""
-    import inference
     from features import DEFAULT_TREE, features_for
-    from utils import read_root, stack_columns
+    from rootio import read_root, stack_columns
+    from scoring import load_model_file, make_scorer
     names = features_for("matching")
     data = stack_columns(read_root([sample], DEFAULT_TREE, names), names)
     data[~np.isfinite(data).all(axis=1)] = 0.0
+    model = load_model_file(model_path)
     rates = {}
     for backend in ("torch", "onnxruntime"):
         for batch in (8192, 32768, 131072):
-            args = inference.parse_args(["-f", sample, "--model", model_path, "--nocuda",
-                                         "--backend", backend, "--batch", str(batch)])
-            inference.check_args(args)
-            score, desc = inference.make_scorer(args, inference.load_model_file(args))
+            score, desc = make_scorer(model, backend, nocuda=True, batch=batch)
             score(data[:100_000])  # warm up
             best = float("inf")
             for _ in range(repeat):

@@ -25,7 +25,7 @@ measure() {  # label, command...: best of 3 wall times, peak RSS of that run
 }
 
 measure root_startup $PY -W ignore -c 'import ROOT; ROOT.gInterpreter.Declare("int ghost_bench = 1;")'
-measure bare_read $PY bench/bare_read.py "$SAMPLE"
+measure bare_read $PY -m bench.bare_read "$SAMPLE"
 measure make_dataset $PY make_dataset.py -f "$SAMPLE" --output "$CACHE/ds1M" --track matching --normalize
 ratio=$(echo "$(cat $CACHE/make_dataset.wall) / $(cat $CACHE/bare_read.wall)" | bc -l)
 printf 'make_dataset / bare read: %.2fx (target <= 1.30x); peak target < 500 MB\n' "$ratio"

@@ -22,8 +22,9 @@ import time
 
 import numpy as np
 
+from features import MinMax
+
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT_DIR)
 
 
 def load_or_fake(prefix, synthetic):
@@ -31,24 +32,25 @@ def load_or_fake(prefix, synthetic):
         rng = np.random.default_rng(0)
         x = rng.random((180_000, 13), dtype=np.float32) * 10
         y = (rng.random((180_000, 1)) < 0.5).astype(np.float32)
-        return x, y, {"offsets": [0.0] * 13, "scales": [10.0] * 13}
-    from utils import load_dataset_meta, load_split
+        return x, y, MinMax((0.0,) * 13, (10.0,) * 13)
+    from dataset import load_meta, load_split
     x, y = load_split(prefix, "train")
-    return x, y, load_dataset_meta(prefix)["normalization"]
+    return x, y, load_meta(prefix).normalization
 
 
 def throughput_worker(prefix, synthetic, device, epochs, threads, queue=None, eager=False):
     import torch
 
+    from architecture import ModelConfig
     from models import build_model
-    from training import Trainer, make_optimizer, to_tensors
+    from trainer import Trainer, TrainSettings, make_optimizer, to_tensors
     torch.set_num_threads(threads)
     x, y, norm = load_or_fake(prefix, synthetic)
-    config = {"network": 1, "n_features": x.shape[1], "l0": 32, "activation": "relu",
-              "optimizer": "adam", "lr": 1e-3, "normalization": norm}
+    config = ModelConfig(network=1, n_features=x.shape[1], l0=32, normalization=norm)
+    settings = TrainSettings(optimizer="adam", lr=1e-3, batch=2048, epochs=epochs, seed=0)
     device = torch.device(device)
     model = build_model(config).to(device)
-    opt = make_optimizer(config, model, device)
+    opt = make_optimizer(settings, model, device)
     tx, ty = to_tensors(model, (x, y), device)
     trainer = Trainer(model, opt, tx, ty, 2048, seed=0, use_graph=False if eager else None)
     trainer.epoch()  # warm-up (and CUDA graph capture)

@@ -1,28 +1,33 @@
 """GPU checks (torch only; no ROOT or Ray): CUDA-graph training equals eager
-training, evaluation, INT8 fine-tuning and ONNX export of a CUDA-trained model."""
-import os
-import sys
+training, evaluation, INT8 fine-tuning and ONNX export of a CUDA-trained model.
+
+    python3 -m bench.gpu_check      (from the repository root)
+"""
+from dataclasses import replace
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models import build_model, onnx_bytes  # noqa: E402
-from training import Trainer, evaluate, make_optimizer, quantize, to_tensors  # noqa: E402
+from architecture import ModelConfig
+from artifacts import SavedConfig, onnx_bytes
+from features import MinMax
+from models import build_model
+from trainer import Trainer, TrainSettings, evaluate, make_optimizer, quantize, to_tensors
 
 dev = torch.device("cuda")
 print(torch.__version__, torch.cuda.get_device_name(dev))
 rng = np.random.default_rng(0)
 x = rng.random((40_000, 13), dtype=np.float32) * 10
 y = (x[:, :1] + x[:, 1:2] + rng.normal(0, 2, (len(x), 1)) > 10).astype(np.float32)
-norm = {"offsets": [0.0] * 13, "scales": [10.0] * 13}
-cfg = {"network": 1, "n_features": 13, "l0": 32, "activation": "relu", "optimizer": "adam",
-       "lr": 3e-3, "normalization": norm, "batch": 2048, "seed": 0}
+cfg = ModelConfig(network=1, n_features=13, l0=32, activation="relu",
+                  normalization=MinMax((0.0,) * 13, (10.0,) * 13))
+adam = TrainSettings(optimizer="adam", lr=3e-3, batch=2048, epochs=5, seed=0)
 losses = {}
 for graph in (True, False):
     torch.manual_seed(0)
     model = build_model(cfg).to(dev)
-    opt = make_optimizer(cfg, model, dev)
+    opt = make_optimizer(adam, model, dev)
     tx, ty = to_tensors(model, (x, y), dev)
     tr = Trainer(model, opt, tx, ty, 2048, seed=0, use_graph=graph)
     losses[graph] = [tr.epoch() for _ in range(5)]
@@ -31,18 +36,20 @@ for graph in (True, False):
     print("  eval", {k: round(v, 4) for k, v in m.items()})
 # the graph's 3 warm-up steps are real steps on batch 0, so trajectories differ slightly
 assert abs(losses[True][-1] - losses[False][-1]) < 0.02, losses
-sgd_cfg = {**cfg, "optimizer": "sgd"}
-sgd_model = build_model(sgd_cfg).to(dev)
-tr = Trainer(sgd_model, make_optimizer(sgd_cfg, sgd_model, dev), tx, ty, 2048, seed=0)
+sgd_model = build_model(cfg).to(dev)
+sgd = replace(adam, optimizer="sgd")
+tr = Trainer(sgd_model, make_optimizer(sgd, sgd_model, dev), tx, ty, 2048, seed=0)
 print("sgd captured", tr.graph is not None, "loss", round(tr.epoch(), 5))
-q = quantize(model, cfg, {"train": (x, y)}, dev, 2)  # the Adam model trained above
-print("int8 on cuda", {k: round(v, 4) for k, v in evaluate(q, *to_tensors(q, (x, y), dev), 0.5).items()})
-import onnxruntime as ort  # noqa: E402
-for mdl, c in ((model, cfg), (q, {**cfg, "int8": True})):
-    blob = onnx_bytes(mdl, c)
+q = quantize(model, adam, (x, y), dev, 2)  # the Adam model trained above
+metrics = evaluate(q, *to_tensors(q, (x, y), dev), 0.5)
+print("int8 on cuda", {k: round(v, 4) for k, v in metrics.items()})
+
+for mdl, c in ((model, cfg), (q, replace(cfg, int8=True))):
+    blob = onnx_bytes(mdl, SavedConfig(model=c))
     s = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     got = s.run(None, {"features": x[:1000]})[0]
     with torch.inference_mode():
         want = mdl.cpu()(torch.from_numpy(x[:1000])).numpy()
-    print("onnx int8" if c.get("int8") else "onnx float", "max abs diff", float(np.abs(got - want).max()))
+    print("onnx int8" if c.int8 else "onnx float", "max abs diff",
+          float(np.abs(got - want).max()))
 print("GPU CHECK OK")

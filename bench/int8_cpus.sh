@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 echo "== this CPU: VNNI $(grep -q -E 'avx512_vnni|avx_vnni' /proc/cpuinfo && echo yes || echo no)"
-$PY bench/int8_cpus.py "$1" "$2"
+$PY -m bench.int8_cpus "$1" "$2"
 if command -v qemu-x86_64 > /dev/null; then
     echo "== emulated Haswell: AVX2, no VNNI"
-    qemu-x86_64 -cpu Haswell "$PY" bench/int8_cpus.py "$1" "$2" 2> /dev/null
+    qemu-x86_64 -cpu Haswell "$PY" -m bench.int8_cpus "$1" "$2" 2> /dev/null
 else
     echo "(no qemu-x86_64: install qemu-user to check a CPU without VNNI)"
 fi

@@ -10,8 +10,8 @@ DS=bench/.cache/raw1M  # raw features: network 1, as the targets assume
 [ -f ${DS}_train_data.npy ] || $PY make_dataset.py -f bench/.cache/matching_1M.root \
     --output $DS --track matching > /dev/null
 echo "== one trial's training throughput (network 1, l0=32, batch 2048)"
-$PY bench/bench_training.py throughput $DS
+$PY -m bench.bench_training throughput $DS
 echo "== full search: training.py -n 4 --epochs 10"
-$PY bench/bench_training.py search $DS
+$PY -m bench.bench_training search $DS
 echo "== inference.py on 1,000,000 tracks"
-$PY bench/bench_inference.py --cache bench/.cache/inference
+$PY -m bench.bench_inference --cache bench/.cache/inference

@@ -6,7 +6,6 @@ import sys
 import pytest
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT_DIR)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 

@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 import inference
-import utils
+import report
+import rootio
+from architecture import ModelConfig
+from artifacts import SavedConfig, onnx_bytes
 from conftest import ROOT_DIR, assert_clean_error, run_script
-from features import DEFAULT_TREE, LABEL, features_for
-from utils import GhostError
+from dataset import load_meta, load_split
+from features import DEFAULT_TREE, LABEL, MinMax, features_for
+from metrics import SortedScores, analyse, rejection_at, roc_auc, roc_curve, threshold_table
+from utils import GhostError, plain
 
 SEED_PLOTS = ["accuracy.png", "ghost_real.png", "confusion.png", "ssfnfp.png", "roc.png"]
 MATCHING = features_for("matching")
@@ -26,9 +31,9 @@ def _train(config, prefix, steps=300):
 
     import models
     torch.manual_seed(0)
-    x, y = utils.load_split(prefix, "train")
+    x, y = load_split(prefix, "train")
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    model = models.build_model(config)
+    model = models.build_model(ModelConfig.from_dict(config))
     if config.get("int8"):
         model.set_int8(True, observing=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -64,11 +69,10 @@ def _foreign(onnx_path, out_path):
 def trained(tmp_path_factory, raw_dataset, norm_dataset):
     import torch
 
-    import models
     d = tmp_path_factory.mktemp("models")
-    meta = utils.load_dataset_meta(raw_dataset)
+    meta = load_meta(raw_dataset)
     base = {"n_features": 13, "l0": 16, "activation": "relu", "track": "matching",
-            "features": meta["features"], "normalization": meta["normalization"],
+            "features": meta.features, "normalization": meta.normalization.to_dict(),
             "threshold": 0.5}
     paths = {}
     for name, extra, prefix in (("net1", {"network": 1, "int8": False}, raw_dataset),
@@ -78,7 +82,7 @@ def trained(tmp_path_factory, raw_dataset, norm_dataset):
         model = _train(config, prefix)
         paths[name] = str(d / f"{name}.onnx")
         with open(paths[name], "wb") as f:
-            f.write(models.onnx_bytes(model, config))
+            f.write(onnx_bytes(model, SavedConfig.from_dict(config)))
         torch.save(model.state_dict(), d / f"{name}.pth")
         with open(d / f"{name}.pkl", "wb") as f:
             pickle.dump(config, f)
@@ -94,7 +98,7 @@ def _torch_scores(paths, name, data):
     import torch
 
     import models
-    model = models.load_model(paths[f"{name}_config"],
+    model = models.load_model(ModelConfig.from_dict(paths[f"{name}_config"]),
                               torch.load(paths[f"{name}_pth"], weights_only=True))
     with torch.inference_mode():
         return model(torch.from_numpy(np.ascontiguousarray(data))).numpy().ravel()
@@ -102,7 +106,7 @@ def _torch_scores(paths, name, data):
 
 @pytest.fixture(scope="module")
 def root_features(matching_file):
-    cols = utils.read_root([matching_file], DEFAULT_TREE, MATCHING, optional=(LABEL,))
+    cols = rootio.read_root([matching_file], DEFAULT_TREE, MATCHING, optional=(LABEL,))
     data = np.stack([cols[n] for n in MATCHING], axis=1)
     return data, cols[LABEL]
 
@@ -136,7 +140,7 @@ def test_default_thresholds_are_the_original_26():
 def test_threshold_metrics_by_hand():
     scores = [0.05, 0.15, 0.30, 0.45, 0.55, 0.62, 0.70, 0.80, 0.90, 0.97]
     labels = [0, 0, 1, 0, 1, 0, 1, 1, 0, 1]  # ghosts: .30 .55 .70 .80 .97
-    m = inference.threshold_metrics(scores, labels, [0.3, 0.5, 0.97])
+    m = threshold_table(SortedScores.of(scores, labels), [0.3, 0.5, 0.97])
     # t = 0.5: TP .55 .70 .80 .97, FN .30, FP .62 .90, TN .05 .15 .45
     assert [int(m[k][1]) for k in ("n_tp", "n_fn", "n_fp", "n_tn")] == [4, 1, 2, 3]
     assert m["accuracy"][1] == pytest.approx(0.7)
@@ -153,18 +157,18 @@ def test_threshold_metrics_by_hand():
     assert np.isnan(m["precision"][2]) and m["f1"][2] == 0.0
     assert m["accuracy"][2] == pytest.approx(0.5) and m["pred_ghost"][2] == 0.0
 
-    res = inference.analyse(np.array(scores), np.array(labels, bool), [0.3, 0.5, 0.97])
-    assert res["best_youden_j"]["threshold"] == 0.5 and res["best_f1"]["threshold"] == 0.5
-    ghosts, reals = np.sort([.30, .55, .70, .80, .97]), np.sort([.05, .15, .45, .62, .90])
-    (r90, r60) = inference.rejection_at(ghosts, reals, (0.9, 0.6))
+    res = analyse(np.array(scores), np.array(labels, bool), [0.3, 0.5, 0.97])
+    assert res.best_youden_j["threshold"] == 0.5 and res.best_f1["threshold"] == 0.5
+    # ghosts .30 .55 .70 .80 .97, real tracks .05 .15 .45 .62 .90
+    (r90, r60) = rejection_at(SortedScores.of(scores, labels), (0.9, 0.6))
     # 90 % of 5 real tracks -> keep all 5: cut at 0.90, only the 0.97 ghost removed
     assert r90["threshold"] == 0.90 and r90["real_efficiency"] == 1.0
     assert r90["ghost_rejection"] == pytest.approx(0.2)
     # 60 % -> keep 3: cut at 0.45, ghosts above it: .55 .70 .80 .97
     assert r60["threshold"] == 0.45 and r60["real_efficiency"] == pytest.approx(0.6)
     assert r60["ghost_rejection"] == pytest.approx(0.8)
-    assert "nan" in inference.format_table(m).splitlines()[3]
-    assert inference.json_clean({"p": float("nan")}) == {"p": None}
+    assert "nan" in report.format_table(m).splitlines()[3]
+    assert plain({"p": float("nan")}) == {"p": None}
 
 
 def test_roc_and_auc_against_brute_force():
@@ -173,8 +177,8 @@ def test_roc_and_auc_against_brute_force():
     scores = np.round(np.clip(rng.normal(0.4 + 0.25 * labels, 0.2), 0, 1), 2)  # many ties
     g, r = scores[labels], scores[~labels]
     pairs = (g[:, None] > r[None, :]).mean() + 0.5 * (g[:, None] == r[None, :]).mean()
-    assert utils.roc_auc(scores, labels) == pytest.approx(pairs, abs=1e-12)
-    fpr, tpr, thr = inference.roc_curve(np.sort(g), np.sort(r))
+    assert roc_auc(scores, labels) == pytest.approx(pairs, abs=1e-12)
+    fpr, tpr, thr = roc_curve(SortedScores.of(scores, labels))
     assert np.trapezoid(tpr, fpr) == pytest.approx(pairs, abs=1e-12)
     assert len(thr) == len(np.unique(scores)) + 1  # every distinct score, plus "all ghost"
     for t, x, y in zip(thr, fpr, tpr):
@@ -210,7 +214,7 @@ def test_root_file_all_outputs(trained, matching_file, root_features, reference,
                          parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
     assert metrics["tracks"] == len(data) and metrics["tracks_nonfinite"] == (~finite).sum()
     assert len(metrics["thresholds"]) == 26
-    auc = utils.roc_auc(scores[finite], labels[finite])
+    auc = roc_auc(scores[finite], labels[finite])
     assert metrics["roc_auc"] == pytest.approx(auc) and auc > 0.85
     assert [r["target_efficiency"] for r in metrics["ghost_rejection"]] == [0.9, 0.95, 0.99, 0.995]
     assert metrics["best_youden_j"]["threshold"] in inference.DEFAULT_THRESHOLDS
@@ -227,7 +231,7 @@ def test_root_output_is_a_friend_tree(trained, matching_file, reference, tmp_pat
     out = tmp_path / "scores.root"
     assert run("-f", matching_file, "--model", trained["net1"], "--output", out,
                "--no-plots", "--plots-dir", tmp_path / "p") == 0
-    ROOT = utils.import_root()
+    ROOT = rootio.import_root()
     f = ROOT.TFile.Open(str(out))
     tree = f.Get("ghost_probability")
     assert tree.GetEntries() == len(reference)
@@ -253,14 +257,13 @@ def test_network0_uses_the_recorded_normalization(trained, matching_file, root_f
     assert "normalized with the transform recorded" in capsys.readouterr().out
     data, _ = root_features
     finite = np.isfinite(data).all(axis=1)
-    rec = trained["net0_config"]["normalization"]
-    expected = _torch_scores(trained, "net0", utils.normalize(data[finite], rec["offsets"],
-                                                             rec["scales"]))
+    rec = MinMax.from_dict(trained["net0_config"]["normalization"])
+    expected = _torch_scores(trained, "net0", rec.apply(data[finite]))
     scores = np.load(out)
     np.testing.assert_allclose(scores[finite], expected, atol=1e-6)
-    own_off, own_scale = utils.fit_normalization(data[finite], MATCHING)
-    assert not np.allclose(own_off, rec["offsets"]) or not np.allclose(own_scale, rec["scales"])
-    own = _torch_scores(trained, "net0", utils.normalize(data[finite], own_off, own_scale))
+    own = MinMax.fit(data[finite], MATCHING)
+    assert not np.allclose(own.offsets, rec.offsets) or not np.allclose(own.scales, rec.scales)
+    own = _torch_scores(trained, "net0", own.apply(data[finite]))
     assert np.abs(own - expected).max() > 1e-3  # the test can tell the two apart
 
 
@@ -303,7 +306,7 @@ def test_int8_onnx_runs_with_onnxruntime(trained, matching_file, root_features, 
     data, labels = root_features
     finite = np.isfinite(data).all(axis=1)
     scores = np.load(out)
-    assert utils.roc_auc(scores[finite], labels[finite]) > 0.8
+    assert roc_auc(scores[finite], labels[finite]) > 0.8
     # the same weights in torch (fake quantization through load_model) agree closely
     torch_int8 = _torch_scores(trained, "int8", data[finite])
     assert np.abs(scores[finite] - torch_int8).max() < 0.02
@@ -329,12 +332,12 @@ def test_normalized_dataset_is_not_normalized_again(trained, norm_dataset, tmp_p
     out = tmp_path / "s.npy"
     assert run("-f", norm_dataset, "--model", trained["net0"], "--normalize",
                "--output", out, "--no-plots", "--plots-dir", tmp_path / "p") == 0
-    data, _ = utils.load_split(norm_dataset, "test")
+    data, _ = load_split(norm_dataset, "test")
     np.testing.assert_allclose(np.load(out), _torch_scores(trained, "net0", data), atol=1e-6)
 
 
 def test_one_class_and_empty_inputs(trained, raw_dataset, tmp_path, capsys):
-    data, labels = utils.load_split(raw_dataset, "test")
+    data, labels = load_split(raw_dataset, "test")
     real = labels[:, 0] == 0
     for name, sel in (("reals", real), ("empty", np.zeros(len(real), bool))):
         for split in ("train", "valid", "test"):
@@ -380,7 +383,7 @@ def test_bad_inputs_fail_cleanly(trained, matching_file, norm_dataset, tmp_path)
 
 
 def test_unlabelled_root_file_still_scores(trained, root_features, tmp_path):
-    ROOT = utils.import_root()
+    ROOT = rootio.import_root()
     data, _ = root_features
     path = str(tmp_path / "nolabel.root")
     cols = {n: np.ascontiguousarray(data[:500, j]) for j, n in enumerate(MATCHING)}
@@ -412,7 +415,7 @@ def test_help_imports_nothing_heavy():
 def test_empty_rntuple_is_a_clean_error(trained, tmp_path):
     from make_sample import generate
     path = str(tmp_path / "empty.root")
-    utils.write_root(path, DEFAULT_TREE, {k: v[:0] for k, v in generate(10).items()},
+    rootio.write_root(path, DEFAULT_TREE, {k: v[:0] for k, v in generate(10).items()},
                      fmt="rntuple")
     proc = run_script("inference.py", "-f", path, "--model", trained["net1"],
                       "--plots-dir", tmp_path / "p")

@@ -8,8 +8,9 @@ import pytest
 
 import make_dataset
 from conftest import assert_clean_error, run_script
+from dataset import SPLITS, load_dataset, split_paths
 from features import FIXED_BOUNDS, TRACK_FEATURES, features_for
-from utils import SPLITS, load_dataset, read_root, split_paths
+from rootio import read_root
 
 SIX = [f"_{s}_{k}.npy" for s in SPLITS for k in ("data", "labels")]
 
@@ -36,7 +37,7 @@ def test_six_files_shapes_dtypes_balance(raw_dataset):
         assert os.path.isfile(path), path
     splits = load_dataset(raw_dataset)
     sizes = {}
-    for split, (data, labels) in splits.items():
+    for split, (_, labels) in splits.items():
         raw = np.load(split_paths(raw_dataset, split)[0])
         assert raw.dtype == np.float32 and raw.shape[1] == 13
         lab = np.load(split_paths(raw_dataset, split)[1])
@@ -131,6 +132,7 @@ def test_rntuple_input(tmp_path, rntuple_file):
 
 def test_threads_and_custom_tree_name(tmp_path):
     import ROOT
+
     from make_sample import generate
     big = str(tmp_path / "big.root")  # 25 small clusters: threads really interleave them
     opts = ROOT.RDF.RSnapshotOptions()
@@ -278,7 +280,7 @@ def mixed(tmp_path_factory):
     """Small files of one generator: a float TTree, the same tracks with chi2 as
     double and n_velo as int, an RNTuple, one without pr_seed_chi2 and empty ones."""
     from make_sample import generate
-    from utils import write_root
+    from rootio import write_root
     d = tmp_path_factory.mktemp("mixed")
     cols = generate(3000, "matching", seed=7)
     files = {}

@@ -4,23 +4,31 @@ import numpy as np
 import pytest
 import torch
 
+from architecture import ModelConfig
+from artifacts import load_config
+from features import MinMax
 from models import build_model, load_model, n_inputs
-from utils import GhostError, load_config, normalize, plain
+from utils import GhostError, plain
 
 OFFSETS = [0.0, -1.0, 10.0]
 SCALES = [2.0, 4.0, 5.0]
 
 
 def config(network=1, **kw):
+    """A saved config record (plain data)."""
     cfg = {"network": network, "n_features": 3, "l0": 8, "activation": "relu",
            "normalization": {"offsets": OFFSETS, "scales": SCALES}}
     return {**cfg, **kw}
 
 
+def build(record):
+    return build_model(ModelConfig.from_dict(record))
+
+
 @pytest.mark.parametrize("network", [0, 1])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "tanh", "sigmoid"])
 def test_shapes_and_probabilities(network, activation):
-    model = build_model(config(network, activation=activation))
+    model = build(config(network, activation=activation))
     out = model(torch.randn(17, 3) * 10)
     assert out.shape == (17, 1) and n_inputs(model) == 3
     assert ((out > 0) & (out < 1)).all()
@@ -28,11 +36,11 @@ def test_shapes_and_probabilities(network, activation):
 
 def test_network1_normalizes_inside_like_make_dataset():
     raw = (torch.rand(100, 3) * 30 - 10).numpy()
-    net1 = build_model(config(1))
-    net0 = build_model(config(0))
+    net1 = build(config(1))
+    net0 = build(config(0))
     net0.load_state_dict({k: v for k, v in net1.state_dict().items()
                           if not k.startswith("norm.")})
-    expected = net0(torch.from_numpy(normalize(raw, OFFSETS, SCALES)))
+    expected = net0(torch.from_numpy(MinMax(tuple(OFFSETS), tuple(SCALES)).apply(raw)))
     torch.testing.assert_close(net1(torch.from_numpy(raw)), expected)
     # values outside the recorded bounds are clipped, like make_dataset.py does
     assert net1.norm(torch.tensor([[-100.0, 100.0, 12.5]])).tolist() == [[0.0, 1.0, 0.5]]
@@ -40,17 +48,17 @@ def test_network1_normalizes_inside_like_make_dataset():
 
 def test_build_model_errors():
     with pytest.raises(ValueError, match="unknown network"):
-        build_model(config(2))
+        build(config(2))
     with pytest.raises(ValueError, match="unknown activation"):
-        build_model(config(activation="swish"))
+        build(config(activation="swish"))
     with pytest.raises(ValueError, match="offsets and scales"):
-        build_model({"network": 1, "n_features": 3, "l0": 4})
+        build({"network": 1, "n_features": 3, "l0": 4})
     with pytest.raises(ValueError, match="do not match"):
-        build_model(config(n_features=4))
+        build(config(n_features=4))
 
 
 def test_int8_fake_quantization_rounds_to_256_levels():
-    model = build_model(config(1)).set_int8(True, observing=True).train()
+    model = build(config(1)).set_int8(True, observing=True).train()
     x = torch.tensor(OFFSETS) + torch.rand(512, 3) * torch.tensor(SCALES)  # inside bounds
     model(x)
     model.set_int8(True, observing=False).eval()
@@ -70,8 +78,8 @@ def test_config_round_trip_plain_pickle_and_json(tmp_path):
     import json
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     assert load_config(str(tmp_path / "c.json")) == cfg
-    model = build_model(cfg)
-    again = load_model(cfg, model.state_dict())
+    model = build(cfg)
+    again = load_model(ModelConfig.from_dict(cfg), model.state_dict())
     x = torch.randn(4, 3)
     torch.testing.assert_close(model.eval()(x), again(x))
 

@@ -10,10 +10,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import trainer
 import training
+from architecture import ModelConfig
+from artifacts import METADATA_KEY, load_config, onnx_record
 from conftest import ROOT_DIR, assert_clean_error, run_script
-from models import METADATA_KEY, build_model, load_model, onnx_config
-from utils import GhostError, load_config, load_split
+from dataset import load_split
+from models import build_model, load_model
+from search import best_trial
+from utils import GhostError
 
 ARTIFACTS = ["ghost_model.pth", "ghost_model_config.pkl", "ghost_model_config.json",
              "ghost_model.onnx", "ghost_model_int8.pth", "ghost_model_int8_config.pkl",
@@ -55,7 +60,7 @@ def test_config_is_plain_and_complete(trained, raw_dataset):
 def test_onnx_matches_torch_and_describes_itself(trained, raw_dataset):
     config = load_config(str(trained / "ghost_model_config.pkl"))
     state = torch.load(trained / "ghost_model.pth", weights_only=True)
-    model = load_model(config, state)
+    model = load_model(ModelConfig.from_dict(config), state)
     x, _ = load_split(raw_dataset, "test")  # raw branch values: network 1
     proto = onnx.load(str(trained / "ghost_model.onnx"))
     assert [i.name for i in proto.graph.input] == ["features"]
@@ -67,7 +72,7 @@ def test_onnx_matches_torch_and_describes_itself(trained, raw_dataset):
     assert props["features"].split(",") == config["features"]
     assert json.loads(props["normalization"]) == config["normalization"]
     assert float(props["threshold"]) == 0.5 and METADATA_KEY in props
-    assert onnx_config(proto)["l0"] == config["l0"]
+    assert onnx_record(proto)["l0"] == config["l0"]
     session = ort.InferenceSession(str(trained / "ghost_model.onnx"))
     got = session.run(None, {"features": x})[0]
     with torch.inference_mode():
@@ -88,7 +93,8 @@ def test_int8_artifacts_load_and_run(trained, raw_dataset):
     got = ort.InferenceSession(str(trained / "ghost_model_int8.onnx")).run(
         None, {"features": x})[0]
     config = load_config(str(trained / "ghost_model_int8_config.pkl"))
-    model = load_model(config, torch.load(trained / "ghost_model_int8.pth", weights_only=True))
+    model = load_model(ModelConfig.from_dict(config),
+                       torch.load(trained / "ghost_model_int8.pth", weights_only=True))
     with torch.inference_mode():
         want = model(torch.from_numpy(x)).numpy()
     # one INT8 rounding step of the logit can differ between runtimes
@@ -150,7 +156,7 @@ def test_network0_on_normalized_dataset(norm_dataset, tmp_path):
                    "--output-dir", str(out)])
     config = load_config(str(out / "ghost_model_config.pkl"))
     assert config["network"] == 0
-    model = build_model(config)
+    model = build_model(ModelConfig.from_dict(config))
     assert isinstance(model.norm, torch.nn.Identity)
 
 
@@ -189,16 +195,15 @@ def test_trainer_learns_and_evaluate_is_consistent():
     torch.manual_seed(0)
     x = torch.rand(4096, 3)
     y = (x[:, :1] + x[:, 1:2] > 1.0).float()
-    cfg = {"network": 0, "n_features": 3, "l0": 16, "activation": "relu",
-           "optimizer": "adam", "lr": 1e-2}
-    model = build_model(cfg)
-    opt = training.make_optimizer(cfg, model, torch.device("cpu"))
-    trainer = training.Trainer(model, opt, x, y, 256, seed=1)
-    first = trainer.epoch()
+    model = build_model(ModelConfig(network=0, n_features=3, l0=16, activation="relu"))
+    settings = trainer.TrainSettings(optimizer="adam", lr=1e-2, batch=256, epochs=16, seed=1)
+    opt = trainer.make_optimizer(settings, model, torch.device("cpu"))
+    loop = trainer.Trainer(model, opt, x, y, 256, seed=1)
+    first = loop.epoch()
     for _ in range(15):
-        last = trainer.epoch()
+        last = loop.epoch()
     assert last < first * 0.5
-    m = training.evaluate(model, x, y, 0.5)
+    m = trainer.evaluate(model, x, y, 0.5)
     with torch.no_grad():
         p = model(x)
     assert m["accuracy"] == pytest.approx(float(((p > 0.5).float() == y).float().mean()))
@@ -218,9 +223,9 @@ def test_best_trial_reports_why_all_failed_and_interruptions():
     grid = FakeGrid([FakeResult(RuntimeError("CUDA out of memory")),
                      FakeResult(RuntimeError("CUDA out of memory"))])
     with pytest.raises(GhostError, match="all 2 trials failed: CUDA out of memory"):
-        training.best_trial(grid)
+        best_trial(grid)
     with pytest.raises(GhostError, match="interrupted.*--resume"):
-        training.best_trial(FakeGrid([FakeResult(), FakeResult(done=False)]))
+        best_trial(FakeGrid([FakeResult(), FakeResult(done=False)]))
 
 
 def _write(prefix, **arrays):

@@ -1,0 +1,156 @@
+"""The model files that training.py writes and inference.py reads.
+
+    ghost_model.pth              the state dict (torch.load(..., weights_only=True))
+    ghost_model_config.pkl/.json the SavedConfig record, plain data only
+    ghost_model.onnx             one self-contained file; the record in its metadata
+
+torch and onnx are imported inside the functions that need them.
+"""
+import io
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+
+from architecture import ModelConfig
+from utils import GhostError, one_line, plain
+
+ARTIFACT = "ghost_model"
+INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
+METADATA_KEY = "ghost_tracks_config"  # the whole record, as JSON: what the toolkit reads
+TRAINING_KEYS = ("optimizer", "lr", "batch", "epochs", "seed")
+
+
+@dataclass
+class SavedConfig:
+    """A trained model's record: its architecture (ModelConfig) and, beside it, the
+    features it reads, its threshold, the training settings and test metrics.
+    Stored flat, as plain data, so configs of every version of the toolkit read back.
+    Any part may be missing in a config written by hand or another tool."""
+    model: ModelConfig = None
+    track: str = None
+    features: list = None
+    threshold: float = None
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        d = {**(self.model.to_dict() if self.model else {}), **self.training,
+             "track": self.track, "features": self.features, "threshold": self.threshold}
+        if self.metrics:
+            d["metrics"] = self.metrics
+        return plain(d)
+
+    @classmethod
+    def from_dict(cls, d):
+        """ValueError where the architecture part is present but malformed."""
+        has_model = "n_features" in d and "l0" in d
+        return cls(model=ModelConfig.from_dict(d) if has_model else None,
+                   track=d.get("track") or None, features=d.get("features") or None,
+                   threshold=d.get("threshold"),
+                   training={k: d[k] for k in TRAINING_KEYS if k in d},
+                   metrics=d.get("metrics") or {})
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, tuples, strings and numbers; refuses any class."""
+
+    def find_class(self, module, name):
+        raise GhostError(f"refusing to unpickle {module}.{name}: configs must be plain data")
+
+
+def load_config(path):
+    """A saved config from .pkl (plain data only) or .json -> dict."""
+    if not os.path.isfile(path):
+        raise GhostError(f"config file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            if path.endswith(".json"):
+                config = json.load(f)
+            else:
+                config = _PlainUnpickler(f).load()
+    except GhostError:
+        raise
+    except Exception as e:
+        raise GhostError(f"cannot read config {path}: {one_line(e)}")
+    if not isinstance(config, dict):
+        raise GhostError(f"config {path} is a {type(config).__name__}, not a dict")
+    return config
+
+
+def save_model_files(out, folder, stem, model, saved):
+    """{stem}.pth, {stem}_config.pkl/.json and {stem}.onnx through `out`
+    (outputs.AtomicOutputs)."""
+    import torch
+    record = saved.to_dict()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    out.save_bytes(os.path.join(folder, f"{stem}.pth"), buffer.getvalue())
+    out.save_bytes(os.path.join(folder, f"{stem}_config.pkl"), pickle.dumps(record, protocol=4))
+    out.save_json(os.path.join(folder, f"{stem}_config.json"), record)
+    out.save_bytes(os.path.join(folder, f"{stem}.onnx"), onnx_bytes(model, saved))
+
+
+def onnx_bytes(model, saved):
+    """The model as ONNX bytes: input `features` [batch, n_features] float32, output
+    `probabilities` [batch, 1], dynamic batch axis, weights inside the file, and the
+    record in the metadata.
+
+    Float models go through torch.export (the current exporter, with external data
+    off); INT8 models through the TorchScript exporter, since torch.export has no
+    kernel for fake quantization; it writes QuantizeLinear/DequantizeLinear pairs."""
+    import contextlib
+    import warnings
+
+    import onnx
+    import torch
+
+    from models import n_inputs
+    model = model.cpu().eval()
+    example = torch.zeros(2, n_inputs(model))
+    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if model.int8:
+            buffer = io.BytesIO()
+            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=17,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              **names)
+            proto = onnx.load_from_string(buffer.getvalue())
+        else:
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **names)
+            proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata(saved).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def onnx_metadata(saved):
+    """METADATA_KEY holds the whole record, which is what this toolkit reads back.
+    The loose keys beside it are for C++ deployments, which read a feature list or a
+    threshold from an InferenceSession's metadata without a JSON parser."""
+    record = saved.to_dict()
+    model = saved.model
+    return {
+        METADATA_KEY: json.dumps(record),
+        "track": str(saved.track or ""),
+        "features": ",".join(saved.features or []),
+        "network": str(model.network if model else ""),
+        "threshold": str("" if saved.threshold is None else saved.threshold),
+        "int8": str(bool(model and model.int8)).lower(),
+        "normalization": json.dumps(record.get("normalization")),
+        "producer": "ghost-tracks",
+    }
+
+
+def onnx_record(proto):
+    """The record stored in an ONNX model's metadata by onnx_bytes, or {}."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
+    except ValueError:
+        return {}

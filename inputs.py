@@ -1,0 +1,168 @@
+"""What inference.py feeds a model: the input (a .root file, every entry in entry
+order, or a dataset prefix) and the settings to read it with (track type, feature
+columns, network, the normalization to apply), from the model's record, the input
+and the flags.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from architecture import normalizes_inside
+from dataset import DatasetMeta, has_dataset, load_meta, load_split
+from features import (
+    LABEL,
+    TRACK_TYPES,
+    features_for,
+    other_track_branches,
+    track_mismatch,
+    unfilled,
+)
+from rootio import read_root, stack_columns
+from utils import GhostError, log, warn
+
+
+@dataclass
+class Source:
+    kind: str      # "root" or "dataset"
+    path: str
+    meta: object   # dataset.DatasetMeta (all defaults for a .root file)
+
+
+def describe_source(path):
+    """What -f names, without reading the data."""
+    if path.endswith(".root"):
+        if not os.path.isfile(path):
+            raise GhostError(f"input file {path} does not exist")
+        return Source("root", path, DatasetMeta())
+    if has_dataset(path):
+        return Source("dataset", path, load_meta(path))
+    if os.path.isfile(path):
+        raise GhostError(f"{path} is neither a .root file nor a dataset prefix")
+    raise GhostError(f"no input {path}: neither a .root file nor a dataset prefix "
+                     f"({path}_test_data.npy is missing)")
+
+
+def read_input(source, names, tree):
+    """(data [n, f] float32, labels bool [n] or None, train split (data, labels) or
+    None): every entry of a .root file in entry order, or a dataset's test split
+    (and its train split, for the overtraining check)."""
+    if source.kind == "root":
+        columns = read_root([source.path], tree, names, optional=(LABEL,))
+        labels = columns.get(LABEL)
+        if labels is not None:
+            bad = ~np.isin(labels, (0.0, 1.0))
+            if bad.any():
+                raise GhostError(f"branch {LABEL!r} holds {int(bad.sum())} values other "
+                                 "than 0 and 1")
+            labels = labels == 1.0
+        return stack_columns(columns, names), labels, None
+    splits = {}
+    stored = source.meta.features
+    for split in ("test", "train"):
+        if split == "train" and not os.path.isfile(f"{source.path}_train_data.npy"):
+            continue
+        data, labels = load_split(source.path, split)
+        if stored:
+            missing = [n for n in names if n not in stored]
+            if missing:
+                raise GhostError(f"dataset {source.path} lacks features "
+                                 f"{', '.join(missing)} (it holds {', '.join(stored)})")
+            if list(stored) != names:
+                data = np.ascontiguousarray(data[:, [stored.index(n) for n in names]])
+        elif data.shape[1] != len(names):
+            raise GhostError(f"dataset {source.path} has {data.shape[1]} features, "
+                             f"but {len(names)} are selected")
+        splits[split] = (data, labels.ravel() == 1.0)
+    return splits["test"][0], splits["test"][1], splits.get("train")
+
+
+def warn_unfilled(source, tree, track, names, data):
+    """A loud warning when features are 0 for every track: the input is of another
+    track type than the model (its scores mean little), or a branch is empty."""
+    zero = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
+    if not zero:
+        return
+    others = {}
+    if source.kind == "root" and track in TRACK_TYPES:
+        others = read_root([source.path], tree, [], optional=other_track_branches(track))
+    warn(f"{track_mismatch(track, zero, others, fix='score it with a {} model')}; the "
+         "model sees constant inputs it was not trained on, so its scores and metrics are "
+         "not meaningful")
+
+
+@dataclass
+class Settings:
+    track: str
+    features: list
+    network: int                # None when nothing records it
+    normalization: object       # features.MinMax applied before scoring, or None
+    normalization_origin: str
+
+
+def choose_features(track_flag, features_flag, model, source):
+    """(track, feature names in the model's column order): flags first, then what
+    the model records, then the dataset."""
+    saved = model.saved
+    track = track_flag or saved.track or source.meta.track or None
+    if features_flag:
+        names = features_flag
+    elif track_flag and track_flag != saved.track:
+        names = features_for(track_flag)
+    elif saved.features:
+        names = list(saved.features)
+    elif track:
+        try:
+            names = features_for(track)
+        except ValueError as e:
+            raise GhostError(f"{e} (from the model's metadata/config); pass --track")
+    elif source.meta.features:
+        names = list(source.meta.features)
+    else:
+        raise GhostError(f"{model.path} does not record its features (no metadata): "
+                         "pass --features a,b,c (the model's column order) or --track")
+    if model.n_in is not None and model.n_in != len(names):
+        raise GhostError(f"{model.path} takes {model.n_in} input features, but {len(names)} "
+                         f"features are selected ({','.join(names)})")
+    return track, names
+
+
+def choose_normalization(normalize_flag, network, model, source, names):
+    """(the min-max transform to apply before scoring or None, where it comes from):
+    inputs a network 0 model gets must be normalized, a network 1 model's never."""
+    if source.meta.normalized:
+        if normalizes_inside(network):
+            raise GhostError(f"{source.path} holds normalized features "
+                             "(normalized: true in its _features.json), but the model is "
+                             "network 1, which normalizes inside: use a dataset made "
+                             "without --normalize")
+        if normalize_flag:
+            log(f"note: {source.path} is already normalized; not normalizing again")
+        return None, None
+    if not normalize_flag and network != 0:
+        return None, None
+    if normalizes_inside(network):
+        raise GhostError("--normalize with a network 1 model would normalize twice: "
+                         "network 1 normalizes inside the model")
+    recorded = model.saved.model.normalization if model.saved.model else None
+    origin = "the model's metadata/config"
+    if recorded is None and source.meta.normalization and source.meta.features == names:
+        recorded, origin = source.meta.normalization, f"{source.path}_features.json"
+    if recorded is None:
+        raise GhostError("normalization needs the offsets and scales recorded at "
+                         f"training time, but {model.path} records none: pass "
+                         "--config with a 'normalization' entry")
+    if len(recorded) != len(names):
+        raise GhostError(f"the recorded normalization has {len(recorded)} "
+                         f"offsets, but {len(names)} features are selected")
+    return recorded, origin
+
+
+def resolve_settings(model, source, track=None, features=None, normalize=False):
+    """Track, features, network and the normalization to apply: from the model's
+    record and the input, where the flags (--track, --features, --normalize) do not
+    say otherwise."""
+    track, names = choose_features(track, features, model, source)
+    network = model.saved.model.network if model.saved.model else None
+    norm, origin = choose_normalization(normalize, network, model, source, names)
+    return Settings(track, names, network, norm, origin)

@@ -1,0 +1,189 @@
+"""Classifier metrics, all from one sort of the scores: the threshold table, the
+ROC curve and its area, ghost rejection at fixed real-track efficiencies, the best
+thresholds, and the overtraining check (train vs test, Kolmogorov-Smirnov).
+
+Conventions: a ghost is the positive class and a track is called a ghost when its
+score is above the threshold; "real-track efficiency" is the fraction of real
+tracks kept (score <= threshold), "ghost rejection" the fraction of ghosts removed.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Real-track efficiencies at which the ghost rejection is quoted.
+EFFICIENCIES = (0.90, 0.95, 0.99, 0.995)
+
+
+def ratio(a, b):
+    """a / b elementwise as float64, NaN where b is 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+
+
+@dataclass
+class SortedScores:
+    """Scores sorted once: all of them ascending with their labels, and each class
+    ascending (subsequences of the one sorted array, so no second sort)."""
+    scores: np.ndarray   # float64, ascending
+    labels: np.ndarray   # bool, True = ghost, aligned with scores
+    ghosts: np.ndarray
+    reals: np.ndarray
+
+    @classmethod
+    def of(cls, scores, labels):
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        labels = np.asarray(labels).ravel().astype(bool)
+        order = np.argsort(scores, kind="stable")
+        s, y = scores[order], labels[order]
+        return cls(s, y, s[y], s[~y])
+
+
+def threshold_table(ss, thresholds):
+    """Per threshold: counts, their fractions of all tracks and the rates derived
+    from them; a dict of arrays."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    n_g, n_r = len(ss.ghosts), len(ss.reals)
+    n = n_g + n_r
+    tp = n_g - np.searchsorted(ss.ghosts, t, side="right")
+    fp = n_r - np.searchsorted(ss.reals, t, side="right")
+    fn, tn = n_g - tp, n_r - fp
+    m = {"threshold": t, "n_tp": tp, "n_tn": tn, "n_fp": fp, "n_fn": fn,
+         "accuracy": ratio(tp + tn, n),
+         "tp": ratio(tp, n), "tn": ratio(tn, n), "fp": ratio(fp, n), "fn": ratio(fn, n),
+         "sensitivity": ratio(tp, n_g), "specificity": ratio(tn, n_r),
+         "fpr": ratio(fp, n_r), "fnr": ratio(fn, n_g),
+         "precision": ratio(tp, tp + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn),
+         "pred_ghost": ratio(tp + fp, n), "pred_real": ratio(tn + fn, n),
+         "true_ghost": np.full(len(t), ratio(n_g, n)[()]),
+         "true_real": np.full(len(t), ratio(n_r, n)[()])}
+    m["youden_j"] = m["sensitivity"] + m["specificity"] - 1.0
+    return m
+
+
+def row(table, i):
+    """Row i of a threshold table as plain numbers."""
+    return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in table.items()}
+
+
+def roc_counts(ss):
+    """(fp, tp, thresholds) at every distinct score, from the highest down (ghost when
+    score > t), then everything a ghost (t = -inf): integer counts."""
+    s, y = ss.scores, ss.labels
+    last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, dtype=bool)
+    ghosts_le = np.cumsum(y)[last]
+    reals_le = np.cumsum(~y)[last]
+    n_g, n_r = len(ss.ghosts), len(ss.reals)
+    tp = np.r_[(n_g - ghosts_le)[::-1], n_g]
+    fp = np.r_[(n_r - reals_le)[::-1], n_r]
+    return fp, tp, np.r_[s[last][::-1], -np.inf]
+
+
+def roc_curve(ss):
+    """Full ROC, one point per distinct score: fpr, tpr ascending and the threshold of
+    each point."""
+    fp, tp, t = roc_counts(ss)
+    return fp / max(len(ss.reals), 1), tp / max(len(ss.ghosts), 1), t
+
+
+def auc_from_counts(fp, tp, n_g, n_r):
+    """Area under the ROC from its integer counts (trapezoids, ties counted half):
+    the Mann-Whitney U statistic, exact in integers."""
+    if n_g == 0 or n_r == 0:
+        return float("nan")
+    fp, tp = np.r_[0, fp].astype(np.int64), np.r_[0, tp].astype(np.int64)
+    twice_area = int(np.sum(np.diff(fp) * (tp[1:] + tp[:-1])))
+    return twice_area / (2.0 * n_g * n_r)
+
+
+def roc_auc(scores, labels):
+    """Area under the ROC curve of scores against labels (ghost = 1)."""
+    ss = SortedScores.of(scores, labels)
+    fp, tp, _ = roc_counts(ss)
+    return auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))
+
+
+def rejection_at(ss, efficiencies=EFFICIENCIES):
+    """Ghost rejection at each real-track efficiency: the lowest threshold keeping at
+    least that fraction of real tracks, and what it rejects."""
+    ghosts, reals = ss.ghosts, ss.reals
+    n_g, n_r = len(ghosts), len(reals)
+    out = []
+    for eff in efficiencies:
+        if n_r == 0 or n_g == 0:
+            out.append({"target_efficiency": eff, "threshold": math.nan,
+                        "real_efficiency": math.nan, "ghost_rejection": math.nan})
+            continue
+        k = min(max(int(math.ceil(eff * n_r - 1e-9)), 1), n_r)
+        t = float(reals[k - 1])
+        kept = int(np.searchsorted(reals, t, side="right"))
+        rejected = n_g - int(np.searchsorted(ghosts, t, side="right"))
+        out.append({"target_efficiency": eff, "threshold": t,
+                    "real_efficiency": kept / n_r, "ghost_rejection": rejected / n_g})
+    return out
+
+
+@dataclass
+class Analysis:
+    """Everything computed from the finite, labelled scores of one input."""
+    n: int
+    n_ghost: int
+    n_real: int
+    true_ghost: float
+    true_real: float
+    table: dict              # threshold -> metrics (threshold_table)
+    roc: tuple               # fpr, tpr, thresholds
+    auc: float
+    rejection: list          # rejection_at
+    ghosts: np.ndarray       # sorted scores of each class
+    reals: np.ndarray
+    best_youden_j: dict      # rows of the table, or None
+    best_f1: dict
+    best_youden_j_any_cut: dict
+    model_threshold: dict = None
+
+
+def analyse(scores, labels, thresholds, model_threshold=None):
+    """The Analysis of scores against labels at the given thresholds (and at the
+    model's own threshold, when it has one)."""
+    ss = SortedScores.of(scores, labels)
+    table = threshold_table(ss, thresholds)
+    fp, tp, roc_t = roc_counts(ss)
+    n_g, n_r = len(ss.ghosts), len(ss.reals)
+    fpr, tpr = fp / max(n_r, 1), tp / max(n_g, 1)
+    best = {}
+    for key in ("youden_j", "f1"):
+        v = table[key]
+        best[key] = row(table, int(np.nanargmax(v))) if np.isfinite(v).any() else None
+    j = tpr - fpr
+    i = int(np.argmax(j))
+    return Analysis(
+        n=n_g + n_r, n_ghost=n_g, n_real=n_r,
+        true_ghost=float(ratio(n_g, n_g + n_r)), true_real=float(ratio(n_r, n_g + n_r)),
+        table=table, roc=(fpr, tpr, roc_t), auc=auc_from_counts(fp, tp, n_g, n_r),
+        rejection=rejection_at(ss), ghosts=ss.ghosts, reals=ss.reals,
+        best_youden_j=best["youden_j"], best_f1=best["f1"],
+        best_youden_j_any_cut={"threshold": float(roc_t[i]), "youden_j": float(j[i]),
+                               "sensitivity": float(tpr[i]),
+                               "specificity": float(1 - fpr[i])},
+        model_threshold=(row(threshold_table(ss, [float(model_threshold)]), 0)
+                         if model_threshold is not None else None))
+
+
+def overtraining(train_scores, train_labels, test_scores, test_labels):
+    """Train vs test score distributions per class: two-sample KS test."""
+    from scipy.stats import ks_2samp
+    out = {}
+    for name, want in (("ghost", True), ("real", False)):
+        a = train_scores[train_labels == want]
+        b = test_scores[test_labels == want]
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if len(a) and len(b):
+            ks = ks_2samp(a, b)
+            out[name] = {"ks_statistic": float(ks.statistic), "p_value": float(ks.pvalue),
+                         "n_train": len(a), "n_test": len(b)}
+        else:
+            out[name] = {"ks_statistic": math.nan, "p_value": math.nan,
+                         "n_train": len(a), "n_test": len(b)}
+    return out

@@ -1,0 +1,218 @@
+"""Model files in, probabilities out: load an .onnx (with its metadata) or a .pth
+with its config as a LoadedModel, build a scorer (torch, through onnx2torch for
+ONNX, or onnxruntime), and score every track in one batched pass.
+"""
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from artifacts import INPUT_NAME, OUTPUT_NAME, SavedConfig, load_config, onnx_bytes, onnx_record
+from utils import GhostError, Stopwatch, one_line, pick_device
+
+CPU_BATCH, GPU_BATCH = 32768, 1_000_000  # CPU: intermediates stay in cache
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+             "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger"}
+
+
+@dataclass
+class LoadedModel:
+    """A model file and what it records about itself."""
+    kind: str               # "onnx" or "pth"
+    path: str
+    saved: SavedConfig      # from the ONNX metadata and/or --config
+    has_metadata: bool
+    n_in: int               # input width, None if the file leaves it open
+    int8: bool
+    proto: object = None    # ONNX: the ModelProto and its input/output names
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    module: object = None   # .pth: the torch module
+
+
+def load_model_file(path, config_path=None, network=None, int8=False):
+    """An .onnx file, or a .pth state dict with its config; `network` and `int8`
+    override what the config says."""
+    if not os.path.isfile(path):
+        raise GhostError(f"model file {path} does not exist")
+    config = load_config(config_path) if config_path else {}
+    if path.endswith((".pth", ".pt")):
+        if not config_path:
+            raise GhostError(f"a .pth model needs --config (the ghost_model_config.pkl or "
+                             f".json saved with {path})")
+        return _load_pth(path, config, config_path, network, int8)
+    return _load_onnx(path, config, int8)
+
+
+def _saved_config(d, where):
+    try:
+        return SavedConfig.from_dict(d)
+    except (KeyError, ValueError, TypeError) as e:
+        raise GhostError(f"{where} does not describe a model of this toolkit: {e}")
+
+
+def _load_onnx(path, file_config, int8_asked):
+    import onnx
+    try:
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # protobuf DecodeError, ValidationError, OSError...
+        raise GhostError(f"{path} is not a readable ONNX model: {one_line(e, last=False)}")
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if not graph.node or len(inputs) != 1 or not graph.output:
+        raise GhostError(f"{path} is not a classifier with one input and one output "
+                         f"({len(inputs)} inputs, {len(graph.output)} outputs)")
+    inp, out = inputs[0], graph.output[0]
+    tensor = inp.type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        raise GhostError(f"{path}: input {inp.name!r} is not float32")
+    dims = list(tensor.shape.dim)
+    if len(dims) != 2:
+        raise GhostError(f"{path}: input {inp.name!r} has {len(dims)} dimensions; "
+                         "expected [batch, features]")
+    out_dims = list(out.type.tensor_type.shape.dim)
+    if len(out_dims) > 2 or (len(out_dims) == 2 and out_dims[1].HasField("dim_value")
+                             and out_dims[1].dim_value != 1):
+        raise GhostError(f"{path}: output {out.name!r} has shape "
+                         f"{[d.dim_value or d.dim_param for d in out_dims]}; "
+                         "expected one probability per track")
+    meta = onnx_record(proto)
+    saved = _saved_config({**file_config, **meta}, path)  # the model's own record wins
+    int8 = any(n.op_type in QUANT_OPS for n in graph.node)
+    if int8_asked and not int8:
+        raise GhostError(f"--int8: {path} has no QuantizeLinear/DequantizeLinear nodes "
+                         "(a float model); drop --int8 or pass the _int8.onnx model")
+    width = dims[1].dim_value if dims[1].HasField("dim_value") else None
+    return LoadedModel("onnx", path, saved, bool(meta), width, int8, proto=proto,
+                       input_name=inp.name, output_name=out.name)
+
+
+def _load_pth(path, config, config_path, network, int8):
+    import torch
+
+    from models import load_model, n_inputs
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise GhostError(f"{path} is not a readable PyTorch state dict: {one_line(e, last=False)}")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise GhostError(f"{path} is not a state dict of tensors")
+    overrides = {"network": network} if network is not None else {}
+    if int8:
+        overrides["int8"] = True
+    saved = _saved_config({**config, **overrides}, f"config {config_path}")
+    if saved.model is None:
+        raise GhostError(f"config {config_path} does not describe the weights in {path}: "
+                         "it records no architecture (n_features, l0)")
+    if saved.model.int8:
+        seen = [k for k in state if k.endswith(".seen")]
+        if seen and not any(int(state[k]) > 0 for k in seen):
+            raise GhostError(f"{path} was not trained with INT8 quantization "
+                             "(its quantization ranges are unset); drop --int8")
+    try:
+        module = load_model(saved.model, state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise GhostError(f"config {config_path} does not describe the weights in {path}: "
+                         f"{one_line(e, last=False, count=2)[:300]}")
+    return LoadedModel("pth", path, saved, True, n_inputs(module),
+                       saved.model.int8, module=module)
+
+
+def choose_backend(model, requested):
+    """The scoring runtime and, if it is not the one asked for, why."""
+    if model.kind == "onnx" and model.int8 and requested == "torch":
+        return "onnxruntime", ("INT8 ONNX model (QuantizeLinear/DequantizeLinear): "
+                               "onnx2torch cannot convert these, so it runs with onnxruntime")
+    return requested, None
+
+
+def onnx_session(model_bytes):
+    """An onnxruntime CPU session using every core this process may use."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise GhostError(f"onnxruntime is needed here (pip install onnxruntime): {e}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = len(os.sched_getaffinity(0))
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise GhostError(f"onnxruntime cannot run the model: {one_line(e)}")
+
+
+def make_scorer(model, backend, nocuda=False, batch=None):
+    """(score(x: float32 [n, f]) -> float32 [n], description), batches of `batch`
+    tracks; on the CPU a few tens of thousands keep the hidden layer in cache."""
+    if backend == "onnxruntime":
+        if model.kind == "onnx":
+            blob, names = model.proto.SerializeToString(), (model.input_name,
+                                                           model.output_name)
+        else:
+            blob, names = onnx_bytes(model.module, model.saved), (INPUT_NAME, OUTPUT_NAME)
+        session = onnx_session(blob)
+
+        def run(xb):
+            return session.run([names[1]], {names[0]: xb})[0]
+        return batched(run, batch or CPU_BATCH), "onnxruntime, cpu"
+
+    import torch
+    device = pick_device(nocuda)
+    module = model.module if model.kind == "pth" else convert_onnx(model)
+    module = module.to(device).eval()
+
+    def run(xb):
+        with torch.inference_mode():
+            return module(torch.from_numpy(xb).to(device)).cpu().numpy()
+    how = "load_model" if model.kind == "pth" else "onnx2torch"
+    default = GPU_BATCH if device.type == "cuda" else CPU_BATCH
+    return batched(run, batch or default), f"torch ({how}), {device}"
+
+
+def batched(run, batch):
+    """score(x) applying run() to consecutive batches, one probability per track."""
+    def score(x):
+        out = np.empty(len(x), dtype=np.float32)
+        for lo in range(0, len(x), batch):
+            y = run(x[lo:lo + batch])
+            if y.size != min(batch, len(x) - lo):
+                raise GhostError(f"model output has shape {tuple(y.shape)} for "
+                                 f"{min(batch, len(x) - lo)} tracks; expected one "
+                                 "probability per track")
+            out[lo:lo + batch] = y.reshape(-1)
+        return out
+    return score
+
+
+def convert_onnx(model):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        from onnx2torch import convert
+        try:
+            return convert(model.proto)
+        except Exception as e:
+            raise GhostError(f"onnx2torch cannot convert {model.path}: "
+                             f"{one_line(e, last=False)}; try --backend onnxruntime")
+
+
+def score_tracks(score, data, finite):
+    """One pass: (probabilities float32 [n], NaN where `finite` is False, and the
+    seconds the pass took).  `data` is not modified: rows with a non-finite
+    feature are scored like the others and their result replaced."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        score(data[:1024])  # warm-up (CUDA context, kernels): not part of the timed pass
+        clock = Stopwatch()
+        scores = score(data)
+        seconds = clock()
+    scores[~finite] = np.nan
+    ok = scores[finite]
+    if ok.size and not (np.isfinite(ok).all() and ok.min() >= -1e-6 and ok.max() <= 1 + 1e-6):
+        raise GhostError(f"the model's output is not a probability (min {np.nanmin(ok):.4g}, "
+                         f"max {np.nanmax(ok):.4g}, {int((~np.isfinite(ok)).sum())} non-finite)")
+    return scores, seconds
