@@ -20,10 +20,11 @@ demo: $(STAMP)
 	$(PY) make_sample.py -o $(DEMO)/sample.root --tracks 200000 --track matching --seed 1
 	$(PY) make_dataset.py -f $(DEMO)/sample.root --output $(DEMO)/dataset --track matching \
 		--plot --plots-dir $(DEMO)/plots/features
-	$(PY) training.py -f $(DEMO)/dataset -n 4 --epochs 8 --save --int8 \
+	$(PY) training.py -f $(DEMO)/dataset -n 4 --epochs 8 --save --int8 --baseline \
 		--output-dir $(DEMO)/model --path $(DEMO)/ray_results
 	$(PY) make_sample.py -o $(DEMO)/fresh.root --tracks 200000 --track matching --seed 2
 	$(PY) inference.py -f $(DEMO)/fresh.root --model $(DEMO)/model/ghost_model.onnx \
+		--compare $(DEMO)/model/ghost_model_int8.onnx \
 		--plots-dir $(DEMO)/plots/analysis --output $(DEMO)/fresh_ghost_prob.root
 	@echo "demo done: plots in $(DEMO)/plots, model in $(DEMO)/model"
 

@@ -1,17 +1,20 @@
 """What a network is made of, without torch: the ModelConfig record that
-models.build_model builds from, and the rule that ties a network to its inputs.
+models.build_model builds from, its cost per track, and the rule that ties a
+network to its inputs.
 """
 from dataclasses import dataclass
 
-from features import MinMax
+from features import MinMax, Standardize
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid")
 NETWORKS = (0, 1)
+INPUT_LAYERS = ("standard", "minmax")  # network 1's first layer: Standardize or MinMax
 
 
 def normalizes_inside(network):
     """The rule behind the two networks: network 1 takes raw branch values and
-    normalizes them in its first layer; network 0 takes inputs normalized beforehand."""
+    scales them in its first layer; network 0 takes inputs normalized beforehand
+    (min-max, make_dataset.py --normalize)."""
     return network == 1
 
 
@@ -20,15 +23,25 @@ def default_network(normalized_data):
     return 0 if normalized_data else 1
 
 
+def macs_and_params(n_features, hidden):
+    """Multiply-adds per track and trainable parameters of an MLP with these hidden
+    widths and one output (the input scaling, a few operations per feature, aside)."""
+    widths = (n_features, *hidden, 1)
+    macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return macs, macs + sum(widths[1:])
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture, all build_model needs.  Saved as plain data (to_dict) in a
     flat record beside the training settings and provenance, which it ignores."""
     network: int
     n_features: int
-    l0: int
+    hidden: tuple                  # widths of the hidden layers, 1 to 3 of them
     activation: str = "relu"
-    normalization: MinMax = None  # embedded by network 1; applied beforehand for network 0
+    inputs: str = "minmax"         # network 1's first layer (INPUT_LAYERS)
+    normalization: MinMax = None   # min-max: network 0's inputs, or network 1's layer
+    standardization: Standardize = None  # network 1's layer with inputs "standard"
     int8: bool = False
 
     def __post_init__(self):
@@ -37,21 +50,50 @@ class ModelConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}: valid are "
                              f"{', '.join(ACTIVATIONS)}")
-        if normalizes_inside(self.network) and self.normalization is None:
-            raise ValueError("network 1 needs the normalization offsets and scales")
-        if self.normalization is not None and len(self.normalization) != self.n_features:
-            raise ValueError("normalization offsets/scales do not match n_features")
+        if not self.hidden or not all(int(w) >= 1 for w in self.hidden):
+            raise ValueError(f"hidden layer widths must be positive, got {self.hidden}")
+        if self.inputs not in INPUT_LAYERS:
+            raise ValueError(f"unknown inputs {self.inputs!r}: valid are "
+                             f"{', '.join(INPUT_LAYERS)}")
+        if normalizes_inside(self.network):
+            if self.inputs == "minmax" and self.normalization is None:
+                raise ValueError("network 1 needs the normalization offsets and scales")
+            if self.inputs == "standard" and self.standardization is None:
+                raise ValueError("network 1 with standardized inputs needs the "
+                                 "standardization (transforms, means, stds)")
+        for scaling in (self.normalization, self.standardization):
+            if scaling is not None and len(scaling) != self.n_features:
+                raise ValueError("normalization offsets/scales do not match n_features")
+
+    def input_layer(self):
+        """The scaling network 1 embeds (MinMax or Standardize), None for network 0."""
+        if not normalizes_inside(self.network):
+            return None
+        return self.standardization if self.inputs == "standard" else self.normalization
+
+    def cost(self):
+        """(multiply-adds per track, parameters)."""
+        return macs_and_params(self.n_features, self.hidden)
 
     @classmethod
     def from_dict(cls, d):
-        """From a saved config record; ValueError/KeyError/TypeError if it holds none."""
-        norm = d.get("normalization")
+        """From a saved config record; ValueError/KeyError/TypeError if it holds none.
+        Records of the one-hidden-layer toolkit (l0, min-max) read back as such."""
+        hidden = d.get("hidden") or [d["l0"]]
+        norm, std = d.get("normalization"), d.get("standardization")
         return cls(network=int(d.get("network", 0)), n_features=int(d["n_features"]),
-                   l0=int(d["l0"]), activation=d.get("activation", "relu"),
+                   hidden=tuple(int(w) for w in hidden), activation=d.get("activation", "relu"),
+                   inputs=d.get("inputs", "minmax"),
                    normalization=MinMax.from_dict(norm) if norm else None,
+                   standardization=Standardize.from_dict(std) if std else None,
                    int8=bool(d.get("int8", False)))
 
     def to_dict(self):
-        return {"network": self.network, "n_features": self.n_features, "l0": self.l0,
-                "activation": self.activation, "int8": self.int8,
-                "normalization": self.normalization.to_dict() if self.normalization else None}
+        macs, params = self.cost()
+        return {"network": self.network, "n_features": self.n_features,
+                "hidden": list(self.hidden), "l0": self.hidden[0],
+                "activation": self.activation, "inputs": self.inputs, "int8": self.int8,
+                "macs": macs, "params": params,
+                "normalization": self.normalization.to_dict() if self.normalization else None,
+                "standardization": (self.standardization.to_dict()
+                                    if self.standardization else None)}

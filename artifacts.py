@@ -44,7 +44,7 @@ class SavedConfig:
     @classmethod
     def from_dict(cls, d):
         """ValueError where the architecture part is present but malformed."""
-        has_model = "n_features" in d and "l0" in d
+        has_model = "n_features" in d and ("hidden" in d or "l0" in d)
         return cls(model=ModelConfig.from_dict(d) if has_model else None,
                    track=d.get("track") or None, features=d.get("features") or None,
                    threshold=d.get("threshold"),

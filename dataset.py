@@ -4,6 +4,10 @@ training.py and inference.py read them.
     {prefix}_{train,valid,test}_data.npy    float32 [tracks, features]
     {prefix}_{train,valid,test}_labels.npy  float32 [tracks, 1], 1 = ghost
     {prefix}_features.json                  DatasetMeta: what the arrays hold
+    {prefix}_{split}_spectators.npy         float32 [tracks, spectators], optional:
+                                            branches read beside the features and
+                                            never fed to a model (the generator's
+                                            truth_llr, for the limit)
 """
 import json
 import os
@@ -11,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from features import MinMax
+from features import MinMax, Standardize
 from utils import GhostError, one_line
 
 SPLITS = ("train", "valid", "test")
@@ -44,8 +48,13 @@ class DatasetMeta:
     tracks_dropped_nonfinite: int = None
     dropped_per_feature: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)   # split -> {"ghost": n, "real": n}
+    balance: str = "subsample"                  # or "weights": every track, class weights
+    ghost_fraction: float = None                # of the clean input: its natural mix
+    class_weights: dict = None                  # {"ghost": w, "real": w} with "weights"
     normalized: bool = False                    # arrays already min-max normalized
-    normalization: MinMax = None                # always recorded: network 1 embeds it
+    normalization: MinMax = None                # min-max: network 0, --inputs minmax
+    standardization: Standardize = None         # network 1's default first layer
+    spectators: list = field(default_factory=list)  # columns of the spectator arrays
 
     @classmethod
     def from_dict(cls, d, path, width=None):
@@ -79,12 +88,37 @@ class DatasetMeta:
                 meta.normalization = MinMax.from_dict(norm)
             except ValueError as e:
                 raise GhostError(f"{path}: {e}")
+        if meta.standardization is not None:
+            try:
+                meta.standardization = Standardize.from_dict(meta.standardization)
+            except ValueError as e:
+                raise GhostError(f"{path}: {e}")
+            if names is not None and len(meta.standardization) != len(names):
+                raise GhostError(f"{path}: the standardization has "
+                                 f"{len(meta.standardization)} entries for {len(names)} features")
+        if meta.balance not in ("subsample", "weights"):
+            raise GhostError(f"{path}: balance must be 'subsample' or 'weights'")
+        if meta.balance == "weights" and not (
+                isinstance(meta.class_weights, dict)
+                and all(isinstance(meta.class_weights.get(k), (int, float)) and
+                        meta.class_weights[k] > 0 for k in ("ghost", "real"))):
+            raise GhostError(f"{path}: balance 'weights' needs positive class_weights "
+                             "for 'ghost' and 'real'")
         meta.normalized = bool(meta.normalized)
         return meta
 
+    def mix(self, split="test"):
+        """Which class mix a split holds, in words: accuracy and thresholds depend on it."""
+        if self.balance == "weights":
+            fraction = f" ({self.ghost_fraction:.1%} ghosts)" if self.ghost_fraction else ""
+            return f"the input's natural mix{fraction}"
+        return "a balanced 50/50 mix (subsampled)"
+
     def to_dict(self):
         d = asdict(self)
-        d["normalization"] = self.normalization.to_dict() if self.normalization else None
+        for key in ("normalization", "standardization"):
+            scaling = getattr(self, key)
+            d[key] = scaling.to_dict() if scaling else None
         return d
 
 
@@ -135,10 +169,32 @@ def load_dataset(prefix, splits=SPLITS):
     return out
 
 
-def write_dataset(out, prefix, splits, meta):
-    """The six arrays and the JSON through `out` (outputs.AtomicOutputs)."""
+def spectators_path(prefix, split):
+    return f"{prefix}_{split}_spectators.npy"
+
+
+def load_spectators(prefix, split, meta):
+    """{name: float32 array} of a split's spectators ({} if the dataset has none)."""
+    path = spectators_path(prefix, split)
+    if not meta.spectators or not os.path.isfile(path):
+        return {}
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise GhostError(f"cannot read {path}: {one_line(e)}")
+    if values.ndim != 2 or values.shape[1] != len(meta.spectators):
+        raise GhostError(f"{path} has shape {values.shape}; expected [tracks, "
+                         f"{len(meta.spectators)}]")
+    return {name: values[:, j] for j, name in enumerate(meta.spectators)}
+
+
+def write_dataset(out, prefix, splits, meta, spectators=None):
+    """The six arrays, the JSON and, if given, the spectator arrays ({split: [n, k]})
+    through `out` (outputs.AtomicOutputs)."""
     for split, (data, labels) in splits.items():
         data_path, label_path = split_paths(prefix, split)
         out.save_npy(data_path, data)
         out.save_npy(label_path, labels)
+        if spectators:
+            out.save_npy(spectators_path(prefix, split), spectators[split])
     out.save_json(meta_path(prefix), meta.to_dict())

@@ -36,8 +36,16 @@ FIXED_BOUNDS = {
     "chi2": (0.0, 400.0),
 }
 
-# Features whose distribution has a heavy tail (plotted on a log scale).
+# Features whose distribution has a heavy tail: plotted on a log scale, and
+# transformed by a signed log1p before they are standardized (Standardize).
 HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2"}
+TRANSFORMS = ("identity", "log")  # "log": sign(x) * log(1 + |x|)
+
+# Simulation truth, never a feature.  LIMIT: the exact log-likelihood ratio that
+# make_sample.py's generator knows for each of its tracks, the best any classifier
+# can do; inference reports the gap to it where the input has it.
+LIMIT = "truth_llr"
+TRUTH = ("ghost", "mcp_p", "mcp_x", "mcp_y", "mcp_z", LIMIT)
 
 
 def features_for(track):
@@ -46,6 +54,11 @@ def features_for(track):
         raise ValueError(
             f"unknown track type {track!r}: valid types are {', '.join(TRACK_TYPES)}")
     return list(TRACK_FEATURES[track])
+
+
+def transform_of(name):
+    """The transform a feature gets before standardization."""
+    return "log" if name in HEAVY_TAILED else "identity"
 
 
 def own_branches(track):
@@ -142,3 +155,76 @@ class MinMax:
 
 def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def signed_log1p(x):
+    """sign(x) * log(1 + |x|): heavy tails compressed, sign and 0 kept (numpy)."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+@dataclass(frozen=True)
+class Standardize:
+    """The default input scaling of network 1: each feature through its transform
+    (transform_of: a signed log1p for heavy tails, else identity), then
+    standardized, (t(x) - mean) / std, with mean and std of the training split after
+    the transform.  Unlike MinMax, it keeps the information in the heavy tails.
+
+    One arithmetic wherever it runs: numpy (inference) and the model's first layer
+    (models.StandardizeLayer) compute (t(x) - mean) * inv_std in float32 with the
+    constants of float32_arrays()."""
+    transforms: tuple   # per feature, from TRANSFORMS
+    means: tuple
+    stds: tuple
+
+    def __post_init__(self):
+        if not len(self.transforms) == len(self.means) == len(self.stds):
+            raise ValueError("standardization: transforms, means and stds differ in length")
+        if not all(t in TRANSFORMS for t in self.transforms):
+            raise ValueError(f"standardization transforms must be one of {TRANSFORMS}")
+        if not all(_is_number(v) for v in self.means + self.stds) or min(self.stds) <= 0:
+            raise ValueError("standardization means must be finite and stds positive")
+
+    def __len__(self):
+        return len(self.means)
+
+    @classmethod
+    def fit(cls, train, names):
+        transforms = tuple(transform_of(n) for n in names)
+        t = _transform(np.asarray(train, dtype=np.float64), transforms)
+        means, stds = t.mean(axis=0), t.std(axis=0)
+        return cls(transforms, tuple(float(m) for m in means),
+                   tuple(float(s) if s > 0 else 1.0 for s in stds))
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict) or not all(
+                isinstance(d.get(k), (list, tuple)) for k in ("transforms", "means", "stds")):
+            raise ValueError("the standardization must hold lists 'transforms', 'means' "
+                             "and 'stds'")
+        return cls(tuple(d["transforms"]), tuple(d["means"]), tuple(d["stds"]))
+
+    def to_dict(self):
+        return {"transforms": list(self.transforms), "means": list(self.means),
+                "stds": list(self.stds)}
+
+    def log_mask(self):
+        return np.array([t == "log" for t in self.transforms])
+
+    def float32_arrays(self):
+        """(means, inv_stds) as float32 arrays: the constants of the arithmetic."""
+        stds = np.asarray(self.stds, dtype=np.float32)
+        return (np.asarray(self.means, dtype=np.float32),
+                (np.float32(1.0) / stds).astype(np.float32))
+
+    def apply(self, data):
+        """float32 [n, features], standardized."""
+        means, inv_stds = self.float32_arrays()
+        t = _transform(np.asarray(data, dtype=np.float32), self.transforms)
+        return ((t - means) * inv_stds).astype(np.float32, copy=False)
+
+
+def _transform(data, transforms):
+    out = np.array(data, copy=True)
+    logs = [i for i, t in enumerate(transforms) if t == "log"]
+    out[:, logs] = signed_log1p(out[:, logs])
+    return out

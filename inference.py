@@ -23,14 +23,23 @@ import os
 
 import numpy as np
 
-from features import DEFAULT_TREE, LABEL, TRACK_TYPES
+from compare import (
+    Curve,
+    compared_model_paths,
+    comparison_csv,
+    curve_names,
+    format_comparison,
+    gap_to_limit,
+    model_macs,
+)
+from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
 from inputs import describe_source, read_input, resolve_settings, warn_unfilled
 from metrics import analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder
 from plots import PlotInput, pyplot, write_analysis_figures
 from report import metrics_record, print_summary, table_csv
 from rootio import write_root
-from scoring import CPU_BATCH, GPU_BATCH, choose_backend, load_model_file, make_scorer, score_tracks
+from scoring import CPU_BATCH, GPU_BATCH, load_model_file, score_model
 from utils import GhostError, Stopwatch, log, run_cli
 
 # The original study's 26 thresholds: 0.10-0.80 by 0.05, 0.81-0.89 by 0.01, 0.90, 0.95.
@@ -77,6 +86,10 @@ def parse_args(argv=None):
                    help=f"tracks per scoring batch (default {CPU_BATCH} on CPU, "
                         f"{GPU_BATCH:,} on GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
+    p.add_argument("--compare", nargs="+", metavar="MODEL",
+                   help="other models (.onnx, or .pth with its _config beside it) scored on "
+                        "the same tracks: ROC and rejection overlaid in compare.png, a table "
+                        "in comparison.csv (the limit too, where the input has it)")
     p.add_argument("--seed", type=int, default=42,
                    help="accepted like in the other scripts; the analysis draws no random "
                         "numbers, so it is the same for every seed")
@@ -128,42 +141,39 @@ def describe_run(args, features_flag):
 
 
 def load_input(args, source, settings):
-    """(data as the model takes it, labels or None, which tracks have every feature
-    finite, the train split or None)."""
+    """The inputs.Input read from -f, and which tracks have every feature finite."""
     clock = Stopwatch()
-    data, labels, train = read_input(source, settings.features, args.tree)
-    if len(data) == 0:
+    inp = read_input(source, settings.features, args.tree)
+    if len(inp.data) == 0:
         raise GhostError(f"{args.filename} holds no tracks")
-    finite = np.isfinite(data).all(axis=1)  # before normalization clips inf into [0, 1]
-    log(f"read {len(data):,} tracks from {args.filename} in {clock():.1f} s"
-        + ("" if labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
-    warn_unfilled(source, args.tree, settings.track, settings.features, data)
+    finite = np.isfinite(inp.data).all(axis=1)
+    log(f"read {len(inp.data):,} tracks from {args.filename} in {clock():.1f} s"
+        + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
+    warn_unfilled(source, args.tree, settings.track, settings.features, inp.data)
     if settings.normalization is not None:
-        data = settings.normalization.apply(data)
-        if train is not None:
-            train = (settings.normalization.apply(train[0]), train[1])
         log(f"normalized with the transform recorded in {settings.normalization_origin}")
-    return data, labels, finite, train
+    return inp, finite
 
 
-def score_input(args, model, data, finite, train):
+def score_input(args, model, settings, inp, finite):
     """Scores of every track (NaN where a feature is not finite) and of the train
     split if there is one; the scorer's description and the pass's seconds."""
-    backend, why = choose_backend(model, args.backend)
-    if why:
-        log(f"note: {why}")
-    score, desc = make_scorer(model, backend, args.nocuda, args.batch)
-    scores, seconds = score_tracks(score, data, finite)
-    rate = len(data) / seconds if seconds > 0 else float("inf")
-    log(f"scored {len(data):,} tracks in {seconds:.3f} s: {rate / 1e6:,.1f} M tracks/s "
+    scores, desc, seconds, note = score_model(model, inp.data, finite, settings.normalization,
+                                              args.backend, args.nocuda, args.batch)
+    if note:
+        log(f"note: {note}")
+    rate = len(inp.data) / seconds if seconds > 0 else float("inf")
+    log(f"scored {len(inp.data):,} tracks in {seconds:.3f} s: {rate / 1e6:,.1f} M tracks/s "
         f"({desc})")
     n_bad = int((~finite).sum())
     if n_bad:
         log(f"{n_bad:,} tracks have a non-finite feature: their probability is NaN "
             f"and they are left out of the metrics")
     train_scores = None
-    if train is not None:
-        train_scores = score_tracks(score, train[0], np.isfinite(train[0]).all(axis=1))[0]
+    if inp.train is not None:
+        train_finite = np.isfinite(inp.train[0]).all(axis=1)
+        train_scores = score_model(model, inp.train[0], train_finite, settings.normalization,
+                                   args.backend, args.nocuda, args.batch)[0]
     return scores, train_scores, desc, seconds
 
 
@@ -189,25 +199,60 @@ def analyse_scores(model, scores, labels, finite, thresholds, where, output_aske
                    own if own is not None and 0.0 <= own <= 1.0 else None)
 
 
-def analyse_input(args, model, scores, labels, finite, train, train_scores, thresholds):
-    """The analysis, the overtraining check on a dataset, the console summary, and
-    what the figures draw: (Analysis, overtraining, PlotInput), or Nones."""
-    analysis = analyse_scores(model, scores, labels, finite, thresholds, args.filename,
+def compare_curves(args, model, source, settings, inp, finite, analysis):
+    """The analysed model, each --compare model and the limit (where the input has
+    it) on the same finite, labelled tracks: a list of compare.Curve."""
+    names = curve_names([args.model] + (args.compare or []))
+    curves = [Curve.from_analysis(names[0], analysis, model_macs(model))]
+    labels = inp.labels[finite]
+    for name, (path, config) in zip(names[1:], compared_model_paths(args.compare or [])):
+        other = load_model_file(path, config)
+        theirs = resolve_settings(other, source)
+        if theirs.features != settings.features:
+            raise GhostError(f"--compare {path} reads features {','.join(theirs.features)}, "
+                             f"not the {','.join(settings.features)} of {args.model}")
+        scores = score_model(other, inp.data, finite, theirs.normalization, args.backend,
+                             args.nocuda, args.batch)[0]
+        curves.append(Curve.of(name, scores[finite], labels, model_macs(other)))
+    if inp.limit is not None:
+        curves.append(Curve.of(f"limit ({LIMIT})", inp.limit[finite], labels))
+    return curves
+
+
+def analyse_input(args, model, source, settings, inp, finite, scored, thresholds):
+    """The analysis, the overtraining check on a dataset, the comparison with other
+    models and the limit, the console summary, and what the figures draw:
+    (Analysis, extra metrics.json entries, PlotInput), or Nones."""
+    scores, train_scores = scored
+    analysis = analyse_scores(model, scores, inp.labels, finite, thresholds, args.filename,
                               bool(args.output))
     if analysis is None:
-        return None, None, None
-    over = overtraining(train_scores, train[1], scores, labels) if train else None
+        return None, {}, None
+    train = inp.train
+    over = overtraining(train_scores, train[1], scores, inp.labels) if train else None
     print_summary(analysis, over)
+    curves = compare_curves(args, model, source, settings, inp, finite, analysis)
+    extra = {"overtraining": over}
+    if len(curves) > 1:
+        log(format_comparison(curves, analysis.n))
+        extra["comparison"] = [c.record() for c in curves]
+    if inp.limit is not None:
+        extra["limit"] = curves[-1].record()
+        extra["gap_to_limit"] = gap = gap_to_limit(curves[0], curves[-1])
+        log(f"gap to the limit: AUC {gap['auc_gap']:.4f} lower; "
+            f"{gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
+            "99 % real-track efficiency")
     title = (f"{os.path.basename(args.model)} on {os.path.basename(args.filename)}"
              f" ({analysis.n:,} tracks)")
-    return analysis, over, PlotInput(
-        analysis, title, test=(scores, labels), overtraining=over,
-        train=(train_scores, train[1]) if train is not None else None)
+    return analysis, extra, PlotInput(
+        analysis, title, test=(scores, inp.labels), overtraining=over,
+        train=(train_scores, train[1]) if train is not None else None,
+        curves=curves if len(curves) > 1 else None)
 
 
-def write_outputs(args, out, scores, analysis, over, plot_input, context):
-    """--output, then metrics.json, thresholds.csv and the figures; returns the
-    figures kept open for --show and what was written."""
+def write_outputs(args, out, scores, analysis, extra, plot_input, context):
+    """--output, then metrics.json, thresholds.csv, comparison.csv and the figures;
+    returns the figures kept open for --show and what was written."""
     written, kept = [], []
     if args.output:
         if args.output.lower().endswith(".npy"):
@@ -220,14 +265,18 @@ def write_outputs(args, out, scores, analysis, over, plot_input, context):
     if analysis is not None:
         prepare_folder(args.plots_dir, "--plots-dir")
         out.save_json(os.path.join(args.plots_dir, "metrics.json"),
-                      metrics_record(analysis, over, context))
+                      metrics_record(analysis, extra, context))
         out.save_bytes(os.path.join(args.plots_dir, "thresholds.csv"),
                        table_csv(analysis.table).encode())
+        tables = "thresholds.csv"
+        if plot_input.curves:
+            out.save_bytes(os.path.join(args.plots_dir, "comparison.csv"),
+                           comparison_csv(plot_input.curves).encode())
+            tables += ", comparison.csv"
         names = []
         if not args.no_plots:
             names, kept = write_analysis_figures(plot_input, args.plots_dir, out, args.show)
-        written.append(f"{args.plots_dir}/ ({len(names)} plots, thresholds.csv, "
-                       "metrics.json)")
+        written.append(f"{args.plots_dir}/ ({len(names)} plots, {tables}, metrics.json)")
     return kept, written
 
 
@@ -238,6 +287,7 @@ def run_context(args, source, model, settings, scores, finite, desc, seconds):
         "model": os.path.abspath(args.model), "model_kind": model.kind,
         "int8": model.int8, "scoring": desc, "track": settings.track,
         "features": settings.features, "network": settings.network,
+        "macs_per_track": model_macs(model),
         "normalized_by_inference": settings.normalization is not None,
         "normalization_origin": settings.normalization_origin,
         "tracks": len(scores), "tracks_nonfinite": int((~finite).sum()),
@@ -251,13 +301,13 @@ def main(argv=None):
     thresholds, features_flag = check_args(args)
     clock = Stopwatch()
     model, source, settings = describe_run(args, features_flag)
-    data, labels, finite, train = load_input(args, source, settings)
-    scores, train_scores, desc, seconds = score_input(args, model, data, finite, train)
-    analysis, over, plot_input = analyse_input(args, model, scores, labels, finite, train,
-                                               train_scores, thresholds)
+    inp, finite = load_input(args, source, settings)
+    scores, train_scores, desc, seconds = score_input(args, model, settings, inp, finite)
+    analysis, extra, plot_input = analyse_input(args, model, source, settings, inp, finite,
+                                                (scores, train_scores), thresholds)
     context = run_context(args, source, model, settings, scores, finite, desc, seconds)
     with AtomicOutputs() as out:
-        kept, written = write_outputs(args, out, scores, analysis, over, plot_input, context)
+        kept, written = write_outputs(args, out, scores, analysis, extra, plot_input, context)
     log(f"wrote {', '.join(written) if written else 'nothing'}; total {clock():.1f} s")
     if kept:
         pyplot(True).show()

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from architecture import normalizes_inside
-from dataset import DatasetMeta, has_dataset, load_meta, load_split
+from dataset import DatasetMeta, has_dataset, load_meta, load_spectators, load_split
 from features import (
     LABEL,
+    LIMIT,
     TRACK_TYPES,
     features_for,
     other_track_branches,
@@ -43,12 +44,21 @@ def describe_source(path):
                      f"({path}_test_data.npy is missing)")
 
 
+@dataclass
+class Input:
+    """What was read: the features of every track, and where present the labels, the
+    train split (on a dataset, for the overtraining check) and the known optimum."""
+    data: np.ndarray          # float32 [n, features], raw branch values (or normalized)
+    labels: np.ndarray = None  # bool [n], True = ghost
+    train: tuple = None       # (data, labels) of the train split
+    limit: np.ndarray = None  # the generator's log-likelihood ratio (features.LIMIT)
+
+
 def read_input(source, names, tree):
-    """(data [n, f] float32, labels bool [n] or None, train split (data, labels) or
-    None): every entry of a .root file in entry order, or a dataset's test split
-    (and its train split, for the overtraining check)."""
+    """Every entry of a .root file in entry order, or a dataset's test split (and
+    its train split); the label and the limit where the input has them."""
     if source.kind == "root":
-        columns = read_root([source.path], tree, names, optional=(LABEL,))
+        columns = read_root([source.path], tree, names, optional=(LABEL, LIMIT))
         labels = columns.get(LABEL)
         if labels is not None:
             bad = ~np.isin(labels, (0.0, 1.0))
@@ -56,7 +66,7 @@ def read_input(source, names, tree):
                 raise GhostError(f"branch {LABEL!r} holds {int(bad.sum())} values other "
                                  "than 0 and 1")
             labels = labels == 1.0
-        return stack_columns(columns, names), labels, None
+        return Input(stack_columns(columns, names), labels, limit=columns.get(LIMIT))
     splits = {}
     stored = source.meta.features
     for split in ("test", "train"):
@@ -74,7 +84,8 @@ def read_input(source, names, tree):
             raise GhostError(f"dataset {source.path} has {data.shape[1]} features, "
                              f"but {len(names)} are selected")
         splits[split] = (data, labels.ravel() == 1.0)
-    return splits["test"][0], splits["test"][1], splits.get("train")
+    limit = load_spectators(source.path, "test", source.meta).get(LIMIT)
+    return Input(*splits["test"], train=splits.get("train"), limit=limit)
 
 
 def warn_unfilled(source, tree, track, names, data):

@@ -14,8 +14,10 @@ from features import (
     DEFAULT_TREE,
     HEAVY_TAILED,
     LABEL,
+    LIMIT,
     TRACK_TYPES,
     MinMax,
+    Standardize,
     features_for,
     other_track_branches,
     track_mismatch,
@@ -27,6 +29,9 @@ from rootio import expand_inputs, read_root, stack_columns
 from utils import GhostError, Stopwatch, log, run_cli
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
+BALANCES = ("weights", "subsample")
+# Read beside the features where every input has them, never fed to a model.
+SPECTATORS = (LIMIT,)
 MIN_TRACKS_PER_CLASS = 10
 
 
@@ -39,7 +44,13 @@ def parse_args(argv=None):
     p.add_argument("--track", required=True, choices=TRACK_TYPES,
                    help="track type: selects the feature branches")
     p.add_argument("--fraction", type=float, default=1.0,
-                   help="fraction of the ghosts to keep, in (0, 1] (default 1)")
+                   help="fraction of the ghosts to keep, in (0, 1] (with --balance "
+                        "weights: of each class) (default 1)")
+    p.add_argument("--balance", choices=BALANCES, default="weights",
+                   help="weights: keep every track, each split at the file's ghost "
+                        "fraction, and record class weights that balance the training "
+                        "loss; subsample: as many real tracks as ghosts, drawn at random "
+                        "(the original) (default weights)")
     p.add_argument("--plot", action="store_true",
                    help="write one PNG per feature, ghosts vs real tracks")
     p.add_argument("--plots-dir", default="plots", help="folder for --plot (default plots)")
@@ -72,31 +83,44 @@ def clean(columns, names):
     return rows, labels, dropped
 
 
-def balance_and_split(labels, fraction, rng):
-    """Row indices of each split: the ghosts (times fraction), as many real tracks
-    drawn at random, each class split 60/20/20, each split shuffled."""
+def balance_and_split(labels, fraction, balance, rng):
+    """Row indices of each split.  subsample: the ghosts (times fraction) and as many
+    real tracks drawn at random; weights: every track of each class (times
+    fraction).  Each class is split 60/20/20, each split shuffled."""
     ghosts, reals = np.flatnonzero(labels == 1.0), np.flatnonzero(labels == 0.0)
     if len(ghosts) == 0:
         raise GhostError("no ghost tracks left after cleaning: cannot make a dataset")
     if len(reals) == 0:
         raise GhostError("no real tracks left after cleaning: cannot make a dataset")
-    n = min(int(round(len(ghosts) * fraction)), len(reals))
-    if n < MIN_TRACKS_PER_CLASS:
-        raise GhostError(f"too few tracks: {n} per class after balancing "
+    n_ghost = int(round(len(ghosts) * fraction))
+    if balance == "subsample":
+        sizes = [min(n_ghost, len(reals))] * 2
+    else:
+        sizes = [n_ghost, int(round(len(reals) * fraction))]
+    if min(sizes) < MIN_TRACKS_PER_CLASS:
+        raise GhostError(f"too few tracks: {min(sizes)} in a class after "
+                         f"{'balancing' if balance == 'subsample' else 'cleaning'} "
                          f"(need at least {MIN_TRACKS_PER_CLASS})")
-    cuts = np.cumsum([int(n * f) for f in SPLIT_FRACTIONS[:-1]])
     parts = {s: [] for s in SPLITS}
-    for cls in (ghosts, reals):
+    for cls, n in zip((ghosts, reals), sizes):
+        cuts = np.cumsum([int(n * f) for f in SPLIT_FRACTIONS[:-1]])
         chosen = rng.choice(cls, size=n, replace=False)
         for split, idx in zip(SPLITS, np.split(chosen, cuts)):
             parts[split].append(idx)
     return {s: rng.permutation(np.concatenate(parts[s])) for s in SPLITS}
 
 
+def class_weights(train_labels):
+    """Per-class loss weights that make both classes count equally in training:
+    n / (2 n_class) on the train split."""
+    n, n_ghost = len(train_labels), float(train_labels.sum())
+    return {"ghost": n / (2 * n_ghost), "real": n / (2 * (n - n_ghost))}
+
+
 def read_tracks(files, tree, track, names, threads):
     """The feature and label columns of every input file; the wrong track type (its
     features 0 for every track) or no tracks at all is an error."""
-    columns = read_root(files, tree, names + [LABEL], threads=threads)
+    columns = read_root(files, tree, names + [LABEL], threads=threads, optional=SPECTATORS)
     if len(columns[LABEL]) == 0:
         raise GhostError(f"no tracks to read: tree {tree} is empty in every input file")
     if zero := unfilled(columns, names):
@@ -105,8 +129,9 @@ def read_tracks(files, tree, track, names, threads):
     return columns
 
 
-def describe(args, files, n_read, rows, dropped, splits, minmax):
+def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators):
     """The DatasetMeta written beside the arrays."""
+    minmax, standardize = scalings
     return DatasetMeta(
         track=args.track, features=features_for(args.track), label=LABEL, tree=args.tree,
         input_files=[os.path.abspath(f) for f in files], seed=args.seed,
@@ -114,8 +139,12 @@ def describe(args, files, n_read, rows, dropped, splits, minmax):
         tracks_dropped_nonfinite=n_read - len(rows), dropped_per_feature=dropped,
         counts={s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
                 for s, (_, y) in splits.items()},
-        # always recorded: network 1 embeds this transform, inference reuses it
-        normalized=args.normalize, normalization=minmax)
+        balance=args.balance, ghost_fraction=float(labels.mean()),
+        class_weights=(class_weights(splits["train"][1]) if args.balance == "weights"
+                       else None),
+        # both always recorded: network 1 embeds one of them, inference reuses them
+        normalized=args.normalize, normalization=minmax, standardization=standardize,
+        spectators=spectators)
 
 
 def main(argv=None):
@@ -136,23 +165,31 @@ def main(argv=None):
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
         + f"; {int((labels == 1.0).sum()):,} ghosts, {int((labels == 0.0).sum()):,} real")
 
-    index = balance_and_split(labels, args.fraction, np.random.default_rng(args.seed))
+    index = balance_and_split(labels, args.fraction, args.balance,
+                              np.random.default_rng(args.seed))
     splits = {s: (stack_columns(columns, names, rows[i]), labels[i].reshape(-1, 1))
               for s, i in index.items()}
-    minmax = MinMax.fit(splits["train"][0], names)
+    scalings = (MinMax.fit(splits["train"][0], names),
+                Standardize.fit(splits["train"][0], names))
     if args.normalize:
-        splits = {s: (minmax.apply(d), y) for s, (d, y) in splits.items()}
+        splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
+    spectators = [c for c in SPECTATORS if c in columns]
+    extra = {s: stack_columns(columns, spectators, rows[i]) for s, i in index.items()
+             } if spectators else None
+    meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators)
     with AtomicOutputs() as out:
-        write_dataset(out, args.output, splits,
-                      describe(args, files, n_read, rows, dropped, splits, minmax))
+        write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out)
 
     sizes = ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
-    log(f"kept {sum(len(i) for i in index.values()) // 2:,}"
-        f" tracks per class; splits: {sizes}"
-        f"{' (normalized)' if args.normalize else ''}")
+    kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
+            if args.balance == "subsample" else
+            f"kept every track ({meta.ghost_fraction:.1%} ghosts; class weights "
+            f"ghost {meta.class_weights['ghost']:.3f}, real {meta.class_weights['real']:.3f})")
+    log(f"{kept}; splits: {sizes}{' (normalized)' if args.normalize else ''}"
+        + (f"; spectators {', '.join(spectators)}" if spectators else ""))
     log(f"wrote {args.output}_*.npy and {meta_path(args.output)}"
         f"{f' and {len(names)} plots in {args.plots_dir}' if args.plot else ''}"
         f" in {clock():.1f} s")

@@ -2,9 +2,16 @@
 
 Real files are LHCb-internal Monte Carlo, so the demo and every test run on this one:
 directory `kalman_validator`, tree `kalman_ip_tree`, one entry per track, every branch a
-32-bit float. The physics is a plausible caricature, tuned so that ghost/real is neither
-trivial nor hopeless: a small MLP on the default features reaches ROC AUC ~0.96
-(matching) and ~0.93 (forward), and no single feature gives more than ~0.8.
+32-bit float. The physics is a plausible caricature: ghosts have larger chi2/ndof, fewer
+hits, lower momentum and worse matching residuals; real matching tracks follow the magnet
+kick; a few ghosts are nearly straight (huge best_pt); a small fraction of tracks carries
+a NaN or inf.
+
+The features are drawn from explicit class-conditional densities, each feature given the
+ones before it (TrackDensity), so the generator knows the exact log-likelihood ratio
+log p(features | ghost) - log p(features | real) of every track: the branch `truth_llr`,
+the best any classifier of these features can do (never a feature itself). The other
+branches are drawn afterwards, from the features and hidden variables.
 
     python make_sample.py -o sample.root --tracks 200000 --track matching
 """
@@ -14,13 +21,14 @@ import os
 import time
 
 import numpy as np
+from scipy.special import betaln, gammaln, logsumexp, ndtr
 
 from features import DEFAULT_TREE, TRACK_TYPES, features_for, own_branches
 from outputs import AtomicOutputs
 from rootio import write_root
 from utils import GhostError, log, run_cli
 
-# Every branch of the real tree, in the order written.
+# Every branch of the real tree, in the order written, and the generator's truth.
 BRANCHES = [
     # track state and fit
     "z", "x", "y", "tx", "ty", "qop", "first_qop", "best_qop", "best_pt",
@@ -35,150 +43,266 @@ BRANCHES = [
     "pr_match_dx", "pr_match_dy", "pr_seed_chi2", "pr_velo_ut_chi2",
     # simulation truth
     "ghost", "mcp_p", "mcp_x", "mcp_y", "mcp_z",
+    # this generator's truth: log p(features | ghost) / p(features | real)
+    "truth_llr",
 ]
+TRUTH_LLR = "truth_llr"
 COUNTERS = ["n_velo", "n_ut", "n_scifi", "ndof", "ndofV", "ndofT"]
 # Branches that may carry a NaN/inf besides the features (never counters or truth).
 NONFINITE_EXTRA = ["tx", "ty", "best_qop", "chi2V", "chi2T", "kalman_ip",
                    "kalman_ip_chi2", "velo_ip", "velo_ip_chi2", "pr_velo_ut_chi2"]
 MAGNET_KICK = 1.2e3  # MeV: pr_match_dtx ~ 1.2 GeV * qop for real matching tracks
+LOG_2PI = np.log(2 * np.pi)
+REAL, GHOST = 0, 1
 
 
-class Tracks:
-    """The tracks being generated: the random stream, which are ghosts, and the
-    branches drawn so far.  Each draw_* step adds branches in a fixed order of
-    random draws, so a seed always gives the same file."""
-
-    def __init__(self, n, ghost_rate, seed):
-        self.rng = np.random.default_rng(seed)
-        self.n = n
-        self.ghost = np.zeros(n, dtype=bool)
-        self.ghost[self.rng.permutation(n)[:round(ghost_rate * n)]] = True  # exactly
-        self.branches = {}
-
-    def pick(self, real, fake):
-        """Per track: `real` for a real track, `fake` for a ghost."""
-        return np.where(self.ghost, fake, real)
+def _log_normal_pdf(x, mu, sigma):
+    return -0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * LOG_2PI
 
 
-def draw_kinematics(t):
-    """Momentum, charge, slopes and the three curvature estimates (MeV, mm).
-    Returns the true momentum and q/p, which later steps depend on."""
-    rng, n = t.rng, t.n
-    p = t.pick(2300 + rng.lognormal(np.log(8000), 0.8, n),
-               2000 + rng.lognormal(np.log(4500), 0.75, n))
-    qop_true = rng.choice([-1.0, 1.0], n) / p
-    tx = rng.normal(0, 0.15, n)
-    ty = rng.normal(0, 0.12, n)
-    # measured curvature: real tracks ~0.5-3 % resolution, ghosts much worse
-    qop = qop_true * (1 + t.pick(rng.normal(0, 0.008, n), rng.normal(0, 0.12, n)))
-    first_qop = qop_true * (1 + t.pick(rng.normal(0, 0.06, n), rng.normal(0, 0.09, n)))
-    best_qop = qop * (1 + t.pick(rng.normal(0, 0.004, n), rng.normal(0, 0.05, n)))
-    # a few ghosts are nearly straight: qop ~ 0, hence the huge best_pt tail
-    straight = t.ghost & (rng.random(n) < 0.02)
-    k = straight.sum()
-    qop[straight] = rng.normal(0, 3e-6, k)
-    first_qop[straight] = qop[straight] + rng.normal(0, 5e-6, k)
-    best_qop[straight] = qop[straight] * (1 + rng.normal(0, 0.05, k))
-    best_qop[straight & (rng.random(n) < 0.1)] = 1e-9  # (almost) no curvature at all
-    slope2 = tx**2 + ty**2
-    best_pt = np.sqrt(slope2 / (1 + slope2)) / np.maximum(np.abs(best_qop), 1e-12)
-    t.branches.update(tx=tx, ty=ty, qop=qop, first_qop=first_qop, best_qop=best_qop,
-                      best_pt=best_pt)
-    return p, qop_true
+def _log_gamma_pdf(x, shape, scale):
+    return (shape - 1) * np.log(x) - x / scale - gammaln(shape) - shape * np.log(scale)
 
 
-def draw_hits(t):
-    """Hit counts and degrees of freedom: ghosts are shorter in the VELO and lose
-    SciFi/UT hits more often."""
-    rng, n = t.rng, t.n
-    n_velo = np.clip(np.rint(t.pick(rng.normal(12.5, 2.5, n), rng.normal(11.0, 3.0, n))), 3, 23)
-    n_scifi = t.pick(rng.choice([10.0, 11.0, 12.0], n, p=[0.10, 0.25, 0.65]),
-                     rng.choice([10.0, 11.0, 12.0], n, p=[0.16, 0.30, 0.54]))
-    n_ut = t.pick(rng.choice([0.0, 1, 2, 3, 4], n, p=[0.05, 0.03, 0.07, 0.30, 0.55]),
-                  rng.choice([0.0, 1, 2, 3, 4], n, p=[0.15, 0.08, 0.17, 0.30, 0.30]))
-    # ndof: 2 VELO measurements per hit, 1 per UT/SciFi hit, 5 track parameters
-    ndofV = 2 * n_velo - 4
-    ndofT = n_scifi + n_ut - 1
-    t.branches.update(n_velo=n_velo, n_ut=n_ut, n_scifi=n_scifi,
-                      ndof=np.maximum(ndofV + ndofT, 2), ndofV=ndofV, ndofT=ndofT)
+def _log_beta_pdf(x, a, b):
+    return (a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - betaln(a, b)
 
 
-def draw_fit_chi2(t):
-    """Fit chi2 per sub-detector: real ~ chi2(ndof) x 1-1.5, ghosts larger with a
-    heavy tail."""
-    rng, n, b = t.rng, t.n, t.branches
-    scale = t.pick(rng.lognormal(np.log(1.2), 0.15, n), rng.lognormal(np.log(1.5), 0.5, n))
-    tail = t.ghost & (rng.random(n) < 0.04)
-    scale[tail] *= 1 + rng.pareto(1.1, tail.sum()) * 5
-    scale = np.minimum(scale, 450)  # largest chi2 ~ 2.6e4, as seen on real data
-    chi2V = scale * rng.chisquare(b["ndofV"])
-    chi2T = scale * rng.chisquare(b["ndofT"]) * t.pick(1.0, rng.lognormal(0.2, 0.3, n))
-    chi2UT = np.where(b["n_ut"] > 0, scale * rng.chisquare(np.maximum(b["n_ut"], 1)), 0.0)
-    b.update(chi2=chi2V + chi2T + chi2UT, chi2V=chi2V, chi2T=chi2T, chi2UT=chi2UT)
+def _log_lognormal_pdf(x, mu, sigma):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, _log_normal_pdf(np.log(np.maximum(x, 1e-300)), mu, sigma)
+                        - np.log(np.maximum(x, 1e-300)), -np.inf)
 
 
-def draw_origin_and_ip(t, p):
-    """Origin (most real tracks from the PV, some from b/c decays; ghosts have none),
-    the state at the beam line and impact parameters; returns the true origin."""
-    rng, n, b = t.rng, t.n, t.branches
-    pv_z = rng.normal(0, 45, n)
-    flight = np.where(rng.random(n) < 0.12, rng.exponential(8.0, n), 0.0)
-    origin_x = rng.normal(0, 0.015, n) + flight * b["tx"]
-    origin_y = rng.normal(0, 0.015, n) + flight * b["ty"]
-    origin_z = pv_z + flight
-    b["z"] = origin_z + t.pick(rng.normal(0, 0.3, n), rng.normal(0, 40, n))
-    b["x"] = t.pick(origin_x, rng.normal(0, 0.12, n)) + rng.normal(0, 0.012, n)
-    b["y"] = t.pick(origin_y, rng.normal(0, 0.12, n)) + rng.normal(0, 0.012, n)
-    # impact parameters w.r.t. the PV (mm); resolution ~ 12 um + 20 um/pT[GeV]
-    slope2 = b["tx"]**2 + b["ty"]**2
-    pt_gev = np.maximum(np.sqrt(slope2 / (1 + slope2)) * p, 50.0) / 1e3
-    sigma = 0.012 + 0.020 / pt_gev
-    disp = t.pick(flight * np.sqrt(slope2) * rng.uniform(0.1, 1.0, n), rng.exponential(0.08, n))
+def _log_within_pdf(x, sigma, limit):
+    """A normal residual inside the pattern recognition's cut |x| < limit, where the
+    tracks outside it are replaced by a uniform draw inside (see _within)."""
+    outside = 2 * ndtr(-limit / sigma)
+    dens = np.exp(_log_normal_pdf(x, 0.0, sigma)) + outside / (2 * limit)
+    return np.where(np.abs(x) < limit, np.log(dens), -np.inf)
+
+
+def _within(rng, x, limit):
+    """Keep |x| < limit (the pattern-recognition cut): redraw outliers uniformly inside."""
+    out = np.abs(x) >= limit
+    x[out] = rng.uniform(-limit, limit, out.sum())
+    return x
+
+
+class TrackDensity:
+    """The features' density for one class (REAL or GHOST): every feature is drawn
+    given the ones before it, and log_density is the exact sum of the conditional
+    log densities (a mixture over the one hidden flag, the straight ghosts)."""
+
+    # per class (real, ghost)
+    VELO_HITS = ((12.5, 2.5), (11.0, 3.0))              # normal, rounded, in [3, 23]
+    SCIFI_HITS = ((0.10, 0.25, 0.65), (0.16, 0.30, 0.54))  # P(10, 11, 12)
+    UT_HITS = ((0.05, 0.03, 0.07, 0.30, 0.55), (0.15, 0.08, 0.17, 0.30, 0.30))  # P(0..4)
+    MOMENTUM = ((np.log(10000.0), 0.7), (np.log(6000.0), 0.75))  # log-normal p (MeV)
+    STRAIGHT = (0.0, 0.02)         # fraction of nearly straight tracks: qop ~ N(0, 3e-6)
+    FIRST_QOP = (0.06, 0.09)       # relative resolution of first_qop around qop
+    SIN_THETA = (0.55, 0.65)       # logit-normal width of best_pt * |qop| ~ sin(theta)
+    CHI2 = ((1.2, 1.0, 0.01, 4.0, 0.8), (1.5, 0.5, 0.06, 8.0, 1.2))
+    # chi2: Gamma(mean scale * ndof, shape k * ndof / 2), and a tail of that fraction
+    # with chi2 / ndof log-normal around its median, width
+    FORWARD_QUALITY = ((1.6, 9.0), (2.2, 5.0))          # Beta(a, b)
+    MATCH_CHI2 = ((1.3, 5.0), (1.4, 4.4))               # 2 * Beta(a, b)
+    SEED_CHI2 = ((np.log(0.6), 1.0), (np.log(1.1), 1.5))  # log-normal
+    GHOST_DTX = (0.18, 0.11)       # ghosts: +-kick of an unrelated seed, normal around it
+
+    def __init__(self, cls, track):
+        self.c, self.track = cls, track
+        mu, sigma = self.VELO_HITS[cls]
+        k = np.arange(3, 24)
+        cdf = ndtr((np.r_[k - 0.5, 23.5] - mu) / sigma)
+        cdf[0], cdf[-1] = 0.0, 1.0  # the rounding clips at 3 and 23
+        self.velo_pmf = np.diff(cdf)
+
+    # --- sampling ---------------------------------------------------------------
+    def sample(self, rng, n):
+        """n tracks of this class: (features, hidden) dicts of float64 arrays."""
+        c = self.c
+        x = {"n_velo": rng.choice(np.arange(3.0, 24.0), n, p=self.velo_pmf),
+             "n_scifi": rng.choice([10.0, 11.0, 12.0], n, p=self.SCIFI_HITS[c])}
+        n_ut = rng.choice(np.arange(5.0), n, p=self.UT_HITS[c])
+        x["ndof"] = 2 * x["n_velo"] - 4 + x["n_scifi"] + n_ut - 1
+        straight = rng.random(n) < self.STRAIGHT[c]
+        qop = rng.choice([-1.0, 1.0], n) / rng.lognormal(*self.MOMENTUM[c], n)
+        qop[straight] = rng.normal(0, 3e-6, straight.sum())
+        x["qop"] = qop
+        spread = np.where(straight, 5e-6, self.FIRST_QOP[c] * np.abs(qop))
+        x["first_qop"] = qop + rng.normal(0, 1, n) * spread
+        sin_theta = 1 / (1 + np.exp(-rng.normal(-1.66, self.SIN_THETA[c], n)))
+        x["best_pt"] = sin_theta / np.abs(qop)
+        x["chi2"] = self._sample_chi2(rng, x["ndof"])
+        if self.track == "forward":
+            x["pr_forward_quality"] = rng.beta(*self.FORWARD_QUALITY[c], n)
+        else:
+            self._sample_matching(rng, x)
+        return x, {"n_ut": n_ut, "sin_theta": sin_theta}
+
+    def _sample_chi2(self, rng, ndof):
+        scale, k, tail, median, width = self.CHI2[self.c]
+        chi2 = rng.gamma(k * ndof / 2, 2 * scale / k)
+        in_tail = rng.random(len(ndof)) < tail
+        chi2[in_tail] = ndof[in_tail] * rng.lognormal(np.log(median), width, in_tail.sum())
+        return chi2
+
+    def _sample_matching(self, rng, x):
+        n, aq = len(x["qop"]), np.abs(x["qop"]) * 1e4  # errors grow at low momentum
+        if self.c == REAL:  # dtx follows the magnet kick of the track's own qop
+            x["pr_match_dtx"] = MAGNET_KICK * x["qop"] + rng.normal(0, 1, n) * (0.055 + 0.03 * aq)
+        else:  # a VELO track paired with another particle's seed: an unrelated kick
+            kick, width = self.GHOST_DTX
+            x["pr_match_dtx"] = rng.choice([-kick, kick], n) + rng.normal(0, width, n)
+        for name, limit, (real, ghost) in self._residuals(aq):
+            x[name] = _within(rng, rng.normal(0, 1, n) * (real if self.c == REAL else ghost),
+                              limit)
+        x["pr_match_chi2"] = 2 * rng.beta(*self.MATCH_CHI2[self.c], n)
+        x["pr_seed_chi2"] = rng.lognormal(*self.SEED_CHI2[self.c], n)
+
+    @staticmethod
+    def _residuals(aq):
+        """(branch, cut, (real width, ghost width)) of the matching residuals."""
+        return (("pr_match_dty", 0.02, (0.004, 0.0055)),
+                ("pr_match_dx", 20.0, (2.5 + 1.5 * aq, 4.5)),
+                ("pr_match_dy", 150.0, (25 + 10 * aq, 40.0)))
+
+    # --- exact log density ------------------------------------------------------
+    def log_density(self, x):
+        """log p(features | this class) of every track (float64)."""
+        c = self.c
+        n_ut = x["ndof"] - (2 * x["n_velo"] - 4) - x["n_scifi"] + 1
+        logp = (np.log(self.velo_pmf[(x["n_velo"] - 3).astype(int).clip(0, 20)])
+                + np.log(np.take(self.SCIFI_HITS[c], (x["n_scifi"] - 10).astype(int).clip(0, 2)))
+                + np.log(np.take(self.UT_HITS[c], n_ut.astype(int).clip(0, 4))))
+        logp = logp + self._log_momentum(x) + self._log_chi2(x["chi2"], x["ndof"])
+        if self.track == "forward":
+            return logp + _log_beta_pdf(x["pr_forward_quality"], *self.FORWARD_QUALITY[c])
+        return logp + self._log_matching(x)
+
+    def _log_momentum(self, x):
+        """qop, first_qop and best_pt: a mixture over 'nearly straight'."""
+        c, qop = self.c, x["qop"]
+        aqop = np.abs(qop)
+        u = x["best_pt"] * aqop  # ~ sin(theta), logit-normal; best_pt = u / |qop|
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_pt = (_log_normal_pdf(np.log(u / (1 - u)), -1.66, self.SIN_THETA[c])
+                      - np.log(u * (1 - u)) + np.log(aqop))
+        log_pt = np.where((u > 0) & (u < 1), log_pt, -np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = 1 / aqop  # qop = +-1 / p: density of p times |dp/dqop| = p^2, sign 1/2
+            main = (_log_lognormal_pdf(p, *self.MOMENTUM[c]) + 2 * np.log(p) + np.log(0.5)
+                    + _log_normal_pdf(x["first_qop"], qop, self.FIRST_QOP[c] * aqop))
+        parts = [np.log1p(-self.STRAIGHT[c]) + main]
+        if self.STRAIGHT[c] > 0:
+            parts.append(np.log(self.STRAIGHT[c]) + _log_normal_pdf(qop, 0.0, 3e-6)
+                         + _log_normal_pdf(x["first_qop"], qop, 5e-6))
+        return logsumexp(np.stack(parts), axis=0) + log_pt
+
+    def _log_chi2(self, chi2, ndof):
+        scale, k, tail, median, width = self.CHI2[self.c]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            main = np.log1p(-tail) + _log_gamma_pdf(chi2, k * ndof / 2, 2 * scale / k)
+            tails = np.log(tail) + _log_lognormal_pdf(chi2 / ndof, np.log(median), width) \
+                - np.log(ndof)
+        return np.logaddexp(main, tails)
+
+    def _log_matching(self, x):
+        c, aq = self.c, np.abs(x["qop"]) * 1e4
+        dtx = x["pr_match_dtx"]
+        if c == REAL:
+            logp = _log_normal_pdf(dtx, MAGNET_KICK * x["qop"], 0.055 + 0.03 * aq)
+        else:
+            kick, width = self.GHOST_DTX
+            logp = np.log(0.5) + np.logaddexp(_log_normal_pdf(dtx, -kick, width),
+                                              _log_normal_pdf(dtx, kick, width))
+        for name, limit, widths in self._residuals(aq):
+            logp = logp + _log_within_pdf(x[name], widths[c], limit)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logp = logp + _log_beta_pdf(x["pr_match_chi2"] / 2, *self.MATCH_CHI2[c]) - np.log(2)
+            logp = logp + _log_lognormal_pdf(x["pr_seed_chi2"], *self.SEED_CHI2[c])
+        return logp
+
+
+def truth_llr(features, track):
+    """log p(features | ghost) - log p(features | real) under this generator."""
+    return (TrackDensity(GHOST, track).log_density(features)
+            - TrackDensity(REAL, track).log_density(features))
+
+
+def draw_features(rng, ghost, track):
+    """The features of every track, each class from its own density."""
+    n = len(ghost)
+    feats, hidden = {}, {}
+    for cls in (REAL, GHOST):
+        rows = np.flatnonzero(ghost == cls)
+        x, h = TrackDensity(cls, track).sample(rng, len(rows))
+        for out, part in ((feats, x), (hidden, h)):
+            for name, values in part.items():
+                out.setdefault(name, np.zeros(n))[rows] = values
+    return feats, hidden
+
+
+def draw_other_branches(rng, ghost, x, hidden):
+    """Every branch that is not a feature, from the features and hidden variables:
+    slopes, the fit's parts, origin and impact parameters, truth."""
+    n = len(ghost)
+    b = {}
+    sin_theta = np.minimum(hidden["sin_theta"], 0.95)
     phi = rng.uniform(0, 2 * np.pi, n)
-    ipx = disp * np.cos(phi) + rng.normal(0, 1, n) * sigma * t.pick(1.0, 2.5)
-    ipy = disp * np.sin(phi) + rng.normal(0, 1, n) * sigma * t.pick(1.0, 2.5)
-    vx = ipx + rng.normal(0, 1, n) * sigma * 1.3  # straight VELO line: worse
-    vy = ipy + rng.normal(0, 1, n) * sigma * 1.3
-    for pre, ix, iy, s in (("kalman", ipx, ipy, sigma), ("velo", vx, vy, sigma * 1.6)):
+    tan_theta = sin_theta / np.sqrt(1 - sin_theta**2)
+    b["tx"], b["ty"] = tan_theta * np.cos(phi), tan_theta * np.sin(phi)
+    b["best_qop"] = np.sign(x["qop"]) * sin_theta / x["best_pt"]  # best_pt = sin / |best_qop|
+    b["n_ut"] = hidden["n_ut"]
+    b["ndofV"] = 2 * x["n_velo"] - 4
+    b["ndofT"] = x["n_scifi"] + b["n_ut"] - 1
+    share = rng.gamma(np.stack([b["ndofV"], b["ndofT"] - b["n_ut"], b["n_ut"]]) + 1e-3)
+    share /= share.sum(axis=0)  # the fit's chi2 split over VELO, T stations and UT
+    b["chi2V"], b["chi2T"], b["chi2UT"] = x["chi2"] * share
+    p = 1 / np.maximum(np.abs(x["qop"]), 1e-9)
+    # origin: most real tracks from the PV, some from b/c decays; ghosts have none
+    flight = np.where(rng.random(n) < 0.12, rng.exponential(8.0, n), 0.0)
+    origin = (rng.normal(0, 0.015, n) + flight * b["tx"],
+              rng.normal(0, 0.015, n) + flight * b["ty"], rng.normal(0, 45, n) + flight)
+    b["z"] = origin[2] + np.where(ghost, rng.normal(0, 40, n), rng.normal(0, 0.3, n))
+    b["x"] = np.where(ghost, rng.normal(0, 0.12, n), origin[0]) + rng.normal(0, 0.012, n)
+    b["y"] = np.where(ghost, rng.normal(0, 0.12, n), origin[1]) + rng.normal(0, 0.012, n)
+    b.update(_impact_parameters(rng, ghost, sin_theta * p, flight * tan_theta))
+    b["pr_velo_ut_chi2"] = np.where(b["n_ut"] > 0, np.where(
+        ghost, rng.gamma(1.5, 2.0, n), rng.gamma(1.5, 0.8, n)), 0.0)
+    b["ghost"] = ghost.astype(float)  # truth, in Allen's convention: ghosts carry zeros
+    for name, value in zip(("mcp_p", "mcp_x", "mcp_y", "mcp_z"), (p, *origin)):
+        b[name] = np.where(ghost, 0.0, value)
+    return b
+
+
+def _impact_parameters(rng, ghost, pt, transverse_flight):
+    """Kalman and VELO impact parameters w.r.t. the PV (mm); resolution ~ 12 um +
+    20 um / pT[GeV], ghosts 2.5 times worse and displaced."""
+    n = len(ghost)
+    sigma = 0.012 + 0.020 / (np.maximum(pt, 50.0) / 1e3)
+    disp = np.where(ghost, rng.exponential(0.08, n),
+                    transverse_flight * rng.uniform(0.1, 1.0, n))
+    phi = rng.uniform(0, 2 * np.pi, n)
+    smear = sigma * np.where(ghost, 2.5, 1.0)
+    ipx = disp * np.cos(phi) + rng.normal(0, 1, n) * smear
+    ipy = disp * np.sin(phi) + rng.normal(0, 1, n) * smear
+    b = {}
+    for pre, ix, iy, s in (("kalman", ipx, ipy, sigma),
+                           ("velo", ipx + rng.normal(0, 1, n) * sigma * 1.3,
+                            ipy + rng.normal(0, 1, n) * sigma * 1.3, sigma * 1.6)):
         ip = np.hypot(ix, iy)
         b[f"{pre}_ip"], b[f"{pre}_ipx"], b[f"{pre}_ipy"] = ip, ix, iy
         b[f"{pre}_ip_chi2"] = (ip / s) ** 2
         along = np.abs(ix * np.cos(phi) + iy * np.sin(phi))
         b[f"{pre}_docaz"] = along + np.abs(rng.normal(0, 0.2 * s, n))
-    b["pr_velo_ut_chi2"] = np.where(
-        b["n_ut"] > 0, t.pick(rng.gamma(1.5, 0.8, n), rng.gamma(1.5, 2.0, n)), 0.0)
-    return origin_x, origin_y, origin_z
+    return b
 
 
-def draw_pattern_recognition(t, track, qop_true):
-    """The chosen track type's pr_* branches; the other type's stay 0, as in Allen."""
-    rng, n, b = t.rng, t.n, t.branches
-    for name in (name for other in TRACK_TYPES for name in own_branches(other)):
-        b[name] = np.zeros(n)
-    if track == "forward":
-        b["pr_forward_quality"] = t.pick(rng.beta(1.6, 9.0, n), rng.beta(2.2, 5.0, n))
-        return
-    aq = np.abs(qop_true) * 1e4  # extrapolation errors grow at low momentum
-    # dtx: real follows the magnet kick of its own qop; a ghost pairs a VELO track with
-    # another particle's SciFi seed, so its kick is unrelated to the track's qop
-    other_qop = rng.choice([-1.0, 1.0], n) / (2000 + rng.lognormal(np.log(4500), 0.75, n))
-    b["pr_match_dtx"] = t.pick(MAGNET_KICK * b["qop"] + rng.normal(0, 0.055 + 0.03 * aq, n),
-                               MAGNET_KICK * other_qop + rng.normal(0, 0.06, n))
-    # position/slope residuals at the matching plane, inside the matching cuts
-    b["pr_match_dty"] = _within(
-        rng, t.pick(rng.normal(0, 0.004, n), rng.normal(0, 0.0055, n)), 0.02)
-    b["pr_match_dx"] = _within(
-        rng, t.pick(rng.normal(0, 2.5 + 1.5 * aq, n), rng.normal(0, 4.5, n)), 20)
-    b["pr_match_dy"] = _within(
-        rng, t.pick(rng.normal(0, 25 + 10 * aq, n), rng.normal(0, 40, n)), 150)
-    b["pr_match_chi2"] = 2 * t.pick(rng.beta(1.3, 5.0, n), rng.beta(1.4, 4.4, n))
-    b["pr_seed_chi2"] = np.clip(t.pick(rng.lognormal(np.log(0.6), 1.0, n),
-                                       rng.lognormal(np.log(1.1), 1.5, n)), 0.004, 1.3e3)
-
-
-def break_some(t, cols, features, nonfinite):
+def break_some(rng, cols, features, nonfinite):
     """A few broken fits: one NaN or inf in one branch of each affected track."""
-    rng, n = t.rng, t.n
+    n = len(cols["ghost"])
     bad = rng.permutation(n)[:round(nonfinite * n)]
     candidates = [b for b in features if b not in COUNTERS] + NONFINITE_EXTRA
     which = rng.integers(0, len(candidates), bad.size)
@@ -197,27 +321,18 @@ def generate(tracks=200000, track="matching", ghost_rate=0.15, seed=42, nonfinit
         raise ValueError(f"ghost rate must be in (0, 1), got {ghost_rate}")
     if not 0 <= nonfinite < 1:
         raise ValueError(f"non-finite fraction must be in [0, 1), got {nonfinite}")
-    t = Tracks(int(tracks), ghost_rate, seed)
-    p, qop_true = draw_kinematics(t)
-    draw_hits(t)
-    draw_fit_chi2(t)
-    origin = draw_origin_and_ip(t, p)
-    draw_pattern_recognition(t, track, qop_true)
-    # truth, in Allen's convention: ghosts carry zeros
-    b = t.branches
-    b["ghost"] = t.ghost.astype(float)
-    for name, value in zip(("mcp_p", "mcp_x", "mcp_y", "mcp_z"), (p, *origin)):
-        b[name] = np.where(t.ghost, 0.0, value)
-    cols = {name: np.ascontiguousarray(b[name], dtype=np.float32) for name in BRANCHES}
-    break_some(t, cols, features, nonfinite)
+    n = int(tracks)
+    rng = np.random.default_rng(seed)
+    ghost = np.zeros(n, dtype=bool)
+    ghost[rng.permutation(n)[:round(ghost_rate * n)]] = True  # exactly round(rate * n)
+    x, hidden = draw_features(rng, ghost, track)
+    branches = {**draw_other_branches(rng, ghost, x, hidden), **x}
+    for name in (name for other in TRACK_TYPES for name in own_branches(other)):
+        branches.setdefault(name, np.zeros(n))  # the other type's pr_* stay 0, as in Allen
+    branches[TRUTH_LLR] = truth_llr(x, track)
+    cols = {name: np.ascontiguousarray(branches[name], dtype=np.float32) for name in BRANCHES}
+    break_some(rng, cols, features, nonfinite)
     return cols
-
-
-def _within(rng, x, limit):
-    """Keep |x| < limit (the pattern-recognition cut): redraw outliers uniformly inside."""
-    out = np.abs(x) >= limit
-    x[out] = rng.uniform(-limit, limit, out.sum())
-    return x
 
 
 def make_sample(path="sample.root", tracks=200000, track="matching", ghost_rate=0.15,

@@ -104,6 +104,16 @@ def roc_auc(scores, labels):
     return auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))
 
 
+def quality(scores, labels, efficiencies=EFFICIENCIES):
+    """{"auc": ..., "rejection@0.99": ...}: the figures of merit, from one sort."""
+    ss = SortedScores.of(scores, labels)
+    fp, tp, _ = roc_counts(ss)
+    out = {"auc": auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))}
+    for r in rejection_at(ss, efficiencies):
+        out[f"rejection@{r['target_efficiency']:g}"] = r["ghost_rejection"]
+    return out
+
+
 def rejection_at(ss, efficiencies=EFFICIENCIES):
     """Ghost rejection at each real-track efficiency: the lowest threshold keeping at
     least that fraction of real tracks, and what it rejects."""

@@ -52,6 +52,7 @@ class PlotInput:
     test: tuple = None        # (scores, labels) of every scored track
     train: tuple = None       # (scores, labels) of the train split, on a dataset
     overtraining: dict = None
+    curves: list = None       # compare.Curve of every classifier compared, or None
 
 
 def _vs_threshold(plt, p, curves, what, ylabel, extra=None):
@@ -210,6 +211,30 @@ def overtraining(plt, p):
     return fig
 
 
+def comparison(plt, p):
+    """Every compared classifier (compare.Curve): the ROC with the real-track
+    inefficiency on a log axis, the region near 100 % efficiency where HLT1 cuts,
+    and ghost rejection vs real-track efficiency from 90 %."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    for c in p.curves:
+        keep = downsample_roc(c.fpr, c.tpr)
+        style = "--" if c.name.startswith("limit") else "-"
+        cost = "" if c.macs is None else f", {c.macs:,} MACs"
+        ax.plot(c.fpr[keep], c.tpr[keep], style, label=f"{c.name} (AUC {c.auc:.4f}{cost})")
+        ax2.plot((1 - c.fpr)[keep], c.tpr[keep], style,
+                 label=f"{c.name}: {c.rejection_at(0.99):.3f} at 99 %")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    decorate(ax, "ROC curves", p.title, "real tracks called ghost (1 - efficiency, log)",
+             "ghosts called ghost", loc="upper left")
+    ax2.set_xlim(0.9, 1.0), ax2.set_ylim(0, 1.005)
+    ax2.axvline(0.99, color="gray", ls=":")
+    decorate(ax2, "Ghost rejection vs real-track efficiency", p.title,
+             "real-track efficiency (fraction of real tracks kept)",
+             "ghost rejection (fraction of ghosts removed)", loc="lower left")
+    return fig
+
+
 # file name -> (figure, whether a PlotInput has what it needs)
 FIGURES = {
     "accuracy.png": (accuracy, lambda p: True),
@@ -220,6 +245,7 @@ FIGURES = {
     "scores.png": (scores, lambda p: True),
     "rejection.png": (rejection, lambda p: True),
     "overtraining.png": (overtraining, lambda p: bool(p.overtraining) and p.train is not None),
+    "compare.png": (comparison, lambda p: bool(p.curves)),
 }
 
 
@@ -268,3 +294,23 @@ def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, 
     for name in names:
         fig = feature_figure(plt, name, columns[name][rows], ghost, name in heavy_tailed)
         save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig)
+
+
+def search_front(plt, trials, best):
+    """Validation AUC and ghost rejection at 99 % efficiency against the multiply-adds
+    per track of every trial of a search: the quality-vs-cost front, the chosen trial
+    ringed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "auc", "validation ROC AUC"),
+                           (axes[1], "rejection@0.99", "validation ghost rejection at 99 %")):
+        macs = [t["macs"] for t in trials]
+        ax.scatter(macs, [t.get(key, np.nan) for t in trials], c="tab:blue", s=25,
+                   label="trials (best epoch)")
+        chosen = [t for t in trials if t["params"] == best]
+        if chosen:
+            ax.scatter([chosen[0]["macs"]], [chosen[0].get(key, np.nan)], s=140,
+                       facecolors="none", edgecolors="tab:red", lw=2, label="chosen")
+        ax.set_xscale("log")
+        decorate(ax, f"{label} vs cost", f"{len(trials)} trials of the search",
+                 "multiply-adds per track (log scale)", label, loc="lower right")
+    return fig

@@ -62,9 +62,10 @@ def print_summary(a, over):
             f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
 
 
-def metrics_record(a, over, context):
+def metrics_record(a, extra, context):
     """The metrics.json record: `context` (what was scored, with which model and
-    how fast) and then every number of the analysis; plain JSON (NaN -> null)."""
+    how fast), every number of the analysis, then `extra` (overtraining, comparison,
+    limit); plain JSON (NaN -> null)."""
     return plain({
         **context,
         "tracks_labelled": a.n, "ghosts": a.n_ghost, "reals": a.n_real,
@@ -74,5 +75,21 @@ def metrics_record(a, over, context):
         "best_youden_j": a.best_youden_j, "best_f1": a.best_f1,
         "best_youden_j_any_cut": a.best_youden_j_any_cut,
         "model_threshold": a.model_threshold, "ghost_rejection": a.rejection,
-        "overtraining": over,
+        **extra,
     })
+
+
+def trials_csv(trials):
+    """The search's trials, one line each: hyperparameters, cost, best validation
+    metrics (search.trial_table)."""
+    metrics = sorted({k for t in trials for k in t if k.startswith("rejection@")})
+    keys = sorted({k for t in trials for k in t["params"]})
+    lines = [",".join(keys + ["epochs", "macs", "params", "loss", "auc"] + metrics)]
+    for t in trials:
+        cells = ["x".join(map(str, v)) if isinstance(v, list) else f"{v:.6g}"
+                 if isinstance(v, float) else str(v) for v in (t["params"].get(k) for k in keys)]
+        cells += [str(t["epochs"]), str(t["macs"]), str(t["params_count"]),
+                  f"{t['loss']:.6g}", f"{t['auc']:.6g}"] + [f"{t.get(m, float('nan')):.6g}"
+                                                          for m in metrics]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"

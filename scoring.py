@@ -108,7 +108,7 @@ def _load_pth(path, config, config_path, network, int8):
     saved = _saved_config({**config, **overrides}, f"config {config_path}")
     if saved.model is None:
         raise GhostError(f"config {config_path} does not describe the weights in {path}: "
-                         "it records no architecture (n_features, l0)")
+                         "it records no architecture (n_features, hidden)")
     if saved.model.int8:
         seen = [k for k in state if k.endswith(".seen")]
         if seen and not any(int(state[k]) > 0 for k in seen):
@@ -216,3 +216,15 @@ def score_tracks(score, data, finite):
         raise GhostError(f"the model's output is not a probability (min {np.nanmin(ok):.4g}, "
                          f"max {np.nanmax(ok):.4g}, {int((~np.isfinite(ok)).sum())} non-finite)")
     return scores, seconds
+
+
+def score_model(model, data, finite, scaling=None, backend="torch", nocuda=False,
+                batch=None):
+    """Scores of every track with one model: `scaling` (features.MinMax, for a
+    network 0 model) applied first.  Returns (scores, description, seconds, note):
+    the note says why the runtime is not the one asked for, or is None."""
+    backend, note = choose_backend(model, backend)
+    score, desc = make_scorer(model, backend, nocuda, batch)
+    scores, seconds = score_tracks(score, data if scaling is None else scaling.apply(data),
+                                   finite)
+    return scores, desc, seconds, note

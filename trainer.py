@@ -4,25 +4,47 @@ evaluation and INT8 quantization-aware fine-tuning.  No Ray here: search.py runs
 this inside each trial, training.py after the search.
 """
 import copy
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from metrics import roc_auc
+from metrics import quality
 from utils import GhostError, log
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """How a model is trained (saved beside its ModelConfig, never inside it)."""
     optimizer: str
-    lr: float
+    lr: float                  # the peak learning rate of the schedule
     batch: int
     epochs: int
     seed: int
+    weight_decay: float = 0.0  # decoupled (AdamW); L2 for Adam and SGD
+    schedule: str = "constant"
 
     def to_dict(self):
         return asdict(self)
+
+
+def lr_at(settings, step, total):
+    """The learning rate at `step` of `total`: constant; one-cycle (cosine warm-up
+    from lr/25 over the first 30 %, then cosine decay to lr/1e4, as torch's
+    OneCycleLR); or cosine (5 % linear warm-up, then cosine decay to 0)."""
+    lr, f = settings.lr, min(step / max(total, 1), 1.0)
+    if settings.schedule == "onecycle":
+        if f < 0.3:
+            start, end, g = lr / 25, lr, f / 0.3
+        else:
+            start, end, g = lr, lr / 1e4, (f - 0.3) / 0.7
+        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * g))
+    if settings.schedule == "cosine":
+        return lr * f / 0.05 if f < 0.05 else lr * 0.5 * (1 + math.cos(math.pi * (f - 0.05) / 0.95))
+    return lr
 
 
 def seed_everything(seed):
@@ -32,14 +54,22 @@ def seed_everything(seed):
 
 
 def make_optimizer(settings, model, device):
+    """The optimizer; on CUDA Adam(W) keeps its learning rate in a device tensor, so
+    that a captured CUDA graph follows the schedule (Trainer.set_lr fills it)."""
     import torch
     params = list(model.parameters())
     cuda = device.type == "cuda"
+    lr = torch.tensor(settings.lr, device=device) if cuda else settings.lr
+    wd = settings.weight_decay
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True, capturable=cuda)
     if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, fused=True, capturable=cuda)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True, capturable=cuda)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
-    raise GhostError(f"unknown optimizer {settings.optimizer!r}: valid are adam, sgd")
+        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True,
+                               weight_decay=wd)
+    raise GhostError(f"unknown optimizer {settings.optimizer!r}: valid are "
+                     f"{', '.join(OPTIMIZERS)}")
 
 
 def to_tensors(model, data, device):
@@ -65,17 +95,26 @@ def gather_rows(t, index):
 class Trainer:
     """Epochs of shuffled mini-batches over device tensors.  On CUDA the whole
     step (forward, backward, optimizer) is captured once as a CUDA graph and
-    replayed, which removes Python and kernel-launch overhead."""
+    replayed, which removes Python and kernel-launch overhead.
 
-    def __init__(self, model, optimizer, x, y, batch, seed, use_graph=None):
+    `settings` (TrainSettings) gives the learning-rate schedule, which restarts
+    where `start_epoch` says (a resumed trial); `weights` = (real, ghost) weights
+    the loss per class (a dataset made with --balance weights)."""
+
+    def __init__(self, model, optimizer, x, y, batch, seed, use_graph=None, settings=None,
+                 start_epoch=0, weights=None):
         import torch
         self.model, self.opt, self.x, self.y, self.batch = model, optimizer, x, y, batch
         self.device = x.device
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.settings, self.weights = settings, weights
+        self.steps = len(x) // batch  # per epoch; the last partial batch is dropped
+        self.step = start_epoch * self.steps
         if use_graph is None:
             use_graph = self.device.type == "cuda" and not any(
-                m.enabled for m in model.fake_quants())
+                m.enabled for m in model.fake_quants()) and torch.is_tensor(
+                optimizer.param_groups[0]["lr"])
         self.graph = None
         if use_graph:
             try:
@@ -86,9 +125,26 @@ class Trainer:
 
     def _loss(self, x, y):
         import torch.nn.functional as F
-        return F.binary_cross_entropy_with_logits(self.model.core(x), y)
+        weight = None
+        if self.weights is not None:
+            real, ghost = self.weights
+            weight = real + (ghost - real) * y
+        return F.binary_cross_entropy_with_logits(self.model.core(x), y, weight=weight)
+
+    def set_lr(self):
+        """The schedule's learning rate for the next step."""
+        if self.settings is None or self.settings.schedule == "constant":
+            return
+        lr = lr_at(self.settings, self.step, self.steps * self.settings.epochs)
+        for group in self.opt.param_groups:
+            if hasattr(group["lr"], "fill_"):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self.step += 1
 
     def _step(self, x, y):
+        self.set_lr()
         loss = self._loss(x, y)
         for p in self.params:  # = zero_grad(set_to_none=True), without its overhead
             p.grad = None
@@ -107,6 +163,7 @@ class Trainer:
         with torch.cuda.stream(side):  # warm-up steps (real steps on the first batch)
             for _ in range(3):
                 self._step(self.static_x, self.static_y)
+        self.step -= 3
         torch.cuda.current_stream(d).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
@@ -122,10 +179,11 @@ class Trainer:
         self.model.train()
         perm = torch.randperm(len(self.x), generator=self.gen)
         xs, ys = gather_rows(self.x, perm), gather_rows(self.y, perm)
-        steps = len(xs) // self.batch  # the last partial batch is dropped
+        steps = self.steps
         if self.graph is not None:
             self.loss_sum.zero_()
             for i in range(0, steps * self.batch, self.batch):
+                self.set_lr()
                 self.static_x.copy_(xs[i:i + self.batch])
                 self.static_y.copy_(ys[i:i + self.batch])
                 self.graph.replay()
@@ -135,29 +193,33 @@ class Trainer:
         return float(torch.stack(losses).mean())
 
 
-def evaluate(model, x, y, threshold, chunk=1 << 20):
-    """Loss, accuracy and ROC AUC of a model on (x, y) in large no-grad chunks; x is
-    already normalized by the model's layer (to_tensors)."""
+def evaluate(model, x, y, threshold, weights=None, chunk=1 << 20):
+    """Loss (class-weighted with `weights`, as in training), accuracy at `threshold`,
+    ROC AUC and ghost rejection at the EFFICIENCIES of a model on (x, y), in large
+    no-grad chunks; x is already scaled by the model's layer (to_tensors)."""
     import torch
     import torch.nn.functional as F
     model.eval()
     with torch.inference_mode():
         logits = torch.cat([model.core(x[i:i + chunk]) for i in range(0, len(x), chunk)])
-        loss = float(F.binary_cross_entropy_with_logits(logits, y))
+        weight = None if weights is None else weights[0] + (weights[1] - weights[0]) * y
+        loss = float(F.binary_cross_entropy_with_logits(logits, y, weight=weight))
         prob = torch.sigmoid(logits)
         accuracy = float(((prob > threshold).float() == y).float().mean())
     return {"loss": loss, "accuracy": accuracy,
-            "auc": roc_auc(prob.cpu().numpy(), y.cpu().numpy())}
+            **quality(prob.cpu().numpy(), y.cpu().numpy())}
 
 
-def quantize(model, settings, train, device, epochs):
+def quantize(model, settings, train, device, epochs, weights=None):
     """Quantization-aware fine-tuning on the train split: observe ranges for one
-    epoch, then fine-tune with the ranges frozen (at a tenth of the learning rate);
-    returns the INT8 model (fake-quantized)."""
+    epoch, then fine-tune with the ranges frozen (constant, a tenth of the peak
+    learning rate); returns the INT8 model (fake-quantized)."""
     qmodel = copy.deepcopy(model).to(device).set_int8(True, observing=True)
-    opt = make_optimizer(replace(settings, lr=settings.lr * 0.1), qmodel, device)
+    fine = replace(settings, lr=settings.lr * 0.1, schedule="constant")
+    opt = make_optimizer(fine, qmodel, device)
     x, y = to_tensors(qmodel, train, device)
-    trainer = Trainer(qmodel, opt, x, y, settings.batch, settings.seed, use_graph=False)
+    trainer = Trainer(qmodel, opt, x, y, settings.batch, settings.seed, use_graph=False,
+                      settings=fine, weights=weights)
     for epoch in range(epochs):
         trainer.epoch()
         if epoch == 0:

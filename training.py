@@ -11,11 +11,14 @@ import contextlib
 import os
 from dataclasses import replace
 
-from architecture import default_network, normalizes_inside
+from architecture import INPUT_LAYERS, default_network, normalizes_inside
 from artifacts import ARTIFACT, SavedConfig, save_model_files
-from dataset import load_dataset, load_meta
+from dataset import load_dataset, load_meta, load_spectators
+from features import LIMIT
+from metrics import EFFICIENCIES, quality
 from outputs import AtomicOutputs, FolderLock, prepare_folder, remove_stale_temporaries
-from search import TrialSetup
+from search import SELECT, SPACES, TrialSetup, describe_params
+from trainer import SCHEDULES
 from utils import GhostError, Stopwatch, log, pick_device, run_cli
 
 
@@ -24,43 +27,16 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-f", "--filename", required=True,
                    help="dataset prefix written by make_dataset.py")
-    p.add_argument("--network", type=int, choices=(0, 1), default=None,
-                   help="0: plain MLP on normalized data, 1: MLP with embedded "
-                        "normalization on raw data (default: chosen from the dataset)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs per trial (default 20)")
-    p.add_argument("-n", "--num_samples", type=int, default=8,
-                   help="configurations to explore (default 8)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="probability above which a track is a ghost (default 0.5)")
-    p.add_argument("--batch", type=int, default=2048, help="batch size (default 2048)")
-    p.add_argument("--path", default="ray_results",
-                   help="folder for Ray's output: metrics and checkpoints (default ray_results)")
-    p.add_argument("--cpu", type=int, default=os.cpu_count(),
-                   help="CPU cores for the search; one trial per core (default all)")
-    p.add_argument("--gpu", type=int, default=0,
-                   help="GPUs for the search, shared by --trials-per-gpu trials each")
-    p.add_argument("--trials-per-gpu", type=int, default=4,
-                   help="trials sharing one GPU with --gpu (default 4)")
-    p.add_argument("--cuda", type=int, default=None,
-                   help="CUDA device for the final evaluation and INT8 fine-tuning")
-    p.add_argument("--nocuda", action="store_true", help="never use CUDA")
-    p.add_argument("--int8", action="store_true",
-                   help="quantization-aware fine-tuning of the best model to INT8")
-    p.add_argument("--int8-epochs", type=int, default=3,
-                   help="epochs of INT8 quantization-aware fine-tuning (default 3)")
-    p.add_argument("--save", action="store_true", help="write the model files")
-    p.add_argument("--output-dir", default=".", help="where --save writes (default .)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--address", default=None,
-                   help="join this Ray cluster (host:port) instead of starting one")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search stored under --path/--name")
-    p.add_argument("--name", default="ghost_search",
-                   help="name of the search under --path (default ghost_search)")
+    add_search_options(p.add_argument_group("search and training"))
+    add_model_options(p.add_argument_group("model"))
+    add_machine_options(p.add_argument_group("machines"))
+    add_output_options(p.add_argument_group("outputs"))
     args = p.parse_args(argv)
-    for name in ("epochs", "num_samples", "batch", "cpu", "trials_per_gpu"):
+    for name in ("epochs", "num_samples", "cpu", "trials_per_gpu", "max_macs"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch is not None and args.batch < 1:
+        p.error("--batch must be at least 1")
     if args.gpu < 0 or args.int8_epochs < 1:
         p.error("--gpu must be >= 0 and --int8-epochs >= 1")
     if not 0.0 <= args.threshold <= 1.0:
@@ -70,32 +46,118 @@ def parse_args(argv=None):
     return args
 
 
+def add_search_options(p):
+    p.add_argument("--epochs", type=int, default=20, help="epochs per trial (default 20)")
+    p.add_argument("-n", "--num_samples", type=int, default=8,
+                   help="configurations to explore (default 8)")
+    p.add_argument("--space", choices=SPACES, default="default",
+                   help="default: 1-3 hidden layers within --max-macs, AdamW, weight decay, "
+                        "--schedule, batch size; original: the seed's one-hidden-layer space "
+                        "(Adam or SGD at a constant rate) (default: default)")
+    p.add_argument("--max-macs", type=int, default=20000,
+                   help="HLT1 budget: no trial's network costs more multiply-adds per track "
+                        "(default 20000)")
+    p.add_argument("--select", choices=tuple(SELECT), default="loss",
+                   help="validation metric that stops trials early and picks the best "
+                        "(default loss)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle",
+                   help="learning-rate schedule of the default space (default onecycle)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: searched in 512, 1024, 2048; 2048 in the "
+                        "original space)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also fit gradient-boosted trees (scikit-learn) on the same split, "
+                        "shown beside the network on the test split")
+
+
+def add_model_options(p):
+    p.add_argument("--network", type=int, choices=(0, 1), default=None,
+                   help="0: plain MLP on normalized data, 1: MLP with embedded "
+                        "input scaling on raw data (default: chosen from the dataset)")
+    p.add_argument("--inputs", choices=INPUT_LAYERS, default="standard",
+                   help="network 1's first layer: standard (signed log1p on heavy tails, "
+                        "then standardized) or minmax (the original) (default standard)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability above which a track is a ghost (default 0.5)")
+    p.add_argument("--int8", action="store_true",
+                   help="quantization-aware fine-tuning of the best model to INT8")
+    p.add_argument("--int8-epochs", type=int, default=3,
+                   help="epochs of INT8 quantization-aware fine-tuning (default 3)")
+
+
+def add_machine_options(p):
+    p.add_argument("--cpu", type=int, default=os.cpu_count(),
+                   help="CPU cores for the search; one trial per core (default all)")
+    p.add_argument("--gpu", type=int, default=0,
+                   help="GPUs for the search, shared by --trials-per-gpu trials each")
+    p.add_argument("--trials-per-gpu", type=int, default=4,
+                   help="trials sharing one GPU with --gpu (default 4)")
+    p.add_argument("--cuda", type=int, default=None,
+                   help="CUDA device for the final evaluation and INT8 fine-tuning")
+    p.add_argument("--nocuda", action="store_true", help="never use CUDA")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (host:port) instead of starting one")
+
+
+def add_output_options(p):
+    p.add_argument("--save", action="store_true",
+                   help="write the model files (and the search's report in "
+                        "OUTPUT_DIR/training_report)")
+    p.add_argument("--output-dir", default=".", help="where --save writes (default .)")
+    p.add_argument("--path", default="ray_results",
+                   help="folder for Ray's output: metrics and checkpoints (default ray_results)")
+    p.add_argument("--name", default="ghost_search",
+                   help="name of the search under --path (default ghost_search)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search stored under --path/--name")
+
+
 def load_data(prefix, batch):
-    """The three splits as numpy arrays, and the DatasetMeta make_dataset.py wrote."""
+    """The three splits as numpy arrays, the DatasetMeta make_dataset.py wrote, and
+    the test split's spectators (the generator's truth_llr, if any)."""
     splits = load_dataset(prefix)
     n_train, width = splits["train"][0].shape
     meta = load_meta(prefix, width)
-    if n_train < batch:
+    largest = batch or 2048
+    if n_train < largest:
         raise GhostError(f"the training split holds {n_train} tracks, fewer than one "
-                         f"batch of {batch}: use a smaller --batch")
+                         f"batch of {largest}: use a smaller --batch")
     if not meta.features:
         meta.features = [f"f{i}" for i in range(width)]
-    return splits, meta
+    return splits, meta, load_spectators(prefix, "test", meta)
 
 
-def resolve_network(requested, meta):
+def resolve_network(requested, inputs, meta):
     """Network 1 takes raw data, network 0 normalized data; refuse the mix-ups."""
     network = requested if requested is not None else default_network(meta.normalized)
     if normalizes_inside(network) and meta.normalized:
         raise GhostError("network 1 normalizes inside the model, but this dataset is "
                          "already normalized: remake it without --normalize or use --network 0")
-    if normalizes_inside(network) and meta.normalization is None:
+    if normalizes_inside(network) and inputs == "minmax" and meta.normalization is None:
         raise GhostError("network 1 needs the normalization recorded in the dataset's "
                          "_features.json; remake the dataset with make_dataset.py")
+    if normalizes_inside(network) and inputs == "standard" and meta.standardization is None:
+        raise GhostError("network 1's standardized inputs need the standardization recorded "
+                         "in the dataset's _features.json (a dataset of an older toolkit): "
+                         "remake it with make_dataset.py, or use --inputs minmax")
     if not normalizes_inside(network) and not meta.normalized:
         raise GhostError("network 0 expects normalized inputs, but this dataset is raw: "
                          "remake it with make_dataset.py --normalize or use --network 1")
     return network
+
+
+def make_setup(args, meta, splits):
+    """What every trial shares: the network, its inputs, the class weights."""
+    network = resolve_network(args.network, args.inputs, meta)
+    weights = meta.class_weights
+    return TrialSetup(
+        network=network, n_features=splits["train"][0].shape[1],
+        inputs=args.inputs if normalizes_inside(network) else "minmax",
+        normalization=meta.normalization, standardization=meta.standardization,
+        epochs=args.epochs, seed=args.seed, threshold=args.threshold, use_gpu=args.gpu > 0,
+        batch=args.batch or 2048, schedule=args.schedule, select=args.select,
+        weights=(weights["real"], weights["ghost"]) if weights else None)
 
 
 def prepare_outputs(args, locks):
@@ -111,29 +173,22 @@ def prepare_outputs(args, locks):
 
 
 def search(args, splits, setup):
-    """The Ray Tune search; returns the best trial's hyperparameters, weights and
-    epoch.  Ray runs only here; torch is not imported in this process before."""
-    from search import best_trial, init_ray, run_search
+    """The Ray Tune search: the best trial's hyperparameters, weights and epoch, and
+    every trial's summary.  Ray runs only here; torch is not imported in this process
+    before."""
+    from search import best_trial, init_ray, run_search, trial_table
     init_ray(args)
     try:
         results = run_search(args, {s: splits[s] for s in ("train", "valid")}, setup)
-        return best_trial(results)
+        return (*best_trial(results, setup.select), trial_table(results))
     finally:
         import ray
         ray.shutdown()
 
 
-def print_table(rows):
-    """rows: {name: {metric: value}} -> one aligned table."""
-    cols = ["loss", "accuracy", "auc"]
-    log(f"{'':<22}" + "".join(f"{c:>10}" for c in cols))
-    for name, metrics in rows.items():
-        log(f"{name:<22}" + "".join(f"{metrics.get(c, float('nan')):>10.4f}" for c in cols))
-
-
 def finish(args, splits, meta, setup, params, state):
-    """The best model evaluated on the validation and test splits (a table on the
-    console), and its INT8 version with --int8: [(file stem, model, SavedConfig)]."""
+    """The best model evaluated on the validation and test splits, and its INT8
+    version with --int8: ([(file stem, model, SavedConfig)], table rows)."""
     import torch
 
     from models import build_model
@@ -145,55 +200,107 @@ def finish(args, splits, meta, setup, params, state):
     model.load_state_dict(state)
     model = model.to(device).eval()
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
-    rows = {"validation": evaluate(model, *valid, args.threshold),
-            "test": evaluate(model, *test, args.threshold)}
+    rows = {"validation": evaluate(model, *valid, args.threshold, setup.weights),
+            "test": evaluate(model, *test, args.threshold, setup.weights)}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
                         threshold=args.threshold, training=settings.to_dict(),
                         metrics=dict(rows))
     artifacts = [(ARTIFACT, model, saved)]
-    if args.int8:  # same normalization layer: the normalized test tensors serve both
-        qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs)
-        rows["test (INT8)"] = evaluate(qmodel, *test, args.threshold)
+    if args.int8:  # same input layer: the scaled test tensors serve both
+        qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
+                          setup.weights)
+        rows["test (INT8)"] = evaluate(qmodel, *test, args.threshold, setup.weights)
         qsaved = SavedConfig(model=replace(config, int8=True), track=saved.track,
                              features=saved.features, threshold=args.threshold,
                              training=saved.training,
                              metrics={**saved.metrics, "test": rows["test (INT8)"]})
         artifacts.append((f"{ARTIFACT}_int8", qmodel, qsaved))
-    print_table(rows)
-    return artifacts
+    return artifacts, rows
 
 
-def save(artifacts, folder):
-    """Every model's files, all renamed into place together at the end."""
+def references(args, splits, setup, spectators):
+    """Table rows to measure the network against on the test split: the baseline
+    (with --baseline) and the known optimum (where the dataset has it)."""
+    import numpy as np
+    rows = {}
+    test_x, test_y = splits["test"]
+    if args.baseline:
+        from baseline import baseline_scores, fit_baseline
+        clock = Stopwatch()
+        trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
+        p = baseline_scores(trees, test_x).astype(np.float64)
+        y = test_y.ravel()
+        w = (np.ones_like(y) if setup.weights is None else
+             np.where(y > 0.5, setup.weights[1], setup.weights[0]))
+        q = np.clip(p, 1e-7, 1 - 1e-7)
+        rows["baseline (test)"] = {
+            "loss": float(-np.mean(w * (y * np.log(q) + (1 - y) * np.log(1 - q)))),
+            "accuracy": float(np.mean((p > args.threshold) == (y > 0.5))),
+            **quality(p, y)}
+        log(f"baseline: gradient-boosted trees, {trees.n_iter_} iterations, "
+            f"{clock():.1f} s")
+    if LIMIT in spectators:
+        rows["limit (test)"] = quality(spectators[LIMIT], test_y.ravel())
+    return rows
+
+
+COLUMNS = ["loss", "accuracy", "auc"] + [f"rejection@{e:g}" for e in EFFICIENCIES]
+
+
+def print_table(rows, mix):
+    """rows: {name: {metric: value}} -> one aligned table."""
+    heads = ["loss", "acc", "AUC"] + [f"rej@{e:.1%}" for e in EFFICIENCIES]
+    log(f"{'':<18}" + "".join(f"{c:>10}" for c in heads))
+    for name, metrics in rows.items():
+        log(f"{name:<18}" + "".join(f"{metrics.get(c, float('nan')):>10.4f}"
+                                    for c in COLUMNS))
+    log(f"(loss and accuracy at threshold 0.5 on {mix}; AUC and ghost rejection at a "
+        "real-track efficiency do not depend on the mix)")
+
+
+def save(args, artifacts, trials, best):
+    """Every model's files and the search's report, all renamed into place together."""
+    from plots import pyplot, save_figure, search_front
+    from report import trials_csv
+    report = os.path.join(args.output_dir, "training_report")
+    prepare_folder(report, "the report folder")
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
-            save_model_files(out, folder, stem, model.cpu(), saved)
+            save_model_files(out, args.output_dir, stem, model.cpu(), saved)
+        out.save_bytes(os.path.join(report, "search_trials.csv"), trials_csv(trials).encode())
+        save_figure(out, os.path.join(report, "search_front.png"),
+                    search_front(pyplot(), trials, best))
     log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
-        + f" in {os.path.abspath(folder)}")
+        + f" in {os.path.abspath(args.output_dir)}; the search's quality-vs-cost front "
+        f"in {report}")
 
 
 def main(argv=None):
     args = parse_args(argv)
     clock = Stopwatch()
     with contextlib.ExitStack() as locks:
-        splits, meta = load_data(args.filename, args.batch)
-        network = resolve_network(args.network, meta)
+        splits, meta, spectators = load_data(args.filename, args.batch)
+        setup = make_setup(args, meta, splits)
         prepare_outputs(args, locks)
         if args.gpu or args.cuda is not None:  # check GPU flags before a long search
             from search import check_gpu_flags
             check_gpu_flags(args)
-        setup = TrialSetup(network, splits["train"][0].shape[1], meta.normalization,
-                           args.batch, args.epochs, args.seed, args.threshold, args.gpu > 0)
         log(f"dataset {args.filename}: {setup.n_features} features, "
             + ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
-            + f"; network {network}; {args.num_samples} trials x {args.epochs} epochs")
-        params, state, epoch = search(args, splits, setup)
-        log(f"search done in {clock():.1f} s; best: l0={params['l0']} lr={params['lr']:.2e} "
-            f"{params['optimizer']} {params['activation']} (epoch {epoch})")
-        artifacts = finish(args, splits, meta, setup, params, state)
+            + f" ({meta.mix()}); network {setup.network}"
+            + (f" ({setup.inputs} inputs)" if normalizes_inside(setup.network) else "")
+            + f"; {args.num_samples} trials x {args.epochs} epochs, select by {args.select}")
+        params, state, epoch, trials = search(args, splits, setup)
+        log(f"search done in {clock():.1f} s; best: "
+            f"{describe_params(params, setup.n_features)} (epoch {epoch})")
+        artifacts, rows = finish(args, splits, meta, setup, params, state)
+        extra = references(args, splits, setup, spectators)
+        print_table({**rows, **extra}, meta.mix())
+        for _, _, saved in artifacts:  # "baseline (test)" -> "baseline"
+            saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
         if args.save:
-            save(artifacts, args.output_dir)
+            save(args, artifacts, trials, params)
     log(f"total time {clock():.1f} s")
 
 

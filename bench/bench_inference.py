@@ -48,7 +48,7 @@ def prepare(cache, tracks):
         y = cols["ghost"].reshape(-1, 1)
         ok = np.isfinite(x).all(axis=1)
         x, y = x[ok], y[ok]
-        config = ModelConfig(network=1, n_features=len(names), l0=32,
+        config = ModelConfig(network=1, n_features=len(names), hidden=(32,),
                              normalization=MinMax.fit(x, names))
         torch.manual_seed(0)
         model = models.build_model(config)

@@ -46,7 +46,7 @@ def throughput_worker(prefix, synthetic, device, epochs, threads, queue=None, ea
     from trainer import Trainer, TrainSettings, make_optimizer, to_tensors
     torch.set_num_threads(threads)
     x, y, norm = load_or_fake(prefix, synthetic)
-    config = ModelConfig(network=1, n_features=x.shape[1], l0=32, normalization=norm)
+    config = ModelConfig(network=1, n_features=x.shape[1], hidden=(32,), normalization=norm)
     settings = TrainSettings(optimizer="adam", lr=1e-3, batch=2048, epochs=epochs, seed=0)
     device = torch.device(device)
     model = build_model(config).to(device)

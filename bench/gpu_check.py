@@ -13,14 +13,14 @@ from architecture import ModelConfig
 from artifacts import SavedConfig, onnx_bytes
 from features import MinMax
 from models import build_model
-from trainer import Trainer, TrainSettings, evaluate, make_optimizer, quantize, to_tensors
+from trainer import Trainer, TrainSettings, evaluate, lr_at, make_optimizer, quantize, to_tensors
 
 dev = torch.device("cuda")
 print(torch.__version__, torch.cuda.get_device_name(dev))
 rng = np.random.default_rng(0)
 x = rng.random((40_000, 13), dtype=np.float32) * 10
 y = (x[:, :1] + x[:, 1:2] + rng.normal(0, 2, (len(x), 1)) > 10).astype(np.float32)
-cfg = ModelConfig(network=1, n_features=13, l0=32, activation="relu",
+cfg = ModelConfig(network=1, n_features=13, hidden=(32,), activation="relu",
                   normalization=MinMax((0.0,) * 13, (10.0,) * 13))
 adam = TrainSettings(optimizer="adam", lr=3e-3, batch=2048, epochs=5, seed=0)
 losses = {}
@@ -36,6 +36,23 @@ for graph in (True, False):
     print("  eval", {k: round(v, 4) for k, v in m.items()})
 # the graph's 3 warm-up steps are real steps on batch 0, so trajectories differ slightly
 assert abs(losses[True][-1] - losses[False][-1]) < 0.02, losses
+# the default training: AdamW and a one-cycle schedule; on CUDA the learning rate lives in
+# a device tensor that the captured graph reads, so the graph must follow the schedule too
+onecycle = TrainSettings(optimizer="adamw", lr=5e-3, batch=2048, epochs=5, seed=0,
+                         weight_decay=1e-4, schedule="onecycle")
+ends = {}
+for graph in (True, False):
+    torch.manual_seed(0)
+    m = build_model(cfg).to(dev)
+    opt = make_optimizer(onecycle, m, dev)
+    tr = Trainer(m, opt, tx, ty, 2048, seed=0, use_graph=graph, settings=onecycle)
+    losses = [tr.epoch() for _ in range(5)]
+    ends[graph] = (float(opt.param_groups[0]["lr"]), losses[-1])
+    print(f"onecycle graph={graph} captured={tr.graph is not None} final lr "
+          f"{ends[graph][0]:.2e} losses", np.round(losses, 5))
+last = lr_at(onecycle, tr.steps * 5 - 1, tr.steps * 5)  # the schedule's last step
+assert all(abs(lr - last) < 1e-9 for lr, _ in ends.values()), (ends, last)
+assert abs(ends[True][1] - ends[False][1]) < 0.02, ends
 sgd_model = build_model(cfg).to(dev)
 sgd = replace(adam, optimizer="sgd")
 tr = Trainer(sgd_model, make_optimizer(sgd, sgd_model, dev), tx, ty, 2048, seed=0)

@@ -15,3 +15,5 @@ echo "== full search: training.py -n 4 --epochs 10"
 $PY -m bench.bench_training search $DS
 echo "== inference.py on 1,000,000 tracks"
 $PY -m bench.bench_inference --cache bench/.cache/inference
+echo "== classifier quality of the default commands (bench/quality.sh)"
+bash bench/quality.sh

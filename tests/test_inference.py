@@ -73,6 +73,7 @@ def trained(tmp_path_factory, raw_dataset, norm_dataset):
     meta = load_meta(raw_dataset)
     base = {"n_features": 13, "l0": 16, "activation": "relu", "track": "matching",
             "features": meta.features, "normalization": meta.normalization.to_dict(),
+            "inputs": "standard", "standardization": meta.standardization.to_dict(),
             "threshold": 0.5}
     paths = {}
     for name, extra, prefix in (("net1", {"network": 1, "int8": False}, raw_dataset),

@@ -32,25 +32,34 @@ def test_features_lists_and_unknown_track():
         features_for("downstream")
 
 
-def test_six_files_shapes_dtypes_balance(raw_dataset):
+@pytest.mark.parametrize("balance", ["weights", "subsample"])
+def test_six_files_shapes_dtypes_balance(raw_dataset, tmp_path, matching_file, balance):
+    if balance == "subsample":  # the default is weights: raw_dataset
+        raw_dataset = make(tmp_path, "-f", matching_file, "--track", "matching",
+                           "--balance", "subsample")
     for path in outputs(raw_dataset):
         assert os.path.isfile(path), path
     splits = load_dataset(raw_dataset)
+    meta = json.load(open(raw_dataset + "_features.json"))
     sizes = {}
     for split, (_, labels) in splits.items():
         raw = np.load(split_paths(raw_dataset, split)[0])
         assert raw.dtype == np.float32 and raw.shape[1] == 13
         lab = np.load(split_paths(raw_dataset, split)[1])
         assert lab.shape == (len(raw), 1)
-        assert labels.sum() * 2 == len(labels)  # exactly balanced
+        if balance == "subsample":
+            assert labels.sum() * 2 == len(labels)  # exactly balanced
+        else:  # each split at the file's natural mix
+            assert abs(labels.mean() - meta["ghost_fraction"]) < 0.01
         sizes[split] = len(labels)
     total = sum(sizes.values())
     assert abs(sizes["train"] / total - 0.6) < 0.01
     assert abs(sizes["valid"] / total - 0.2) < 0.01
-    meta = json.load(open(raw_dataset + "_features.json"))
     assert meta["track"] == "matching" and meta["features"] == TRACK_FEATURES["matching"]
     assert meta["tree"] == "kalman_validator/kalman_ip_tree" and meta["seed"] == 42
-    assert meta["counts"]["train"]["ghost"] == meta["counts"]["train"]["real"]
+    assert meta["balance"] == balance
+    if balance == "subsample":
+        assert meta["counts"]["train"]["ghost"] == meta["counts"]["train"]["real"]
     assert meta["normalized"] is False
     assert len(meta["normalization"]["offsets"]) == 13
 

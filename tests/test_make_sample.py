@@ -23,7 +23,7 @@ SCHEMA = """z x y tx ty qop first_qop best_qop best_pt chi2 chi2V chi2T chi2UT n
 kalman_ip kalman_ipx kalman_ipy kalman_ip_chi2 kalman_docaz velo_ip velo_ipx velo_ipy
 velo_ip_chi2 velo_docaz n_velo n_ut n_scifi pr_forward_quality pr_match_chi2 pr_match_dtx
 pr_match_dty pr_match_dx pr_match_dy pr_seed_chi2 pr_velo_ut_chi2
-ghost mcp_p mcp_x mcp_y mcp_z""".split()
+ghost mcp_p mcp_x mcp_y mcp_z""".split() + ["truth_llr"]  # and the generator's own truth
 COUNTERS = ["n_velo", "n_ut", "n_scifi", "ndof", "ndofV", "ndofT"]
 MATCH_ONLY = ["pr_match_chi2", "pr_match_dtx", "pr_match_dty", "pr_match_dx", "pr_match_dy",
               "pr_seed_chi2"]
@@ -121,7 +121,7 @@ def test_nonfinite_values(data):
         for name in SCHEMA:
             bad |= ~np.isfinite(cols[name])
         assert bad.sum() == round(0.002 * N)
-        for name in COUNTERS + ["ghost", "mcp_p", "mcp_x", "mcp_y", "mcp_z"]:
+        for name in COUNTERS + ["ghost", "mcp_p", "mcp_x", "mcp_y", "mcp_z", "truth_llr"]:
             assert np.all(np.isfinite(cols[name])), name
     cols = make_sample.generate(N, "matching", 0.15, 3, nonfinite=0.05)
     every = np.stack(list(cols.values()))

@@ -12,12 +12,12 @@ import torch
 
 import trainer
 import training
-from architecture import ModelConfig
+from architecture import ModelConfig, macs_and_params
 from artifacts import METADATA_KEY, load_config, onnx_record
 from conftest import ROOT_DIR, assert_clean_error, run_script
 from dataset import load_split
 from models import build_model, load_model
-from search import best_trial
+from search import ARCHITECTURES, best_trial
 from utils import GhostError
 
 ARTIFACTS = ["ghost_model.pth", "ghost_model_config.pkl", "ghost_model_config.json",
@@ -51,7 +51,13 @@ def test_config_is_plain_and_complete(trained, raw_dataset):
     meta = json.load(open(raw_dataset + "_features.json"))
     assert config["features"] == meta["features"] and config["track"] == "matching"
     assert config["normalization"] == meta["normalization"] and config["network"] == 1
-    assert config["l0"] in (8, 16, 32, 64, 128) and config["optimizer"] in ("adam", "sgd")
+    assert config["standardization"] == meta["standardization"]
+    assert config["inputs"] == "standard"  # network 1's default first layer
+    assert tuple(config["hidden"]) in ARCHITECTURES and config["l0"] == config["hidden"][0]
+    assert (config["macs"], config["params"]) == macs_and_params(13, config["hidden"])
+    assert config["macs"] <= 20000  # the default --max-macs
+    assert config["optimizer"] == "adamw" and config["schedule"] == "onecycle"
+    assert config["batch"] == 512 and config["weight_decay"] > 0
     assert config["int8"] is False and config["threshold"] == 0.5
     assert 0.5 < config["metrics"]["test"]["auc"] <= 1.0
     assert load_config(str(trained / "ghost_model_int8_config.pkl"))["int8"] is True
@@ -121,7 +127,8 @@ def test_int8_onnx_weights_are_7_bit(trained):
             consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     weights = [n for n in proto.graph.node
                if n.op_type == "QuantizeLinear" and n.input[0] in consts]
-    assert len(weights) == 2  # fc0 and fc1
+    config = load_config(str(trained / "ghost_model_int8_config.pkl"))
+    assert len(weights) == len(config["hidden"]) + 1  # one per linear layer
     for node in weights:
         w, scale = consts[node.input[0]], consts[node.input[1]]
         q = np.round(w / scale)
@@ -188,14 +195,14 @@ def test_search_writes_little_and_no_data(raw_dataset, trained):
     data_bytes = os.path.getsize(raw_dataset + "_train_data.npy")
     assert max(sizes.values()) < data_bytes / 2  # no copy of the data anywhere
     params = [json.load(open(f)) for f in files if f.name == "params.json"]
-    assert params and all("data" not in p and "l0" in p for p in params)
+    assert params and all("data" not in p and "hidden" in p for p in params)
 
 
 def test_trainer_learns_and_evaluate_is_consistent():
     torch.manual_seed(0)
     x = torch.rand(4096, 3)
     y = (x[:, :1] + x[:, 1:2] > 1.0).float()
-    model = build_model(ModelConfig(network=0, n_features=3, l0=16, activation="relu"))
+    model = build_model(ModelConfig(network=0, n_features=3, hidden=(16,), activation="relu"))
     settings = trainer.TrainSettings(optimizer="adam", lr=1e-2, batch=256, epochs=16, seed=1)
     opt = trainer.make_optimizer(settings, model, torch.device("cpu"))
     loop = trainer.Trainer(model, opt, x, y, 256, seed=1)
