@@ -142,15 +142,20 @@ class MinMax:
 
     def float32_arrays(self):
         """(offsets, inv_scales) as float32 arrays: the constants of the arithmetic."""
-        scales = np.asarray(self.scales, dtype=np.float32)
-        return (np.asarray(self.offsets, dtype=np.float32),
-                (np.float32(1.0) / scales).astype(np.float32))
+        return _affine_float32(self.offsets, self.scales)
 
     def apply(self, data):
         """float32 [n, features] in [0, 1]."""
         offsets, inv_scales = self.float32_arrays()
         out = (np.asarray(data, dtype=np.float32) - offsets) * inv_scales
         return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _affine_float32(shifts, scales):
+    """(shift, 1 / scale) in float32, the reciprocal taken in float32 as torch does:
+    x -> (x - shift) * inv_scale gives the same bits in numpy and in a model layer."""
+    return (np.asarray(shifts, dtype=np.float32),
+            (np.float32(1.0) / np.asarray(scales, dtype=np.float32)).astype(np.float32))
 
 
 def _is_number(v):
@@ -212,9 +217,7 @@ class Standardize:
 
     def float32_arrays(self):
         """(means, inv_stds) as float32 arrays: the constants of the arithmetic."""
-        stds = np.asarray(self.stds, dtype=np.float32)
-        return (np.asarray(self.means, dtype=np.float32),
-                (np.float32(1.0) / stds).astype(np.float32))
+        return _affine_float32(self.means, self.stds)
 
     def apply(self, data):
         """float32 [n, features], standardized."""

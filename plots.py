@@ -303,9 +303,13 @@ def search_front(plt, trials, best):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, label in ((axes[0], "auc", "validation ROC AUC"),
                            (axes[1], "rejection@0.99", "validation ghost rejection at 99 %")):
-        macs = [t["macs"] for t in trials]
-        ax.scatter(macs, [t.get(key, np.nan) for t in trials], c="tab:blue", s=25,
-                   label="trials (best epoch)")
+        longest = max(t["epochs"] for t in trials)
+        for done, marker, label in ((True, "o", "trials (best epoch)"),
+                                    (False, "x", "stopped early by ASHA")):
+            sel = [t for t in trials if (t["epochs"] == longest) == done]
+            if sel:
+                ax.scatter([t["macs"] for t in sel], [t.get(key, np.nan) for t in sel],
+                           c="tab:blue", marker=marker, s=25, label=label)
         chosen = [t for t in trials if t["params"] == best]
         if chosen:
             ax.scatter([chosen[0]["macs"]], [chosen[0].get(key, np.nan)], s=140,
