@@ -24,7 +24,7 @@ demo: $(STAMP)
 		--output-dir $(DEMO)/model --path $(DEMO)/ray_results
 	$(PY) make_sample.py -o $(DEMO)/fresh.root --tracks 200000 --track matching --seed 2
 	$(PY) inference.py -f $(DEMO)/fresh.root --model $(DEMO)/model/ghost_model.onnx \
-		--compare $(DEMO)/model/ghost_model_int8.onnx \
+		--compare $(DEMO)/model/ghost_model_int8.onnx --ranking \
 		--plots-dir $(DEMO)/plots/analysis --output $(DEMO)/fresh_ghost_prob.root
 	@echo "demo done: plots in $(DEMO)/plots, model in $(DEMO)/model"
 

@@ -18,7 +18,7 @@ from utils import GhostError, one_line, plain
 ARTIFACT = "ghost_model"
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 METADATA_KEY = "ghost_tracks_config"  # the whole record, as JSON: what the toolkit reads
-TRAINING_KEYS = ("optimizer", "lr", "batch", "epochs", "seed")
+TRAINING_KEYS = ("optimizer", "lr", "batch", "epochs", "seed", "weight_decay", "schedule")
 
 
 @dataclass
@@ -33,10 +33,22 @@ class SavedConfig:
     threshold: float = None
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # the model's own working point: {"efficiency": 0.99, "threshold": t}, t found on
+    # the validation split (the efficiency of real tracks it keeps there)
+    working_point: dict = None
+    # the class mix the raw output is calibrated to (0.5: both classes weighed the
+    # same in training) and the training input's own ghost fraction
+    training_prior: float = None
+    ghost_fraction: float = None
+    # {feature: [min, max]} of the raw train split, for inference's guard rails
+    training_ranges: dict = None
+
+    EXTRA = ("working_point", "training_prior", "ghost_fraction", "training_ranges")
 
     def to_dict(self):
         d = {**(self.model.to_dict() if self.model else {}), **self.training,
-             "track": self.track, "features": self.features, "threshold": self.threshold}
+             "track": self.track, "features": self.features, "threshold": self.threshold,
+             **{k: getattr(self, k) for k in self.EXTRA if getattr(self, k) is not None}}
         if self.metrics:
             d["metrics"] = self.metrics
         return plain(d)
@@ -49,7 +61,8 @@ class SavedConfig:
                    track=d.get("track") or None, features=d.get("features") or None,
                    threshold=d.get("threshold"),
                    training={k: d[k] for k in TRAINING_KEYS if k in d},
-                   metrics=d.get("metrics") or {})
+                   metrics=d.get("metrics") or {},
+                   **{k: d.get(k) for k in cls.EXTRA})
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -41,6 +41,16 @@ FIXED_BOUNDS = {
 HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2"}
 TRANSFORMS = ("identity", "log")  # "log": sign(x) * log(1 + |x|)
 
+# Units for axis labels (shared/docs/ghost-data.md: MeV and mm).
+UNITS = {"best_pt": "MeV", "qop": "1/MeV", "first_qop": "1/MeV", "pr_match_dx": "mm",
+         "pr_match_dy": "mm", "pr_match_dtx": "slope", "pr_match_dty": "slope",
+         "n_velo": "hits", "n_scifi": "hits", "ndof": "degrees of freedom"}
+
+
+def axis_label(name):
+    unit = UNITS.get(name)
+    return f"{name} [{unit}]" if unit else name
+
 # Simulation truth, never a feature.  LIMIT: the exact log-likelihood ratio that
 # make_sample.py's generator knows for each of its tracks, the best any classifier
 # can do; inference reports the gap to it where the input has it.

@@ -26,25 +26,21 @@ import numpy as np
 from compare import (
     Curve,
     compared_model_paths,
-    comparison_csv,
     curve_names,
     format_comparison,
     gap_to_limit,
     model_macs,
 )
 from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
-from inputs import describe_source, read_input, resolve_settings, warn_unfilled
-from metrics import analyse, overtraining
+from inputs import describe_source, guard, read_input, resolve_settings
+from kinematics import performance
+from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder
-from plots import PlotInput, pyplot, write_analysis_figures
-from report import metrics_record, print_summary, table_csv
+from plots import FORMATS, PlotInput, pyplot, style
+from report import print_summary, write_analysis
 from rootio import write_root
 from scoring import CPU_BATCH, GPU_BATCH, load_model_file, score_model
-from utils import GhostError, Stopwatch, log, run_cli
-
-# The original study's 26 thresholds: 0.10-0.80 by 0.05, 0.81-0.89 by 0.01, 0.90, 0.95.
-DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in (
-    [0.10 + 0.05 * i for i in range(15)] + [0.81 + 0.01 * i for i in range(9)] + [0.90, 0.95]))
+from utils import GhostError, Stopwatch, log, parse_numbers, run_cli
 
 
 def parse_args(argv=None):
@@ -52,6 +48,13 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-f", "--filename", required=True,
                    help="a .root file, or a dataset prefix from make_dataset.py")
+    add_model_options(p.add_argument_group("the model and how it runs"))
+    add_analysis_options(p.add_argument_group("the analysis"))
+    add_output_options(p.add_argument_group("outputs"))
+    return p.parse_args(argv)
+
+
+def add_model_options(p):
     p.add_argument("--model", default="ghost_model.onnx",
                    help="an .onnx model, or a .pth state dict with --config "
                         "(default ghost_model.onnx)")
@@ -62,7 +65,7 @@ def parse_args(argv=None):
                    help="comma-separated feature branches in the model's column order "
                         "(for a model without metadata)")
     p.add_argument("--network", type=int, choices=(0, 1),
-                   help="0: model expects normalized inputs; 1: normalization inside "
+                   help="0: model expects normalized inputs; 1: scaling inside "
                         "(default: from the model)")
     p.add_argument("--normalize", action="store_true",
                    help="normalize the inputs with the offsets and scales recorded at "
@@ -73,44 +76,59 @@ def parse_args(argv=None):
     p.add_argument("--nocuda", action="store_true", help="do not use CUDA")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="scoring engine (default torch; onnxruntime as a cross-check)")
-    p.add_argument("--output", help="write every track's ghost probability to FILE.npy "
-                                    "or FILE.root (NaN for non-finite tracks)")
-    p.add_argument("--plots-dir", default="plots",
-                   help="folder for plots, thresholds.csv and metrics.json (default plots)")
-    p.add_argument("--show", action="store_true", help="also open the plots in windows")
-    p.add_argument("--no-plots", action="store_true",
-                   help="write thresholds.csv and metrics.json but no plots")
-    p.add_argument("--thresholds",
-                   help="comma-separated thresholds in [0, 1] (default: the original 26)")
     p.add_argument("--batch", type=int,
                    help=f"tracks per scoring batch (default {CPU_BATCH} on CPU, "
                         f"{GPU_BATCH:,} on GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
+
+
+def add_analysis_options(p):
+    p.add_argument("--working-point", default="0.99,0.95", metavar="EFFICIENCIES",
+                   help="real-track efficiencies to cut at, comma-separated: each one's "
+                        "threshold and ghost rejection, also vs kinematics (default "
+                        "0.99,0.95; the model's own point is added)")
+    p.add_argument("--thresholds",
+                   help="comma-separated thresholds in [0, 1] (default: the original 26)")
     p.add_argument("--compare", nargs="+", metavar="MODEL",
                    help="other models (.onnx, or .pth with its _config beside it) scored on "
                         "the same tracks: ROC and rejection overlaid in compare.png, a table "
                         "in comparison.csv (the limit too, where the input has it)")
+    p.add_argument("--ranking", action="store_true",
+                   help="rank the features by the loss of AUC and of rejection at 99 %% "
+                        "when each is shuffled (ranking.png, ranking.csv)")
     p.add_argument("--seed", type=int, default=42,
-                   help="accepted like in the other scripts; the analysis draws no random "
-                        "numbers, so it is the same for every seed")
-    return p.parse_args(argv)
+                   help="seeds --ranking's shuffles; the rest of the analysis draws no "
+                        "random numbers (default 42)")
+
+
+def add_output_options(p):
+    p.add_argument("--output", help="write every track's ghost probability to FILE.npy "
+                                    "or FILE.root (NaN for non-finite tracks)")
+    p.add_argument("--calibrate", nargs="?", const="model", metavar="GHOST_FRACTION",
+                   help="--output probabilities calibrated to a ghost fraction (default: the "
+                        "training input's, recorded in the model) instead of the raw output, "
+                        "which is calibrated to the balanced mix of training")
+    p.add_argument("--plots-dir", default="plots",
+                   help="folder for plots, thresholds.csv, metrics.json, results.root and "
+                        "index.html (default plots)")
+    p.add_argument("--format", default="png",
+                   help="figure formats, comma-separated: png, pdf (default png)")
+    p.add_argument("--show", action="store_true", help="also open the plots in windows")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write the tables, metrics.json and results.root but no figures")
 
 
 def check_args(args):
     """Argument problems that need no file, reported before any work: returns the
-    thresholds and the --features list."""
+    thresholds, the working points' efficiencies, the --features list, the figure
+    formats and the --calibrate ghost fraction ("model", a number or None)."""
     if args.batch is not None and args.batch < 1:
         raise GhostError(f"--batch must be at least 1, got {args.batch}")
     thresholds = list(DEFAULT_THRESHOLDS)
     if args.thresholds is not None:
-        try:
-            values = [float(t) for t in args.thresholds.split(",") if t.strip()]
-        except ValueError:
-            raise GhostError(f"--thresholds must be comma-separated numbers, "
-                             f"got {args.thresholds!r}")
-        if not values or not all(0.0 <= t <= 1.0 for t in values):
-            raise GhostError(f"--thresholds must be numbers in [0, 1], got {args.thresholds!r}")
-        thresholds = sorted(set(values))
+        thresholds = parse_numbers(args.thresholds, "--thresholds", 0.0, 1.0)
+    efficiencies = parse_numbers(args.working_point, "--working-point", 0.0, 1.0, open_=True,
+                                 sort=False)
     features = None
     if args.features is not None:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
@@ -118,12 +136,19 @@ def check_args(args):
             raise GhostError("--features is empty")
         if len(set(features)) != len(features):
             raise GhostError(f"--features repeats a name: {','.join(features)}")
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",")
+                                  if f.strip()))
+    if not formats or any(f not in FORMATS for f in formats):
+        raise GhostError(f"--format must be png, pdf or both, got {args.format!r}")
+    calibrate = args.calibrate
+    if calibrate not in (None, "model"):
+        calibrate = parse_numbers(calibrate, "--calibrate", 0.0, 1.0, open_=True)[0]
     if args.output is not None:
         if os.path.splitext(args.output)[1].lower() not in (".npy", ".root"):
             raise GhostError(f"--output {args.output}: the extension must be .npy or .root")
         check_output_file(args.output)
     prepare_folder(args.plots_dir, "--plots-dir", create=False)  # made once there are metrics
-    return thresholds, features
+    return thresholds, efficiencies, features, () if args.no_plots else formats, calibrate
 
 
 def describe_run(args, features_flag):
@@ -140,8 +165,9 @@ def describe_run(args, features_flag):
     return model, source, settings
 
 
-def load_input(args, source, settings):
-    """The inputs.Input read from -f, and which tracks have every feature finite."""
+def load_input(args, source, settings, model):
+    """The inputs.Input read from -f, and which tracks have every feature finite;
+    the guard rails checked."""
     clock = Stopwatch()
     inp = read_input(source, settings.features, args.tree)
     if len(inp.data) == 0:
@@ -149,7 +175,7 @@ def load_input(args, source, settings):
     finite = np.isfinite(inp.data).all(axis=1)
     log(f"read {len(inp.data):,} tracks from {args.filename} in {clock():.1f} s"
         + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
-    warn_unfilled(source, args.tree, settings.track, settings.features, inp.data)
+    guard(source, args.tree, settings.track, model, settings.features, inp.data)
     if settings.normalization is not None:
         log(f"normalized with the transform recorded in {settings.normalization_origin}")
     return inp, finite
@@ -177,8 +203,9 @@ def score_input(args, model, settings, inp, finite):
     return scores, train_scores, desc, seconds
 
 
-def analyse_scores(model, scores, labels, finite, thresholds, where, output_asked):
-    """The metrics.Analysis of the finite, labelled scores, or None (said why)."""
+def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
+    """The metrics.Analysis of the finite, labelled scores, or None (said why);
+    `cuts`: (thresholds, working points' efficiencies)."""
     if labels is None:
         log(f"metrics need labels: {where} has no {LABEL!r} branch, so only the "
             "probabilities are written" + ("" if output_asked else " (none asked: --output)"))
@@ -195,8 +222,9 @@ def analyse_scores(model, scores, labels, finite, thresholds, where, output_aske
         own = float(model.saved.threshold)
     except (TypeError, ValueError):
         own = None
-    return analyse(scores[finite], labels[finite], thresholds,
-                   own if own is not None and 0.0 <= own <= 1.0 else None)
+    return analyse(scores[finite], labels[finite], cuts[0],
+                   own if own is not None and 0.0 <= own <= 1.0 else None,
+                   efficiencies=cuts[1], model_point=model.saved.working_point)
 
 
 def compare_curves(args, model, source, settings, inp, finite, analysis):
@@ -219,12 +247,33 @@ def compare_curves(args, model, source, settings, inp, finite, analysis):
     return curves
 
 
-def analyse_input(args, model, source, settings, inp, finite, scored, thresholds):
+def feature_ranking(args, model, settings, inp, finite, title, seed):
+    """--ranking: the permutation ranking on (up to 200,000 of) the finite, labelled
+    tracks, as a table and a figure."""
+    from diagnostic_plots import ranking
+    from diagnostics import permutation_ranking, ranking_csv
+    rows = np.flatnonzero(finite)[:200_000]
+    x, y = inp.data[rows], inp.labels[rows]
+
+    def score(data):
+        return score_model(model, data, np.ones(len(data), bool), settings.normalization,
+                           args.backend, args.nocuda, args.batch)[0]
+    reference, ranked = permutation_ranking(score, x, y, settings.features, seed)
+    log("feature ranking (drop in AUC when shuffled): " + ", ".join(
+        f"{r['feature']} {r['auc_drop']:.4f}" for r in ranked))
+    with style() as plt:
+        fig = ranking(plt, reference, ranked, title)
+    return ranked, [("ranking", fig, "Features ranked by the drop in AUC and in ghost "
+                     "rejection at 99 % when each is shuffled.")], ranking_csv(ranked)
+
+
+def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
     """The analysis, the overtraining check on a dataset, the comparison with other
-    models and the limit, the console summary, and what the figures draw:
-    (Analysis, extra metrics.json entries, PlotInput), or Nones."""
+    models and the limit, the performance vs kinematics, the console summary, and
+    what the figures draw: (Analysis, extra metrics.json entries, PlotInput), or
+    Nones."""
     scores, train_scores = scored
-    analysis = analyse_scores(model, scores, inp.labels, finite, thresholds, args.filename,
+    analysis = analyse_scores(model, scores, inp.labels, finite, cuts, args.filename,
                               bool(args.output))
     if analysis is None:
         return None, {}, None
@@ -242,17 +291,37 @@ def analyse_input(args, model, source, settings, inp, finite, scored, thresholds
         log(f"gap to the limit: AUC {gap['auc_gap']:.4f} lower; "
             f"{gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
             "99 % real-track efficiency")
+    columns = {k: v[finite] for k, v in (inp.columns or {}).items()}
+    perf = performance(columns, scores[finite], inp.labels[finite], analysis.working_points)
+    extra["kinematics"] = perf
     title = (f"{os.path.basename(args.model)} on {os.path.basename(args.filename)}"
              f" ({analysis.n:,} tracks)")
     return analysis, extra, PlotInput(
         analysis, title, test=(scores, inp.labels), overtraining=over,
         train=(train_scores, train[1]) if train is not None else None,
-        curves=curves if len(curves) > 1 else None)
+        curves=curves if len(curves) > 1 else None, kinematics=perf)
 
 
-def write_outputs(args, out, scores, analysis, extra, plot_input, context):
-    """--output, then metrics.json, thresholds.csv, comparison.csv and the figures;
+def calibrated(scores, model, fraction):
+    """The probabilities at another ghost fraction: the raw output is calibrated to
+    the training mix (training_prior, 0.5 for a balanced or class-weighted
+    training); shifting the logit by the log ratio of the two priors gives them at
+    `fraction` ("model": the training input's own ghost fraction)."""
+    prior = model.saved.training_prior or 0.5
+    target = model.saved.ghost_fraction if fraction == "model" else fraction
+    if target is None:
+        raise GhostError(f"--calibrate: {model.path} records no ghost fraction of its "
+                         "training input; give one, e.g. --calibrate 0.15")
+    with np.errstate(divide="ignore", over="ignore"):
+        logit = np.log(scores) - np.log1p(-scores)
+        shift = np.log(target / (1 - target)) - np.log(prior / (1 - prior))
+        return (1 / (1 + np.exp(-(logit + shift)))).astype(np.float32), target
+
+
+def write_outputs(args, out, scores, results, context, formats):
+    """--output, then the plots folder (report.write_analysis) with the ranking;
     returns the figures kept open for --show and what was written."""
+    analysis, extra, plot_input, ranking_files = results
     written, kept = [], []
     if args.output:
         if args.output.lower().endswith(".npy"):
@@ -264,19 +333,18 @@ def write_outputs(args, out, scores, analysis, extra, plot_input, context):
         written.append(args.output)
     if analysis is not None:
         prepare_folder(args.plots_dir, "--plots-dir")
-        out.save_json(os.path.join(args.plots_dir, "metrics.json"),
-                      metrics_record(analysis, extra, context))
-        out.save_bytes(os.path.join(args.plots_dir, "thresholds.csv"),
-                       table_csv(analysis.table).encode())
-        tables = "thresholds.csv"
-        if plot_input.curves:
-            out.save_bytes(os.path.join(args.plots_dir, "comparison.csv"),
-                           comparison_csv(plot_input.curves).encode())
-            tables += ", comparison.csv"
-        names = []
-        if not args.no_plots:
-            names, kept = write_analysis_figures(plot_input, args.plots_dir, out, args.show)
-        written.append(f"{args.plots_dir}/ ({len(names)} plots, {tables}, metrics.json)")
+        extra_figures, csv = ranking_files or ([], None)
+        if csv:
+            out.save_bytes(os.path.join(args.plots_dir, "ranking.csv"), csv.encode())
+        splits = {"test": plot_input.test, **({"train": plot_input.train}
+                                              if plot_input.train else {})}
+        if context["input_kind"] == "root":
+            splits = {"input": plot_input.test}
+        files, kept = write_analysis(out, args.plots_dir, analysis, extra, plot_input,
+                                     context, formats, args.show, extra_figures, splits)
+        written.append(f"{args.plots_dir}/ ({len(files)} files: "
+                       f"{sum(f.endswith(('.png', '.pdf')) for f in files)} figures, the "
+                       "tables, metrics.json, results.root, index.html)")
     return kept, written
 
 
@@ -298,16 +366,28 @@ def run_context(args, source, model, settings, scores, finite, desc, seconds):
 
 def main(argv=None):
     args = parse_args(argv)
-    thresholds, features_flag = check_args(args)
+    thresholds, efficiencies, features_flag, formats, calibrate = check_args(args)
     clock = Stopwatch()
     model, source, settings = describe_run(args, features_flag)
-    inp, finite = load_input(args, source, settings)
+    inp, finite = load_input(args, source, settings, model)
     scores, train_scores, desc, seconds = score_input(args, model, settings, inp, finite)
     analysis, extra, plot_input = analyse_input(args, model, source, settings, inp, finite,
-                                                (scores, train_scores), thresholds)
+                                                (scores, train_scores),
+                                                (thresholds, efficiencies))
+    ranking_files = None
+    if args.ranking and analysis is not None:
+        ranked, figures, csv = feature_ranking(args, model, settings, inp, finite,
+                                               plot_input.title, args.seed)
+        extra["ranking"], ranking_files = ranked, (figures, csv)
     context = run_context(args, source, model, settings, scores, finite, desc, seconds)
+    if calibrate is not None:
+        scores, prior = calibrated(scores, model, calibrate)
+        context["output_calibrated_to_ghost_fraction"] = prior
+        log(f"--output: probabilities calibrated to a ghost fraction of {prior:.4f}")
     with AtomicOutputs() as out:
-        kept, written = write_outputs(args, out, scores, analysis, extra, plot_input, context)
+        kept, written = write_outputs(args, out, scores,
+                                      (analysis, extra, plot_input, ranking_files), context,
+                                      formats)
     log(f"wrote {', '.join(written) if written else 'nothing'}; total {clock():.1f} s")
     if kept:
         pyplot(True).show()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import kinematics
 from architecture import normalizes_inside
 from dataset import DatasetMeta, has_dataset, load_meta, load_spectators, load_split
 from features import (
@@ -52,13 +53,15 @@ class Input:
     labels: np.ndarray = None  # bool [n], True = ghost
     train: tuple = None       # (data, labels) of the train split
     limit: np.ndarray = None  # the generator's log-likelihood ratio (features.LIMIT)
+    columns: dict = None      # branches for the performance vs kinematics, where present
 
 
 def read_input(source, names, tree):
     """Every entry of a .root file in entry order, or a dataset's test split (and
     its train split); the label and the limit where the input has them."""
     if source.kind == "root":
-        columns = read_root([source.path], tree, names, optional=(LABEL, LIMIT))
+        extra = [b for b in kinematics.BRANCHES if b not in names]
+        columns = read_root([source.path], tree, names, optional=(LABEL, LIMIT, *extra))
         labels = columns.get(LABEL)
         if labels is not None:
             bad = ~np.isin(labels, (0.0, 1.0))
@@ -66,7 +69,8 @@ def read_input(source, names, tree):
                 raise GhostError(f"branch {LABEL!r} holds {int(bad.sum())} values other "
                                  "than 0 and 1")
             labels = labels == 1.0
-        return Input(stack_columns(columns, names), labels, limit=columns.get(LIMIT))
+        return Input(stack_columns(columns, names), labels, limit=columns.get(LIMIT),
+                     columns={b: columns[b] for b in kinematics.BRANCHES if b in columns})
     splits = {}
     stored = source.meta.features
     for split in ("test", "train"):
@@ -84,22 +88,67 @@ def read_input(source, names, tree):
             raise GhostError(f"dataset {source.path} has {data.shape[1]} features, "
                              f"but {len(names)} are selected")
         splits[split] = (data, labels.ravel() == 1.0)
-    limit = load_spectators(source.path, "test", source.meta).get(LIMIT)
-    return Input(*splits["test"], train=splits.get("train"), limit=limit)
+    spectators = load_spectators(source.path, "test", source.meta)
+    data = splits["test"][0]
+    columns = {} if source.meta.normalized else {  # normalized columns are no kinematics
+        b: data[:, names.index(b)] for b in kinematics.BRANCHES if b in names}
+    columns.update({b: v for b, v in spectators.items() if b in kinematics.BRANCHES})
+    return Input(*splits["test"], train=splits.get("train"), limit=spectators.get(LIMIT),
+                 columns=columns)
 
 
-def warn_unfilled(source, tree, track, names, data):
-    """A loud warning when features are 0 for every track: the input is of another
-    track type than the model (its scores mean little), or a branch is empty."""
-    zero = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
-    if not zero:
+OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
+
+
+def guard(source, tree, track, model, names, data):
+    """Guard rails: does the input look like what the model was trained on?
+
+    - features constant here but not in training (or, for a model that records no
+      training ranges, 0 for every track): the input is of another track type or a
+      branch is empty;
+    - features outside the model's training range for more than 1 % of the tracks.
+    One warning line names them with their fractions; where half the features or more
+    are constant the scores mean nothing, and it is an error."""
+    finite = np.isfinite(data).all(axis=1)
+    x = data[finite]
+    ranges = model.saved.training_ranges or {}
+    if len(x) == 0:
         return
-    others = {}
-    if source.kind == "root" and track in TRACK_TYPES:
-        others = read_root([source.path], tree, [], optional=other_track_branches(track))
-    warn(f"{track_mismatch(track, zero, others, fix='score it with a {} model')}; the "
-         "model sees constant inputs it was not trained on, so its scores and metrics are "
-         "not meaningful")
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    if ranges:
+        constant = [n for j, n in enumerate(names)
+                    if lo[j] == hi[j] and n in ranges and ranges[n][0] < ranges[n][1]]
+    else:
+        constant = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
+    outside = {}
+    for j, n in enumerate(names):
+        if n in ranges and n not in constant:
+            frac = float(np.mean((x[:, j] < ranges[n][0]) | (x[:, j] > ranges[n][1])))
+            if frac > OUTSIDE_WARNING:
+                outside[n] = frac
+    if not constant and not outside:
+        return
+    parts = []
+    if constant:
+        zero = [n for n in constant if lo[names.index(n)] == 0]
+        others = {}
+        if zero and source.kind == "root" and track in TRACK_TYPES:
+            others = read_root([source.path], tree, [], optional=other_track_branches(track))
+        if zero:
+            parts.append(track_mismatch(track, zero, others, fix="score it with a {} model"))
+        rest = [n for n in constant if n not in zero]
+        if rest:
+            parts.append(f"features {', '.join(rest)} are constant here but were not in "
+                         "training")
+    if outside:
+        parts.append("outside the model's training range: " + ", ".join(
+            f"{n} for {f:.1%} of the tracks" for n, f in outside.items()))
+    message = "; ".join(parts)
+    if len(constant) * 2 >= len(names):
+        raise GhostError(f"{message}: {len(constant)} of the model's {len(names)} features "
+                         "carry no information here, so its scores would mean nothing")
+    warn(f"{message}; the model sees inputs unlike its training data, so its scores and "
+         "metrics are not meaningful")
 
 
 @dataclass

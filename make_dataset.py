@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from dataset import SPLITS, DatasetMeta, meta_path, write_dataset
+from diagnostic_plots import write_feature_figures
 from features import (
     DEFAULT_TREE,
     HEAVY_TAILED,
@@ -24,14 +25,14 @@ from features import (
     unfilled,
 )
 from outputs import AtomicOutputs, check_output_file, prepare_folder
-from plots import write_feature_figures
 from rootio import expand_inputs, read_root, stack_columns
 from utils import GhostError, Stopwatch, log, run_cli
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
 BALANCES = ("weights", "subsample")
-# Read beside the features where every input has them, never fed to a model.
-SPECTATORS = (LIMIT,)
+# Read beside the features where every input has them, never fed to a model: the
+# generator's optimum and the slopes, for the performance vs eta.
+SPECTATORS = (LIMIT, "tx", "ty")
 MIN_TRACKS_PER_CLASS = 10
 
 
@@ -54,6 +55,11 @@ def parse_args(argv=None):
     p.add_argument("--plot", action="store_true",
                    help="write one PNG per feature, ghosts vs real tracks")
     p.add_argument("--plots-dir", default="plots", help="folder for --plot (default plots)")
+    p.add_argument("--plot-transformed", action="store_true",
+                   help="with --plot: the features as network 1 sees them, after the "
+                        "transform and standardization")
+    p.add_argument("--format", default="png",
+                   help="--plot's figure formats, comma-separated: png, pdf (default png)")
     p.add_argument("--normalize", action="store_true",
                    help="min-max normalize the features into [0, 1] (for network 0)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
@@ -63,6 +69,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    args.formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",")
+                                       if f.strip()))
+    if not args.formats or any(f not in ("png", "pdf") for f in args.formats):
+        p.error(f"--format must be png, pdf or both, got {args.format!r}")
     return args
 
 
@@ -181,7 +191,8 @@ def main(argv=None):
         write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
-                                  args.plots_dir, out)
+                                  args.plots_dir, out,
+                                  scalings[1] if args.plot_transformed else None, args.formats)
 
     sizes = ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
     kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"

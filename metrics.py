@@ -13,6 +13,13 @@ import numpy as np
 
 # Real-track efficiencies at which the ghost rejection is quoted.
 EFFICIENCIES = (0.90, 0.95, 0.99, 0.995)
+# The original study's 26 thresholds: 0.10-0.80 by 0.05, 0.81-0.89 by 0.01, 0.90, 0.95.
+DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in (
+    [0.10 + 0.05 * i for i in range(15)] + [0.81 + 0.01 * i for i in range(9)] + [0.90, 0.95]))
+# The working points analysed by default (real-track efficiency kept) and the one
+# whose threshold training stores in the model.
+WORKING_POINTS = (0.99, 0.95)
+MODEL_WORKING_POINT = 0.99
 
 
 def ratio(a, b):
@@ -145,18 +152,40 @@ class Analysis:
     table: dict              # threshold -> metrics (threshold_table)
     roc: tuple               # fpr, tpr, thresholds
     auc: float
-    rejection: list          # rejection_at
+    rejection: list          # rejection_at EFFICIENCIES
     ghosts: np.ndarray       # sorted scores of each class
     reals: np.ndarray
     best_youden_j: dict      # rows of the table, or None
     best_f1: dict
     best_youden_j_any_cut: dict
     model_threshold: dict = None
+    working_points: list = None  # working_points(): the asked ones, then the model's
 
 
-def analyse(scores, labels, thresholds, model_threshold=None):
-    """The Analysis of scores against labels at the given thresholds (and at the
-    model's own threshold, when it has one)."""
+def working_points(ss, efficiencies, model_point=None):
+    """Rows {label, target_efficiency, threshold, real_efficiency, ghost_rejection,
+    origin}: for each asked efficiency the threshold that keeps it on these tracks
+    (the empirical quantile of the real tracks' scores); then the model's own working
+    point, its threshold fixed at training time ({"efficiency", "threshold"})."""
+    rows = [{**r, "label": f"{r['target_efficiency']:.1%} efficiency", "origin": "this input"}
+            for r in rejection_at(ss, efficiencies)]
+    if model_point:
+        rows.append({"label": f"model's {model_point['efficiency']:.1%} point",
+                     "target_efficiency": model_point["efficiency"],
+                     "threshold": float(model_point["threshold"]),
+                     "origin": "the model (its validation split)"})
+    table = threshold_table(ss, [r["threshold"] for r in rows])
+    for i, r in enumerate(rows):  # every metric of the threshold table at each point
+        r.update({k: v for k, v in row(table, i).items() if k != "threshold"})
+        r["real_efficiency"], r["ghost_rejection"] = r["specificity"], r["sensitivity"]
+    return rows
+
+
+def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99,),
+            model_point=None):
+    """The Analysis of scores against labels at the given thresholds, at the
+    model's own threshold, and at the working points (efficiencies of real tracks
+    kept, and the model's own point)."""
     ss = SortedScores.of(scores, labels)
     table = threshold_table(ss, thresholds)
     fp, tp, roc_t = roc_counts(ss)
@@ -178,7 +207,8 @@ def analyse(scores, labels, thresholds, model_threshold=None):
                                "sensitivity": float(tpr[i]),
                                "specificity": float(1 - fpr[i])},
         model_threshold=(row(threshold_table(ss, [float(model_threshold)]), 0)
-                         if model_threshold is not None else None))
+                         if model_threshold is not None else None),
+        working_points=working_points(ss, efficiencies, model_point) if n_g and n_r else [])
 
 
 def overtraining(train_scores, train_labels, test_scores, test_labels):

@@ -26,15 +26,19 @@ def format_table(table):
     return "\n".join(lines)
 
 
-def table_csv(table):
-    lines = [",".join(CSV_COLUMNS)]
+def _cell(v):
+    return (str(int(v)) if isinstance(v, (int, np.integer))
+            else "nan" if not np.isfinite(v) else f"{float(v):.6g}")
+
+
+def table_csv(table, working_points=()):
+    """The threshold scan, then one row per working point (named in the last
+    column, empty for the scan)."""
+    lines = [",".join(CSV_COLUMNS + ["working_point"])]
     for i in range(len(table["threshold"])):
-        cells = []
-        for k in CSV_COLUMNS:
-            v = table[k][i]
-            cells.append(str(int(v)) if isinstance(v, (int, np.integer))
-                         else "nan" if not np.isfinite(v) else f"{float(v):.6g}")
-        lines.append(",".join(cells))
+        lines.append(",".join([_cell(table[k][i]) for k in CSV_COLUMNS] + [""]))
+    for wp in working_points:
+        lines.append(",".join([_cell(wp[k]) for k in CSV_COLUMNS] + [wp["label"]]))
     return "\n".join(lines) + "\n"
 
 
@@ -57,6 +61,10 @@ def print_summary(a, over):
         log(f"ghost rejection at {r['target_efficiency']:.1%} real-track efficiency: "
             f"{r['ghost_rejection']:.4f} (threshold {r['threshold']:.4f}, "
             f"efficiency {r['real_efficiency']:.4f})")
+    for wp in a.working_points:
+        log(f"working point {wp['label']} ({wp['origin']}): threshold {wp['threshold']:.4f}, "
+            f"real-track efficiency {wp['real_efficiency']:.4f}, ghost rejection "
+            f"{wp['ghost_rejection']:.4f}")
     if over:
         log("overtraining check (train vs test scores, KS test): " + ", ".join(
             f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
@@ -75,6 +83,7 @@ def metrics_record(a, extra, context):
         "best_youden_j": a.best_youden_j, "best_f1": a.best_f1,
         "best_youden_j_any_cut": a.best_youden_j_any_cut,
         "model_threshold": a.model_threshold, "ghost_rejection": a.rejection,
+        "working_points": a.working_points,
         **extra,
     })
 
@@ -93,3 +102,113 @@ def trials_csv(trials):
                                                           for m in metrics]
         lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def index_html(title, figures, summary, working_points):
+    """One page per plots folder, readable offline: the summary, the working points,
+    and every figure with its caption.  `figures`: [(file names, caption)]."""
+    from html import escape
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
+                   for k, v in summary.items())
+    wps = "".join(
+        f"<tr><td>{escape(w['label'])}</td><td>{escape(w['origin'])}</td>"
+        f"<td>{w['threshold']:.4f}</td><td>{w['real_efficiency']:.4f}</td>"
+        f"<td>{w['ghost_rejection']:.4f}</td></tr>" for w in working_points)
+    figs = "".join(
+        f"<figure><img src=\"{escape(names[0])}\" alt=\"{escape(names[0])}\">"
+        f"<figcaption>{escape(caption)} "
+        + " ".join(f"<a href=\"{escape(n)}\">{escape(n)}</a>" for n in names)
+        + "</figcaption></figure>" for names, caption in figures)
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
+text-align:left}}img{{max-width:100%}}figure{{margin:2em 0}}</style></head>
+<body><h1>{escape(title)}</h1>
+<h2>Summary</h2><table>{rows}</table>
+<h2>Working points</h2><table><tr><th>point</th><th>threshold from</th><th>threshold</th>
+<th>real-track efficiency</th><th>ghost rejection</th></tr>{wps}</table>
+<h2>Figures</h2>{figs}
+</body></html>
+"""
+
+
+def summary(a, extra):
+    """The headline numbers of an analysis, for index.html."""
+    out = {"tracks (finite, labelled)": f"{a.n:,}",
+           "ghost fraction": f"{a.true_ghost:.2%}", "ROC AUC": f"{a.auc:.4f}"}
+    for r in a.rejection:
+        out[f"ghost rejection at {r['target_efficiency']:.1%} efficiency"] = \
+            f"{r['ghost_rejection']:.4f}"
+    if extra.get("gap_to_limit"):
+        gap = extra["gap_to_limit"]
+        out["gap to the limit"] = (f"AUC {gap['auc_gap']:.4f}; "
+                                   f"{gap['rejection_fraction@0.99']:.1%} of its rejection at 99 %")
+    return out
+
+
+def results_root(a, scores_by_split, table_rows):
+    """(histograms, graphs, table) for rootio.write_results: score histograms per class
+    and split, ROC and rejection curves, the threshold table (with the working points,
+    working_point = their target efficiency, 0 for the scan)."""
+    from plots import SCORE_BINS, downsample_roc
+    histograms = {}
+    for split, (scores, labels) in scores_by_split.items():
+        ok = np.isfinite(scores)
+        for cls, want in (("ghost", True), ("real", False)):
+            counts, _ = np.histogram(scores[ok & (labels == want)], bins=SCORE_BINS)
+            histograms[f"scores_{split}_{cls}"] = (counts, SCORE_BINS,
+                                                   f"ghost probability, {cls} tracks, {split}")
+    fpr, tpr, _ = a.roc
+    keep = downsample_roc(fpr, tpr)
+    graphs = {"roc": (fpr[keep], tpr[keep], "ROC;real tracks called ghost;ghosts called ghost"),
+              "rejection": (1 - fpr[keep], tpr[keep],
+                            "ghost rejection;real-track efficiency;ghost rejection")}
+    table = {k: np.array([r[k] for r in table_rows], dtype=np.float64) for k in CSV_COLUMNS}
+    table["working_point"] = np.array([r.get("target_efficiency_wp", 0.0) for r in table_rows])
+    return histograms, graphs, table
+
+
+def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",), show=False,
+                   extra_figures=(), scores_by_split=None):
+    """A plots folder: metrics.json, thresholds.csv (the scan and the working points),
+    comparison.csv (with several classifiers), every figure plus `extra_figures`
+    ([(stem, figure, caption)]), results.root for ROOT users (where ROOT is
+    installed), and index.html.  Returns (files written, figures kept for --show);
+    with formats=() no figure is drawn."""
+    import os
+
+    from plots import save_figure, write_analysis_figures
+    from utils import GhostError
+    files = ["metrics.json", "thresholds.csv"]
+    out.save_json(os.path.join(folder, "metrics.json"), metrics_record(a, extra, context))
+    out.save_bytes(os.path.join(folder, "thresholds.csv"),
+                   table_csv(a.table, a.working_points).encode())
+    if plot_input.curves:
+        from compare import comparison_csv
+        out.save_bytes(os.path.join(folder, "comparison.csv"),
+                       comparison_csv(plot_input.curves).encode())
+        files.append("comparison.csv")
+    figures, kept = [], []
+    if formats:
+        figures, kept = write_analysis_figures(plot_input, folder, out, show, formats)
+        for stem, fig, caption in extra_figures:
+            figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
+                                        formats=formats), caption))
+    if scores_by_split:
+        rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
+        rows += [{**w, "target_efficiency_wp": w["target_efficiency"]}
+                 for w in a.working_points]
+        try:
+            from rootio import write_results
+            write_results(out.tmp(os.path.join(folder, "results.root")),
+                          *results_root(a, scores_by_split, rows),
+                          shown=os.path.join(folder, "results.root"))
+            files.append("results.root")
+        except GhostError as e:
+            log(f"note: no results.root ({e})")
+    out.save_bytes(os.path.join(folder, "index.html"),
+                   index_html(plot_input.title, figures, summary(a, extra),
+                              a.working_points).encode())
+    files.append("index.html")
+    return [n for names, _ in figures for n in names] + files, kept

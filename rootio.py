@@ -268,3 +268,38 @@ def stack_columns(columns, names, rows=None):
     for j, name in enumerate(names):
         data[:, j] = columns[name] if rows is None else columns[name][rows]
     return data
+
+
+def write_results(path, histograms, graphs, table, shown=None):
+    """Results for ROOT users, as TMVA writes them: `histograms` {name: (counts,
+    edges, title)} as TH1D, `graphs` {name: (x, y, title)} as TGraph, and `table`
+    {column: array} as the TTree `thresholds`."""
+    ROOT = import_root()
+    try:
+        f = ROOT.TFile.Open(path, "RECREATE")
+        if not f or f.IsZombie():
+            raise OSError("cannot create the file")
+        keep = []
+        for name, (counts, edges, title) in histograms.items():
+            h = ROOT.TH1D(name, title, len(counts), np.asarray(edges, dtype=np.float64))
+            for i, c in enumerate(counts, 1):
+                h.SetBinContent(i, float(c))
+            h.SetEntries(float(np.sum(counts)))
+            h.Write()
+            keep.append(h)
+        for name, (x, y, title) in graphs.items():
+            g = ROOT.TGraph(len(x), np.ascontiguousarray(x, dtype=np.float64),
+                            np.ascontiguousarray(y, dtype=np.float64))
+            g.SetNameTitle(name, title)
+            g.Write(name)
+            keep.append(g)
+        f.Close()
+    except Exception as e:  # cppyy turns C++ exceptions into Python ones
+        raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")
+    opts = ROOT.RDF.RSnapshotOptions()
+    opts.fMode = "UPDATE"
+    try:
+        columns = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in table.items()}
+        ROOT.RDF.FromNumpy(columns).Snapshot("thresholds", path, list(columns), opts)
+    except Exception as e:
+        raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")

@@ -302,6 +302,7 @@ def trial_table(results):
         if r.error is not None or history is None or history.empty:
             continue
         rows.append({"params": dict(r.config), "epochs": int(history["epoch"].max()),
+                     "history": {k: history[k].tolist() for k in ("epoch", "loss", "auc")},
                      "macs": int(history["macs"].iloc[-1]),
                      "params_count": int(history["params"].iloc[-1]),
                      "loss": float(history["loss"].min()), "auc": float(history["auc"].max()),

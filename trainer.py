@@ -210,6 +210,18 @@ def evaluate(model, x, y, threshold, weights=None, chunk=1 << 20):
             **quality(prob.cpu().numpy(), y.cpu().numpy())}
 
 
+def predict(model, data, device=None, chunk=1 << 18):
+    """Ghost probabilities (numpy float32) of raw branch values `data` (numpy), the
+    model's input layer included."""
+    import torch
+    device = device or next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        return np.concatenate([
+            model(torch.as_tensor(data[i:i + chunk], device=device)).cpu().numpy().ravel()
+            for i in range(0, len(data), chunk)]) if len(data) else np.zeros(0, np.float32)
+
+
 def quantize(model, settings, train, device, epochs, weights=None):
     """Quantization-aware fine-tuning on the train split: observe ranges for one
     epoch, then fine-tune with the ranges frozen (constant, a tenth of the peak

@@ -11,11 +11,13 @@ import contextlib
 import os
 from dataclasses import replace
 
+import numpy as np
+
 from architecture import INPUT_LAYERS, default_network, normalizes_inside
 from artifacts import ARTIFACT, SavedConfig, save_model_files
 from dataset import load_dataset, load_meta, load_spectators
 from features import LIMIT
-from metrics import EFFICIENCIES, quality
+from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
 from outputs import AtomicOutputs, FolderLock, prepare_folder, remove_stale_temporaries
 from search import SELECT, SPACES, TrialSetup, describe_params
 from trainer import SCHEDULES
@@ -43,6 +45,10 @@ def parse_args(argv=None):
         p.error(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.gpu and args.nocuda:
         p.error("--gpu and --nocuda contradict each other")
+    args.formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",")
+                                       if f.strip()))
+    if not args.formats or any(f not in ("png", "pdf") for f in args.formats):
+        p.error(f"--format must be png, pdf or both, got {args.format!r}")
     return args
 
 
@@ -105,6 +111,9 @@ def add_output_options(p):
                    help="write the model files (and the search's report in "
                         "OUTPUT_DIR/training_report)")
     p.add_argument("--output-dir", default=".", help="where --save writes (default .)")
+    p.add_argument("--format", default="png",
+                   help="the report's figure formats, comma-separated: png, pdf "
+                        "(default png)")
     p.add_argument("--path", default="ray_results",
                    help="folder for Ray's output: metrics and checkpoints (default ray_results)")
     p.add_argument("--name", default="ghost_search",
@@ -188,11 +197,12 @@ def search(args, splits, setup):
 
 def finish(args, splits, meta, setup, params, state):
     """The best model evaluated on the validation and test splits, and its INT8
-    version with --int8: ([(file stem, model, SavedConfig)], table rows)."""
+    version with --int8: ([(file stem, model, SavedConfig)], table rows, their
+    probabilities {"network" / "INT8": {split: array}})."""
     import torch
 
     from models import build_model
-    from trainer import evaluate, quantize, to_tensors
+    from trainer import evaluate, predict, quantize, to_tensors
     device = pick_device(args.nocuda, args.cuda)
     torch.manual_seed(args.seed)
     config, settings = setup.model_config(params), setup.train_settings(params)
@@ -202,34 +212,52 @@ def finish(args, splits, meta, setup, params, state):
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
     rows = {"validation": evaluate(model, *valid, args.threshold, setup.weights),
             "test": evaluate(model, *test, args.threshold, setup.weights)}
+    scores = {"network": {s: predict(model, splits[s][0], device) for s in splits}}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
                         threshold=args.threshold, training=settings.to_dict(),
-                        metrics=dict(rows))
+                        metrics=dict(rows), **model_record(meta, splits, scores["network"]))
     artifacts = [(ARTIFACT, model, saved)]
     if args.int8:  # same input layer: the scaled test tensors serve both
         qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
                           setup.weights)
         rows["test (INT8)"] = evaluate(qmodel, *test, args.threshold, setup.weights)
-        qsaved = SavedConfig(model=replace(config, int8=True), track=saved.track,
-                             features=saved.features, threshold=args.threshold,
-                             training=saved.training,
-                             metrics={**saved.metrics, "test": rows["test (INT8)"]})
+        scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in splits}
+        qsaved = replace(saved, model=replace(config, int8=True),
+                         metrics={**saved.metrics, "test": rows["test (INT8)"]},
+                         **model_record(meta, splits, scores["INT8"]))
         artifacts.append((f"{ARTIFACT}_int8", qmodel, qsaved))
-    return artifacts, rows
+    return artifacts, rows, scores
+
+
+def model_record(meta, splits, scores):
+    """What a model records beside its architecture for inference: its own working
+    point (the threshold keeping MODEL_WORKING_POINT of the validation split's real
+    tracks), the class mix its output is calibrated to, and the training ranges of
+    the raw features (none for a normalized dataset)."""
+    labels = splits["valid"][1].ravel() > 0.5
+    point = working_points(SortedScores.of(scores["valid"], labels), [MODEL_WORKING_POINT])[0]
+    train = splits["train"][0]
+    ranges = None if meta.normalized else {
+        name: [float(train[:, j].min()), float(train[:, j].max())]
+        for j, name in enumerate(meta.features)}
+    return {"working_point": {"efficiency": MODEL_WORKING_POINT,
+                              "threshold": point["threshold"]},
+            "training_prior": 0.5, "ghost_fraction": meta.ghost_fraction,
+            "training_ranges": ranges}
 
 
 def references(args, splits, setup, spectators):
     """Table rows to measure the network against on the test split: the baseline
-    (with --baseline) and the known optimum (where the dataset has it)."""
-    import numpy as np
-    rows = {}
+    (with --baseline) and the known optimum (where the dataset has it); and the
+    baseline's probabilities per split."""
+    rows, scores = {}, {}
     test_x, test_y = splits["test"]
     if args.baseline:
         from baseline import baseline_scores, fit_baseline
         clock = Stopwatch()
         trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
-        p = baseline_scores(trees, test_x).astype(np.float64)
-        y = test_y.ravel()
+        scores = {s: baseline_scores(trees, splits[s][0]) for s in splits}
+        p, y = scores["test"].astype(np.float64), test_y.ravel()
         w = (np.ones_like(y) if setup.weights is None else
              np.where(y > 0.5, setup.weights[1], setup.weights[0]))
         q = np.clip(p, 1e-7, 1 - 1e-7)
@@ -241,7 +269,7 @@ def references(args, splits, setup, spectators):
             f"{clock():.1f} s")
     if LIMIT in spectators:
         rows["limit (test)"] = quality(spectators[LIMIT], test_y.ravel())
-    return rows
+    return rows, scores
 
 
 COLUMNS = ["loss", "accuracy", "auc"] + [f"rejection@{e:g}" for e in EFFICIENCIES]
@@ -258,22 +286,20 @@ def print_table(rows, mix):
         "real-track efficiency do not depend on the mix)")
 
 
-def save(args, artifacts, trials, best):
-    """Every model's files and the search's report, all renamed into place together."""
-    from plots import pyplot, save_figure, search_front
-    from report import trials_csv
-    report = os.path.join(args.output_dir, "training_report")
-    prepare_folder(report, "the report folder")
+def save(args, artifacts, report, trials, best):
+    """Every model's files and the report folder, all renamed into place together."""
+    import training_report
+    folder = os.path.join(args.output_dir, "training_report")
+    prepare_folder(folder, "the report folder")
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
-        out.save_bytes(os.path.join(report, "search_trials.csv"), trials_csv(trials).encode())
-        save_figure(out, os.path.join(report, "search_front.png"),
-                    search_front(pyplot(), trials, best))
+        files = training_report.write(out, folder, report, trials, best, args.formats,
+                                      args.seed)
     log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
-        + f" in {os.path.abspath(args.output_dir)}; the search's quality-vs-cost front "
-        f"in {report}")
+        + f" in {os.path.abspath(args.output_dir)}; the report ({len(files)} files, "
+        f"index.html) in {folder}")
 
 
 def main(argv=None):
@@ -294,13 +320,19 @@ def main(argv=None):
         params, state, epoch, trials = search(args, splits, setup)
         log(f"search done in {clock():.1f} s; best: "
             f"{describe_params(params, setup.n_features)} (epoch {epoch})")
-        artifacts, rows = finish(args, splits, meta, setup, params, state)
-        extra = references(args, splits, setup, spectators)
+        artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
+        extra, baseline = references(args, splits, setup, spectators)
         print_table({**rows, **extra}, meta.mix())
         for _, _, saved in artifacts:  # "baseline (test)" -> "baseline"
             saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
         if args.save:
-            save(args, artifacts, trials, params)
+            from trainer import predict
+            from training_report import ReportInput
+            model = artifacts[0][1]
+            report = ReportInput(splits, meta, spectators, artifacts[0][2],
+                                 {**scores, **({"baseline": baseline} if baseline else {})},
+                                 lambda x: predict(model, x))
+            save(args, artifacts, report, trials, params)
     log(f"total time {clock():.1f} s")
 
 

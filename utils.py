@@ -71,6 +71,21 @@ def plain(obj):
     raise GhostError(f"value {obj!r} is not plain data")
 
 
+def parse_numbers(text, option, lo, hi, open_=False, sort=True):
+    """Comma-separated numbers in [lo, hi] (or (lo, hi) with open_), unique, sorted
+    or in the order given; a one-line error naming the option otherwise."""
+    try:
+        values = list(dict.fromkeys(float(t) for t in str(text).split(",") if t.strip()))
+        values = sorted(values) if sort else values
+    except ValueError:
+        raise GhostError(f"{option} must be comma-separated numbers, got {text!r}")
+    inside = (lambda v: lo < v < hi) if open_ else (lambda v: lo <= v <= hi)
+    if not values or not all(inside(v) for v in values):
+        span = f"({lo:g}, {hi:g})" if open_ else f"[{lo:g}, {hi:g}]"
+        raise GhostError(f"{option} must be numbers in {span}, got {text!r}")
+    return values
+
+
 def pick_device(nocuda=False, cuda=None):
     """CPU when asked or when CUDA is absent, else cuda:K (default 0)."""
     import torch

@@ -18,7 +18,8 @@ from features import DEFAULT_TREE, LABEL, MinMax, features_for
 from metrics import SortedScores, analyse, rejection_at, roc_auc, roc_curve, threshold_table
 from utils import GhostError, plain
 
-SEED_PLOTS = ["accuracy.png", "ghost_real.png", "confusion.png", "ssfnfp.png", "roc.png"]
+# the seed's accuracy, ghost/real, confusion and rate plots, merged into one threshold scan
+SEED_PLOTS = ["thresholds.png", "confusion.png", "roc.png"]
 MATCHING = features_for("matching")
 
 
@@ -220,7 +221,9 @@ def test_root_file_all_outputs(trained, matching_file, root_features, reference,
     assert [r["target_efficiency"] for r in metrics["ghost_rejection"]] == [0.9, 0.95, 0.99, 0.995]
     assert metrics["best_youden_j"]["threshold"] in inference.DEFAULT_THRESHOLDS
     rows = (plots / "thresholds.csv").read_text().splitlines()
-    assert len(rows) == 27 and rows[0].startswith("threshold,accuracy")
+    assert len(rows) == 1 + 26 + 2 and rows[0].startswith("threshold,accuracy")
+    assert rows[-2].endswith(",99.0% efficiency") and rows[-1].endswith(",95.0% efficiency")
+    assert all(r.endswith(",") for r in rows[1:27])  # the scan: no working point
     # the table agrees with a direct count at 0.5
     y = labels[finite] == 1
     row = metrics["thresholds"][inference.DEFAULT_THRESHOLDS.index(0.5)]
@@ -294,7 +297,9 @@ def test_backends_agree_and_pth_equals_onnx(trained, matching_file, reference, t
     assert np.array_equal(np.isnan(ort), np.isnan(reference))
     assert np.nanmax(np.abs(ort - reference)) < 1e-5  # reference is the torch forward
     np.testing.assert_allclose(pth, reference, atol=1e-6, equal_nan=True)
-    assert len((tmp_path / "p2" / "thresholds.csv").read_text().splitlines()) == 3
+    scan = [r for r in (tmp_path / "p2" / "thresholds.csv").read_text().splitlines()[1:]
+            if r.endswith(",")]  # the rows of working points name them in the last column
+    assert [float(r.split(",")[0]) for r in scan] == [0.3, 0.5]
 
 
 def test_int8_onnx_runs_with_onnxruntime(trained, matching_file, root_features, tmp_path,

@@ -52,7 +52,8 @@ def test_the_limit_is_never_a_feature(tmp_path, matching_file):
     prefix = str(tmp_path / "ds")
     make_dataset.main(["-f", matching_file, "--output", prefix, "--track", "matching"])
     meta = load_meta(prefix)
-    assert meta.features == features_for("matching") and meta.spectators == [LIMIT]
+    assert meta.features == features_for("matching")
+    assert meta.spectators == [LIMIT, "tx", "ty"]  # beside the features, never among them
     test = load_dataset(prefix)["test"]
     llr = load_spectators(prefix, "test", meta)[LIMIT]
     assert test[0].shape[1] == 13 and llr.shape == (len(test[0]),)

@@ -1,0 +1,167 @@
+"""The figures beside the analysis: the features (make_dataset.py --plot), the
+performance vs kinematics, and the training report (the search's front and
+history, the variable ranking, the correlations).  Drawn with plots.style()."""
+import os
+
+import numpy as np
+
+from features import axis_label
+from plots import decorate, save_figure, style
+
+# --- features -----------------------------------------------------------------
+
+
+def _bins(x, heavy):
+    """Per integer for counters; log-spaced for positive heavy tails; else linear,
+    over the central 99.8 % (the rest is under- or overflow)."""
+    if np.all(x == np.round(x)) and np.ptp(x) <= 60:
+        return np.arange(x.min() - 0.5, x.max() + 1.0), False
+    lo, hi = np.percentile(x, [0.1, 99.9])
+    if heavy and lo > 0:
+        return np.geomspace(lo, hi, 81), True
+    return np.linspace(lo, hi if hi > lo else lo + 1, 81), False
+
+
+def feature_figure(plt, name, x, ghost, heavy, transformed=False):
+    """One feature's distribution for ghosts and real tracks (each normalized to unit
+    area), with the tracks outside the range counted in the legend."""
+    bins, logx = _bins(x, heavy and not transformed)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for sel, label, color in ((~ghost, "real", "tab:blue"), (ghost, "ghost", "tab:red")):
+        values = x[sel]
+        under, over = int((values < bins[0]).sum()), int((values > bins[-1]).sum())
+        ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step",
+                lw=1.5, color=color,
+                label=f"{label}, {len(values):,} tracks\n(underflow {under:,}, overflow "
+                      f"{over:,}, in the edge bins)")
+    if heavy:
+        ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{name} after the model's input transform (standardized)" if transformed
+                  else axis_label(name))
+    ax.set_ylabel("density (unit area)")
+    ax.set_title(f"{name}: ghost vs real tracks")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the data
+    return fig
+
+
+def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
+                          standardize=None, formats=("png",)):
+    """One figure per feature: the given rows of its column, ghosts vs real tracks;
+    with `standardize` (features.Standardize), as network 1 sees them."""
+    with style() as plt:
+        if standardize is not None:
+            data = standardize.apply(np.column_stack([columns[n][rows] for n in names]))
+        for j, name in enumerate(names):
+            x = data[:, j] if standardize is not None else columns[name][rows]
+            fig = feature_figure(plt, name, x, ghost, name in heavy_tailed,
+                                 transformed=standardize is not None)
+            save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig, formats=formats)
+
+
+# --- performance vs kinematics ------------------------------------------------
+
+def kinematics_figures(plt, performance, title):
+    """[(stem, figure, caption)]: real-track efficiency and ghost rejection against
+    each variable of kinematics.performance, one curve per working point."""
+    figures = []
+    for name, v in performance.items():
+        edges = np.asarray(v["edges"])
+        width = np.diff(edges).mean()
+        lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
+        hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
+        bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
+        centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
+                                                                             bounds[:-1])
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+        for wp in v["points"]:
+            label = f"{wp['label']} (p > {wp['threshold']:.3f})"
+            ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
+                        ms=3, label=label)
+            ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
+                         ms=3, label=label)
+        for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
+            if v["log"]:
+                a.set_xscale("log")
+            a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
+            a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
+            decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
+                     "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
+                     loc="best")
+        figures.append((f"kinematics_{name}", fig,
+                        f"Real-track efficiency and ghost rejection at the working points vs "
+                        f"{v['label']}, binomial uncertainties."))
+    return figures
+
+
+# --- the training report ------------------------------------------------------
+
+def search_front(plt, trials, best):
+    """Validation AUC and ghost rejection at 99 % efficiency against the multiply-adds
+    per track of every trial of a search: the quality-vs-cost front, the chosen trial
+    ringed."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    longest = max(t["epochs"] for t in trials)
+    for ax, key, label in ((axes[0], "auc", "validation ROC AUC"),
+                           (axes[1], "rejection@0.99", "validation ghost rejection at 99 %")):
+        for done, marker, what in ((True, "o", "trials (best epoch)"),
+                                   (False, "x", "stopped early by ASHA")):
+            sel = [t for t in trials if (t["epochs"] == longest) == done]
+            if sel:
+                ax.scatter([t["macs"] for t in sel], [t.get(key, np.nan) for t in sel],
+                           c="tab:blue", marker=marker, s=25, label=what)
+        chosen = [t for t in trials if t["params"] == best]
+        if chosen:
+            ax.scatter([chosen[0]["macs"]], [chosen[0].get(key, np.nan)], s=140,
+                       facecolors="none", edgecolors="tab:red", lw=2, label="chosen")
+        ax.set_xscale("log")
+        decorate(ax, f"{label} vs cost", f"{len(trials)} trials of the search",
+                 "multiply-adds per track (log scale)", label, loc="lower right")
+    return fig
+
+
+def history(plt, trials, best):
+    """Validation loss and AUC against the epoch for every trial, the chosen one bold."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key, label in ((axes[0], "loss", "validation loss"),
+                           (axes[1], "auc", "validation ROC AUC")):
+        for t in trials:
+            chosen = t["params"] == best
+            ax.plot(t["history"]["epoch"], t["history"][key], "-",
+                    color="tab:red" if chosen else "tab:blue", lw=2.5 if chosen else 1,
+                    alpha=1 if chosen else 0.5, zorder=3 if chosen else 2,
+                    label="chosen trial" if chosen else None)
+        ax.plot([], [], color="tab:blue", alpha=0.5, label="other trials")
+        decorate(ax, f"{label} per epoch", f"{len(trials)} trials", "epoch", label,
+                 loc="best")
+    return fig
+
+
+def ranking(plt, reference, rows, title):
+    """Drop in AUC and in ghost rejection at 99 % when each feature is shuffled."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.4 * len(rows) + 2.5))
+    names = [r["feature"] for r in rows][::-1]
+    for a, key, what in ((ax, "auc_drop", f"drop in ROC AUC (of {reference['auc']:.4f})"),
+                         (ax2, "rejection_drop", "drop in ghost rejection at 99 % (of "
+                          f"{reference['rejection@0.99']:.3f})")):
+        a.barh(names, [r[key] for r in rows][::-1], color="tab:blue")
+        a.set_xlabel(what)
+        a.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"Variable ranking by permutation: {title}", fontsize=12)
+    return fig
+
+
+def correlation_figure(plt, matrices, names):
+    """The features' rank correlations for ghosts and for real tracks."""
+    fig, axes = plt.subplots(1, 2, figsize=(0.55 * len(names) * 2 + 4, 0.55 * len(names) + 2))
+    for ax, (cls, m) in zip(axes, matrices.items()):
+        image = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for (i, k), v in np.ndenumerate(m):
+            if i != k and abs(v) >= 0.2:
+                ax.text(k, i, f"{v:.1f}", ha="center", va="center", fontsize=6)
+        ax.set_title(f"{cls} tracks: Spearman rank correlation")
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    return fig

@@ -1,0 +1,86 @@
+"""Performance against the track's kinematics and hits: real-track efficiency and
+ghost rejection at each working point, in bins of p, pT, eta, n_velo and n_scifi,
+with binomial uncertainties.  The variables are computed from branches read beside
+the features (qop, best_pt, tx, ty, n_velo, n_scifi), never fed to the model.
+
+Every binning has an underflow and an overflow bin, so the bins' counts add up to
+the whole sample and the efficiencies weighted by the bins' counts give back the
+global ones.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+BRANCHES = ("qop", "best_pt", "tx", "ty", "n_velo", "n_scifi")
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    label: str        # axis label, with units
+    edges: tuple      # inner bin edges; under- and overflow bins are added
+    needs: tuple      # branches it is computed from
+    log: bool = False
+
+
+def _p(c):
+    return 1.0 / np.maximum(np.abs(c["qop"]), 1e-12)
+
+
+def _eta(c):
+    theta = np.arctan(np.hypot(c["tx"], c["ty"]))
+    return -np.log(np.tan(np.maximum(theta, 1e-9) / 2))
+
+
+VARIABLES = (
+    Variable("p", "p [MeV] (1 / |qop|)", tuple(np.geomspace(2e3, 2e5, 11)), ("qop",), log=True),
+    Variable("pt", "p_T [MeV] (best_pt)", tuple(np.geomspace(100, 1e4, 11)), ("best_pt",),
+             log=True),
+    Variable("eta", "pseudorapidity eta (from tx, ty)", tuple(np.linspace(2.0, 5.0, 13)),
+             ("tx", "ty")),
+    Variable("n_velo", "VELO hits n_velo", tuple(np.arange(2.5, 24.0)), ("n_velo",)),
+    Variable("n_scifi", "SciFi hits n_scifi", tuple(np.arange(9.5, 13.0)), ("n_scifi",)),
+)
+COMPUTE = {"p": _p, "pt": lambda c: c["best_pt"], "eta": _eta,
+           "n_velo": lambda c: c["n_velo"], "n_scifi": lambda c: c["n_scifi"]}
+
+
+def available(columns):
+    """The VARIABLES whose branches are all in `columns`."""
+    return [v for v in VARIABLES if all(b in columns for b in v.needs)]
+
+
+def _binomial(k, n):
+    """k / n and its binomial uncertainty sqrt(f (1 - f) / n); NaN for empty bins."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+        return f, np.where(n > 0, np.sqrt(f * (1 - f) / np.maximum(n, 1)), np.nan)
+
+
+def performance(columns, scores, labels, working_points):
+    """{variable: {"edges", "n_real", "n_ghost", "points": [{efficiency target,
+    threshold, efficiency, efficiency_error, rejection, rejection_error}]}} for the
+    tracks given (finite and labelled); `working_points`: metrics.rejection_at rows."""
+    out = {}
+    for var in available(columns):
+        x = COMPUTE[var.name](columns)
+        # bin 0 underflow, len(edges) overflow
+        bins = np.searchsorted(np.asarray(var.edges), x, side="right")
+        size = len(var.edges) + 1
+        n_real = np.bincount(bins[~labels], minlength=size)
+        n_ghost = np.bincount(bins[labels], minlength=size)
+        points = []
+        for wp in working_points:
+            cut = wp["threshold"]
+            kept = np.bincount(bins[~labels & (scores <= cut)], minlength=size)
+            removed = np.bincount(bins[labels & (scores > cut)], minlength=size)
+            eff, eff_err = _binomial(kept, n_real)
+            rej, rej_err = _binomial(removed, n_ghost)
+            points.append({"label": wp["label"], "target_efficiency": wp["target_efficiency"],
+                           "threshold": cut,
+                           "real_kept": kept, "ghosts_removed": removed,
+                           "efficiency": eff, "efficiency_error": eff_err,
+                           "rejection": rej, "rejection_error": rej_err})
+        out[var.name] = {"label": var.label, "edges": list(var.edges), "log": var.log,
+                         "n_real": n_real, "n_ghost": n_ghost, "points": points}
+    return out
