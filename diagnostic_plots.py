@@ -49,7 +49,10 @@ def feature_figure(plt, name, x, ghost, heavy, transformed=False):
 def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
                           standardize=None, formats=("png",)):
     """One figure per feature: the given rows of its column, ghosts vs real tracks;
-    with `standardize` (features.Standardize), as network 1 sees them."""
+    with `standardize` (features.Standardize), as network 1 sees them; and the
+    folder's index.html."""
+    from report import index_html
+    figures = []
     with style() as plt:
         if standardize is not None:
             data = standardize.apply(np.column_stack([columns[n][rows] for n in names]))
@@ -57,7 +60,14 @@ def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, 
             x = data[:, j] if standardize is not None else columns[name][rows]
             fig = feature_figure(plt, name, x, ghost, name in heavy_tailed,
                                  transformed=standardize is not None)
-            save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig, formats=formats)
+            figures.append((save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig,
+                                        formats=formats),
+                            f"{name}: ghosts and real tracks, each normalized to unit area."))
+    summary = {"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
+               "features": ", ".join(names)}
+    out.save_bytes(os.path.join(plots_dir, "index.html"),
+                   index_html("The features, ghosts vs real tracks", figures, summary,
+                              []).encode())
 
 
 # --- performance vs kinematics ------------------------------------------------

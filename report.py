@@ -114,6 +114,9 @@ def index_html(title, figures, summary, working_points):
         f"<tr><td>{escape(w['label'])}</td><td>{escape(w['origin'])}</td>"
         f"<td>{w['threshold']:.4f}</td><td>{w['real_efficiency']:.4f}</td>"
         f"<td>{w['ghost_rejection']:.4f}</td></tr>" for w in working_points)
+    points = ("<h2>Working points</h2><table><tr><th>point</th><th>threshold from</th>"
+              "<th>threshold</th><th>real-track efficiency</th><th>ghost rejection</th></tr>"
+              f"{wps}</table>\n" if working_points else "")
     figs = "".join(
         f"<figure><img src=\"{escape(names[0])}\" alt=\"{escape(names[0])}\">"
         f"<figcaption>{escape(caption)} "
@@ -126,9 +129,7 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 text-align:left}}img{{max-width:100%}}figure{{margin:2em 0}}</style></head>
 <body><h1>{escape(title)}</h1>
 <h2>Summary</h2><table>{rows}</table>
-<h2>Working points</h2><table><tr><th>point</th><th>threshold from</th><th>threshold</th>
-<th>real-track efficiency</th><th>ghost rejection</th></tr>{wps}</table>
-<h2>Figures</h2>{figs}
+{points}<h2>Figures</h2>{figs}
 </body></html>
 """
 

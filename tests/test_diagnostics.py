@@ -279,7 +279,9 @@ def test_feature_plots_transformed_and_pdf(tmp_path, matching_file):
                        "--format", "png,pdf"])
     names = features_for("matching")
     assert sorted(os.listdir(plots)) == sorted([f"{n}.png" for n in names] +
-                                               [f"{n}.pdf" for n in names])
+                                               [f"{n}.pdf" for n in names] + ["index.html"])
+    page = (plots / "index.html").read_text()
+    assert all(f'<img src="{n}.png"' in page for n in names)
 
 
 def test_bad_format_and_working_point_are_one_line(matching_file, tmp_path):

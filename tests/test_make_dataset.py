@@ -173,8 +173,9 @@ def test_plot_writes_one_png_per_feature(tmp_path, matching_file):
     plots = tmp_path / "plots"
     make(tmp_path, "-f", matching_file, "--track", "matching", "--plot",
          "--plots-dir", plots)
-    pngs = sorted(p.name for p in plots.iterdir())
+    pngs = sorted(p.name for p in plots.iterdir() if p.suffix == ".png")
     assert pngs == sorted(f"{n}.png" for n in TRACK_FEATURES["matching"])
+    assert (plots / "index.html").is_file()
     assert all((plots / p).stat().st_size > 5000 for p in pngs)
 
 
