@@ -42,8 +42,10 @@ class SavedConfig:
     ghost_fraction: float = None
     # {feature: [min, max]} of the raw train split, for inference's guard rails
     training_ranges: dict = None
+    provenance: dict = None  # provenance.record: toolkit, libraries, date, dataset, search
 
-    EXTRA = ("working_point", "training_prior", "ghost_fraction", "training_ranges")
+    EXTRA = ("working_point", "training_prior", "ghost_fraction", "training_ranges",
+             "provenance")
 
     def to_dict(self):
         d = {**(self.model.to_dict() if self.model else {}), **self.training,
@@ -92,9 +94,11 @@ def load_config(path):
 
 
 def save_model_files(out, folder, stem, model, saved):
-    """{stem}.pth, {stem}_config.pkl/.json and {stem}.onnx through `out`
-    (outputs.AtomicOutputs)."""
+    """{stem}.pth, {stem}_config.pkl/.json, {stem}.onnx and the C++ header {stem}.hpp
+    through `out` (outputs.AtomicOutputs)."""
     import torch
+
+    from cpp_export import export_header
     record = saved.to_dict()
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -102,6 +106,8 @@ def save_model_files(out, folder, stem, model, saved):
     out.save_bytes(os.path.join(folder, f"{stem}_config.pkl"), pickle.dumps(record, protocol=4))
     out.save_json(os.path.join(folder, f"{stem}_config.json"), record)
     out.save_bytes(os.path.join(folder, f"{stem}.onnx"), onnx_bytes(model, saved))
+    out.save_bytes(os.path.join(folder, f"{stem}.hpp"),
+                   export_header(model, saved, namespace=stem).encode())
 
 
 def onnx_bytes(model, saved):
@@ -138,6 +144,13 @@ def onnx_bytes(model, saved):
     del proto.metadata_props[:]
     for key, value in onnx_metadata(saved).items():
         proto.metadata_props.add(key=key, value=value)
+    prov = saved.provenance or {}
+    proto.producer_name = "ghost-tracks"
+    proto.producer_version = " ".join(
+        str(prov[k]) for k in ("toolkit", "commit") if k in prov) or "unknown"
+    proto.doc_string = (f"Ghost-track classifier ({saved.track or '?'} tracks), created "
+                        f"{prov.get('created', '?')}; the whole record is in the metadata "
+                        f"key {METADATA_KEY}")
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
@@ -157,6 +170,7 @@ def onnx_metadata(saved):
         "int8": str(bool(model and model.int8)).lower(),
         "normalization": json.dumps(record.get("normalization")),
         "producer": "ghost-tracks",
+        "provenance": json.dumps(saved.provenance),
     }
 
 

@@ -31,6 +31,7 @@ from compare import (
     gap_to_limit,
     model_macs,
 )
+from cpp_export import write_header
 from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
 from inputs import describe_source, guard, read_input, resolve_settings
 from kinematics import performance
@@ -46,8 +47,9 @@ from utils import GhostError, Stopwatch, log, parse_numbers, run_cli
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-f", "--filename", required=True,
-                   help="a .root file, or a dataset prefix from make_dataset.py")
+    p.add_argument("-f", "--filename",
+                   help="a .root file, or a dataset prefix from make_dataset.py (required "
+                        "unless only --export-cpp)")
     add_model_options(p.add_argument_group("the model and how it runs"))
     add_analysis_options(p.add_argument_group("the analysis"))
     add_output_options(p.add_argument_group("outputs"))
@@ -104,6 +106,9 @@ def add_analysis_options(p):
 def add_output_options(p):
     p.add_argument("--output", help="write every track's ghost probability to FILE.npy "
                                     "or FILE.root (NaN for non-finite tracks)")
+    p.add_argument("--export-cpp", metavar="FILE.hpp",
+                   help="also write the model as a header-only C++ file (the same as "
+                        "training.py --save writes); without -f, only that")
     p.add_argument("--calibrate", nargs="?", const="model", metavar="GHOST_FRACTION",
                    help="--output probabilities calibrated to a ghost fraction (default: the "
                         "training input's, recorded in the model) instead of the raw output, "
@@ -122,6 +127,13 @@ def check_args(args):
     """Argument problems that need no file, reported before any work: returns the
     thresholds, the working points' efficiencies, the --features list, the figure
     formats and the --calibrate ghost fraction ("model", a number or None)."""
+    if args.filename is None and args.export_cpp is None:
+        raise GhostError("-f/--filename is required (or --export-cpp alone)")
+    if args.export_cpp is not None:
+        if not args.export_cpp.endswith((".hpp", ".h", ".hh")):
+            raise GhostError(f"--export-cpp {args.export_cpp}: the extension must be .hpp "
+                             "(or .h, .hh)")
+        check_output_file(args.export_cpp)
     if args.batch is not None and args.batch < 1:
         raise GhostError(f"--batch must be at least 1, got {args.batch}")
     thresholds = list(DEFAULT_THRESHOLDS)
@@ -368,7 +380,13 @@ def main(argv=None):
     args = parse_args(argv)
     thresholds, efficiencies, features_flag, formats, calibrate = check_args(args)
     clock = Stopwatch()
+    if args.filename is None:  # --export-cpp alone
+        write_header(load_model_file(args.model, args.config, args.network, args.int8),
+                   args.export_cpp)
+        return 0
     model, source, settings = describe_run(args, features_flag)
+    if args.export_cpp:
+        write_header(model, args.export_cpp)
     inp, finite = load_input(args, source, settings, model)
     scores, train_scores, desc, seconds = score_input(args, model, settings, inp, finite)
     analysis, extra, plot_input = analyse_input(args, model, source, settings, inp, finite,

@@ -181,7 +181,7 @@ class GhostNet(nn.Module):
     def __init__(self, n_features, hidden, activation, scaling=None):
         super().__init__()
         self.norm = scaling if scaling is not None else nn.Identity()
-        self.act = ACTIVATIONS[activation]()
+        self.act, self.act_name = ACTIVATIONS[activation](), activation
         widths = (n_features, *hidden, 1)
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             setattr(self, f"fc{i}", QuantLinear(n_in, n_out))

@@ -14,6 +14,7 @@ from trainer import Trainer, TrainSettings, evaluate, make_optimizer, seed_every
 from utils import GhostError, log, one_line, pick_device
 
 CHECKPOINT = "checkpoint.pt"
+TOOLKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 # The hidden layers the default search tries: the original one-layer widths, and
@@ -173,7 +174,12 @@ def init_ray(args):
     try:
         if args.address:
             check_reachable(args.address)
-            ray.init(address=args.address, **kw)
+            # the toolkit's code travels to every node with the search (the nodes need
+            # the same Python packages, not a checkout)
+            ray.init(address=args.address, runtime_env={
+                "working_dir": TOOLKIT_DIR,
+                "excludes": [".git", ".venv", "demo", "bench/.cache", "ray_results", "docs",
+                             "tests", "*.root", "*.npy", "*.onnx", "*.pth"]}, **kw)
         else:
             ray.init(address="local", num_cpus=args.cpu, num_gpus=args.gpu, **kw)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:

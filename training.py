@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+import provenance
 from architecture import INPUT_LAYERS, default_network, normalizes_inside
 from artifacts import ARTIFACT, SavedConfig, save_model_files
 from dataset import load_dataset, load_meta, load_spectators
@@ -215,7 +216,10 @@ def finish(args, splits, meta, setup, params, state):
     scores = {"network": {s: predict(model, splits[s][0], device) for s in splits}}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
                         threshold=args.threshold, training=settings.to_dict(),
-                        metrics=dict(rows), **model_record(meta, splits, scores["network"]))
+                        metrics=dict(rows), **model_record(meta, splits, scores["network"]),
+                        provenance=provenance.record(
+                            args.filename, meta, search_record(args), dict(params),
+                            rows["test"]))
     artifacts = [(ARTIFACT, model, saved)]
     if args.int8:  # same input layer: the scaled test tensors serve both
         qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
@@ -224,9 +228,18 @@ def finish(args, splits, meta, setup, params, state):
         scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in splits}
         qsaved = replace(saved, model=replace(config, int8=True),
                          metrics={**saved.metrics, "test": rows["test (INT8)"]},
-                         **model_record(meta, splits, scores["INT8"]))
+                         **model_record(meta, splits, scores["INT8"]),
+                         provenance={**saved.provenance, "test_metrics": provenance.record(
+                             args.filename, meta, {}, {}, rows["test (INT8)"])["test_metrics"]})
         artifacts.append((f"{ARTIFACT}_int8", qmodel, qsaved))
     return artifacts, rows, scores
+
+
+def search_record(args):
+    """The search's settings, for the provenance."""
+    return {"space": args.space, "trials": args.num_samples, "epochs": args.epochs,
+            "max_macs": args.max_macs, "select": args.select, "schedule": args.schedule,
+            "seed": args.seed, "inputs": args.inputs}
 
 
 def model_record(meta, splits, scores):
@@ -296,7 +309,7 @@ def save(args, artifacts, report, trials, best):
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
         files = training_report.write(out, folder, report, trials, best, args.formats,
                                       args.seed)
-    log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx"
+    log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx, {ARTIFACT}.hpp"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
         + f" in {os.path.abspath(args.output_dir)}; the report ({len(files)} files, "
         f"index.html) in {folder}")

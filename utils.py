@@ -66,8 +66,11 @@ def plain(obj):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
+    for kind in (bool, str, int, float):  # subclasses too (torch's version string)
+        if isinstance(obj, kind):
+            return kind(obj)
+    if obj is None:
+        return None
     raise GhostError(f"value {obj!r} is not plain data")
 
 

@@ -21,8 +21,9 @@ from search import ARCHITECTURES, best_trial
 from utils import GhostError
 
 ARTIFACTS = ["ghost_model.pth", "ghost_model_config.pkl", "ghost_model_config.json",
-             "ghost_model.onnx", "ghost_model_int8.pth", "ghost_model_int8_config.pkl",
-             "ghost_model_int8_config.json", "ghost_model_int8.onnx"]
+             "ghost_model.onnx", "ghost_model.hpp", "ghost_model_int8.pth",
+             "ghost_model_int8_config.pkl", "ghost_model_int8_config.json",
+             "ghost_model_int8.onnx", "ghost_model_int8.hpp"]
 SEARCH = ["-n", "2", "--epochs", "2", "--batch", "512", "--cpu", "1", "--seed", "3"]
 
 

@@ -1,0 +1,267 @@
+"""The model as C++ source: one header-only file that a trigger developer compiles
+in (Allen evaluates networks this small as plain arithmetic with the weights
+compiled in).  It holds the input transform and scaling constants, the weights and
+biases as constexpr arrays, the feature names in order, and one inline function
+`float ghost_probability(const float* features)`, __host__ __device__ under CUDA.
+
+The float header computes what the ONNX graph computes (to float rounding).  The
+INT8 header reproduces the quantized arithmetic exactly as onnxruntime runs the
+INT8 ONNX file: inputs quantized as QuantizeLinear does (x / scale, clamp, round
+half to even), integer sums of 7-bit weights with int32 biases, requantized like
+onnxruntime's fused integer kernels (sum x (input scale x weight scale / output
+scale), clamp, round), and the last layer's logit as a float.
+"""
+import datetime
+from dataclasses import replace
+
+import numpy as np
+
+from features import Standardize
+
+ACTIVATION_CODE = {  # for any floating type T
+    "relu": "x > T(0) ? x : T(0)",
+    "leaky_relu": "x > T(0) ? x : T(0.01) * x",
+    "elu": "x > T(0) ? x : expm1(x)",
+    "tanh": "tanh(x)",
+    "sigmoid": "T(1) / (T(1) + exp(-x))",
+}
+
+
+def _f(v):
+    """A float32 as a C++ literal that parses back to the same float."""
+    v = np.float32(v)
+    if not np.isfinite(v):
+        raise ValueError(f"non-finite constant {v}")
+    return f"{float(v)!r}f".replace("inf", "INFINITY")
+
+
+def _array(name, values, ctype="float"):
+    values = np.asarray(values)
+    fmt = _f if ctype == "float" else (lambda v: str(int(v)))
+    if values.ndim == 1:
+        body = ", ".join(fmt(v) for v in values)
+        return f"    static constexpr {ctype} {name}[{len(values)}] = {{{body}}};"
+    rows = ",\n        ".join("{" + ", ".join(fmt(v) for v in row) + "}" for row in values)
+    return (f"    static constexpr {ctype} {name}[{values.shape[0]}][{values.shape[1]}] = {{\n"
+            f"        {rows}}};")
+
+
+def _scaling_code(scaling, t):
+    """C++ lines turning raw `features` into the network's inputs `x0` of type t, as
+    the ONNX graph does: Standardize (Sign x Log(1 + Abs), Where, Sub, Mul) or MinMax
+    (Sub, Mul, Clip to [0, 1])."""
+    if scaling is None:
+        return [f"    {t} x0[n_features];",
+                "    for (int i = 0; i < n_features; ++i) x0[i] = features[i];"]
+    shift, inv = scaling.float32_arrays()
+    lines = [_array("shift", shift), _array("inv_scale", inv), f"    {t} x0[n_features];",
+             "    for (int i = 0; i < n_features; ++i) {", f"        {t} v = features[i];"]
+    if isinstance(scaling, Standardize):
+        lines[:0] = [_array("take_log", [int(v) for v in scaling.log_mask()], "int")]
+        return lines + [
+            "        if (take_log[i]) {  // sign(v) * log(1 + |v|), as the ONNX graph",
+            f"            {t} s = v > 0 ? {t}(1) : (v < 0 ? {t}(-1) : {t}(0));",
+            f"            v = s * log({t}(1) + fabs(v));",
+            "        }",
+            "        x0[i] = (v - shift[i]) * inv_scale[i];",
+            "    }"]
+    return lines + [
+        "        v = (v - shift[i]) * inv_scale[i];",
+        f"        x0[i] = v < 0 ? {t}(0) : (v > 1 ? {t}(1) : v);",
+        "    }"]
+
+
+def _float_layers(model):
+    lines = []
+    for k, fc in enumerate(model.linears):
+        w = fc.weight.detach().cpu().numpy()
+        b = fc.bias.detach().cpu().numpy()
+        last = k == len(model.linears) - 1
+        lines += [f"    // layer {k}: {w.shape[1]} -> {w.shape[0]}", _array(f"w{k}", w),
+                  _array(f"b{k}", b),
+                  f"    detail::sum_t x{k + 1}[{w.shape[0]}];",
+                  f"    for (int j = 0; j < {w.shape[0]}; ++j) {{",
+                  f"        detail::sum_t acc = b{k}[j];",
+                  f"        for (int i = 0; i < {w.shape[1]}; ++i)",
+                  f"            acc += (detail::sum_t)w{k}[j][i] * x{k}[i];",
+                  f"        x{k + 1}[j] = {'acc' if last else 'detail::activation(acc)'};",
+                  "    }"]
+    return lines, f"(float)x{len(model.linears)}[0]"
+
+
+def _int8_layers(model):
+    """Integer sums on the codes: the input of layer k quantized with its FakeQuant's
+    (scale, zero point), weights w_q = round(w / w_scale) in [-63, 63], biases
+    b_q = round(b / (in_scale x w_scale))."""
+    lines = []
+    n = len(model.linears)
+    for k, (fc, quant) in enumerate(zip(model.linears, model.quants)):
+        s_in, zp_in = quant.frozen[0], quant.frozen[1]
+        w_scale, bias = fc.frozen
+        wq = np.round(fc.weight.detach().cpu().numpy() / np.float32(w_scale)).astype(np.int32)
+        grid = np.float32(s_in) * np.float32(w_scale)
+        bq = np.round(bias.detach().cpu().numpy() / grid).astype(np.int64)
+        n_out, n_in = wq.shape
+        lines += [f"    // layer {k}: {n_in} -> {n_out}, input scale {s_in!r}, zero point "
+                  f"{zp_in}, weight scale {w_scale!r}",
+                  _array(f"w{k}", wq, "int"), _array(f"b{k}", bq, "int"),
+                  f"    std::int32_t acc{k}[{n_out}];",
+                  f"    for (int j = 0; j < {n_out}; ++j) {{",
+                  f"        std::int32_t acc = b{k}[j];",
+                  f"        for (int i = 0; i < {n_in}; ++i)",
+                  f"            acc += (q{k}[i] - {zp_in}) * w{k}[j][i];",
+                  f"        acc{k}[j] = acc;",
+                  "    }"]
+        if k == n - 1:  # the logit stays float: the integer sum times both scales plus 0
+            scale = f"({_f(s_in)} * {_f(w_scale)})"
+            lines += [f"    const float logit = (float)acc{k}[0] * {scale};"]
+            continue
+        s_out, zp_out = model.quants[k + 1].frozen[0], model.quants[k + 1].frozen[1]
+        # onnxruntime's requantization scale: (1 x in_scale x weight_scale) / out_scale
+        multiplier = (np.float32(1.0) * np.float32(s_in) * np.float32(w_scale)) / np.float32(s_out)
+        lines += [f"    std::int32_t q{k + 1}[{n_out}];",
+                  f"    for (int j = 0; j < {n_out}; ++j) {{",
+                  f"        float v = (float)acc{k}[j] * {_f(multiplier)};"
+                  if model.act_name == "relu" else
+                  f"        float v = detail::activation((float)acc{k}[j] * ({_f(s_in)} * "
+                  f"{_f(w_scale)})) / {_f(s_out)};",
+                  f"        q{k + 1}[j] = detail::quantize(v, {zp_out});",
+                  "    }"]
+    return lines, "logit"
+
+
+def export_header(model, saved, namespace="ghost_model"):
+    """The C++ header of a models.GhostNet in eval mode (frozen if INT8) and its
+    artifacts.SavedConfig."""
+    config = saved.model
+    names = saved.features or [f"f{i}" for i in range(config.n_features)]
+    scaling = config.input_layer() or config.normalization
+    int8 = bool(model.int8)
+    macs, params = config.cost()
+    head = [f"// {namespace}.hpp: the ghost-track classifier of LHCb's HLT1, as C++ "
+            f"({'INT8' if int8 else 'float'}).",
+            "// Generated by ghost-tracks (training.py --save or inference.py --export-cpp) on "
+            f"{datetime.date.today().isoformat()}.",
+            f"// Network {config.network}, hidden layers {list(config.hidden)}, activation "
+            f"{config.activation}, {config.inputs} inputs; {macs:,} multiply-adds and "
+            f"{params:,} parameters per track.",
+            "// Usage: float p = " + namespace + "::ghost_probability(features);",
+            "//   features: the raw branch values of one track, in feature_names order;",
+            "//   p: the ghost probability (a track is a ghost when p > threshold);",
+            "//   a NaN feature gives a NaN probability (drop such tracks, as the toolkit does)."]
+    from provenance import comment_lines
+    head += [f"// {line}" for line in comment_lines(saved.provenance or {})]
+    wp = saved.working_point
+    lines = [*head, "#pragma once", "#include <cmath>", "#include <cstdint>", "",
+             "#if defined(__CUDACC__)", "#define GHOST_HD __host__ __device__", "#else",
+             "#define GHOST_HD", "#endif", "", f"namespace {namespace} {{", "",
+             f"constexpr int n_features = {config.n_features};",
+             f"constexpr bool int8 = {'true' if int8 else 'false'};",
+             f"constexpr float threshold = "
+             f"{_f(0.5 if saved.threshold is None else saved.threshold)};",
+             f"// the threshold keeping {wp['efficiency']:.1%} of the validation split's real "
+             "tracks" if wp else "// (no working point recorded)",
+             f"constexpr float working_point_threshold = {_f(wp['threshold'] if wp else 0.5)};",
+             "inline constexpr const char* feature_names[n_features] = {"
+             + ", ".join(f'"{n}"' for n in names) + "};", "",
+             "namespace detail {",
+             "template <class T> GHOST_HD inline T activation(T x) {",
+             f"    return {ACTIVATION_CODE[config.activation]};",
+             "}",
+             "// the float model's arithmetic: double on the host (closer to the exact network",
+             "// than onnxruntime's float32 by half its rounding), float on the GPU",
+             "#if defined(__CUDA_ARCH__)",
+             "using sum_t = float;",
+             "#else",
+             "using sum_t = double;",
+             "#endif",
+             "// QuantizeLinear: round half to even of v (already divided by the scale), shifted",
+             "// by the zero point and saturated to uint8",
+             "GHOST_HD inline std::int32_t quantize(float v, std::int32_t zero_point) {",
+             "    const float lo = 0.0f - zero_point, hi = 255.0f - zero_point;",
+             "    v = v < lo ? lo : (v > hi ? hi : v);",
+             "    return (std::int32_t)nearbyintf(v) + zero_point;",
+             "}",
+             "}  // namespace detail", "",
+             "GHOST_HD inline float ghost_probability(const float* features) {",
+             "    for (int i = 0; i < n_features; ++i)",
+             "        if (features[i] != features[i]) return NAN;  // NaN in, NaN out"]
+    # INT8: float32 scaling, exactly as the ONNX graph feeds its first QuantizeLinear
+    lines += _scaling_code(scaling, "float" if int8 else "detail::sum_t")
+    if int8:
+        s0, zp0 = model.quants[0].frozen[0], model.quants[0].frozen[1]
+        lines += ["    std::int32_t q0[n_features];",
+                  "    for (int i = 0; i < n_features; ++i)",
+                  f"        q0[i] = detail::quantize(x0[i] / {_f(s0)}, {zp0});"]
+        body, out = _int8_layers(model)
+    else:
+        body, out = _float_layers(model)
+    lines += body
+    lines += [f"    return 1.0f / (1.0f + expf(-{out}));", "}", "",
+              f"}}  // namespace {namespace}", ""]
+    return "\n".join(lines)
+
+
+def model_from_onnx(proto, saved):
+    """The models.GhostNet an ONNX file of this toolkit holds (eval mode; INT8 frozen
+    at the scales and zero points of its QuantizeLinear nodes), from its initializers
+    and constants.  ValueError if the file is not one of this toolkit's."""
+    import torch
+    from onnx import numpy_helper
+
+    from models import build_model
+    if saved.model is None:
+        raise ValueError("its metadata records no architecture of this toolkit")
+    config = saved.model
+    model = build_model(replace(config, int8=False))
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                   for n in proto.graph.node if n.op_type == "Constant"})
+    nodes = {n.name: n for n in proto.graph.node}
+    state = model.state_dict()
+    for key in state:
+        if key in values:
+            state[key] = torch.from_numpy(np.array(values[key]))
+    if config.int8:
+        for k in range(len(model.linears)):  # the bias: a constant on the quantized grid
+            gemm = nodes.get(f"/fc{k}/Gemm")
+            if gemm is None or len(gemm.input) < 3 or gemm.input[2] not in values:
+                raise ValueError(f"no Gemm /fc{k}/Gemm with a constant bias")
+            state[f"fc{k}.bias"] = torch.from_numpy(np.array(values[gemm.input[2]]))
+    missing = [k for k in state if k.startswith(("fc", "norm.")) and
+               k not in values and not k.endswith(".bias")]
+    if missing:
+        raise ValueError(f"it lacks the weights {', '.join(missing)}")
+    model.load_state_dict(state)
+    if not config.int8:
+        return model.eval()
+    model.set_int8(True).eval()
+    names = ["quant", "act_quant"] + [f"act_quant{i}" for i in range(1, len(model.linears))]
+    for k, (fc, quant) in enumerate(zip(model.linears, model.quants)):
+        node, weight = nodes.get(f"/{names[k]}/QuantizeLinear"), nodes.get(f"/fc{k}/QuantizeLinear")
+        if node is None or weight is None:
+            raise ValueError(f"no QuantizeLinear for layer {k}'s input or weight")
+        quant.frozen = (float(values[node.input[1]]), int(values[node.input[2]]), 0, 255)
+        fc.frozen = (float(values[weight.input[1]]), state[f"fc{k}.bias"].clone())
+    return model
+
+
+def write_header(model, path):
+    """inference.py --export-cpp: the header training.py --save writes, from a loaded
+    .pth or .onnx file of this toolkit (scoring.LoadedModel), written atomically."""
+    import os
+    import re
+
+    from outputs import AtomicOutputs
+    from utils import GhostError, log
+    if model.saved.model is None:
+        raise GhostError(f"--export-cpp: {model.path} records no architecture of this toolkit")
+    try:
+        module = model.module if model.kind == "pth" else model_from_onnx(model.proto,
+                                                                          model.saved)
+    except ValueError as e:
+        raise GhostError(f"--export-cpp: {model.path} is not a model this toolkit wrote: {e}")
+    name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    with AtomicOutputs() as out:
+        out.save_bytes(path, export_header(module, model.saved, namespace=name).encode())
+    log(f"wrote {path}: C++ namespace {name}, ghost_probability(const float* features)")

@@ -1,0 +1,60 @@
+"""Where an artifact comes from: the toolkit's version and git commit, the library
+versions, the date, the dataset, the search and its result.  Recorded in the saved
+config, the ONNX metadata and the C++ header's comment."""
+import datetime
+import os
+import platform
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def toolkit_version():
+    """pyproject.toml's version and, in a git checkout, the commit (+ "-dirty" with
+    uncommitted changes); "unknown" parts where they cannot be found."""
+    try:
+        import tomllib
+        with open(os.path.join(HERE, "pyproject.toml"), "rb") as f:
+            version = tomllib.load(f)["project"]["version"]
+    except (OSError, KeyError, ValueError, ImportError):
+        version = "unknown"
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", HERE, *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        commit += "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return version, commit
+
+
+def library_versions():
+    import onnx
+    import torch
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "onnx": str(onnx.__version__)}
+
+
+def record(dataset_prefix, meta, search, hyperparameters, test_metrics):
+    """The provenance of a trained model, plain data."""
+    version, commit = toolkit_version()
+    return {
+        "toolkit": f"ghost-tracks {version}", "commit": commit,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **library_versions(),
+        "dataset": {"prefix": os.path.abspath(dataset_prefix), "track": meta.track,
+                    "input_files": meta.input_files, "seed": meta.seed,
+                    "balance": meta.balance, "counts": meta.counts,
+                    "tracks_read": meta.tracks_read},
+        "search": search, "hyperparameters": hyperparameters,
+        "test_metrics": {k: v for k, v in test_metrics.items()
+                         if k in ("auc", "loss", "accuracy") or k.startswith("rejection@")},
+    }
+
+
+def comment_lines(prov):
+    """The provenance as `key: value` lines (nested values as compact JSON)."""
+    import json
+    return [f"{k}: {json.dumps(v, separators=(',', ':')) if isinstance(v, (dict, list)) else v}"
+            for k, v in prov.items()]
