@@ -37,7 +37,7 @@ from inputs import describe_source, guard, read_input, resolve_settings
 from kinematics import performance
 from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder
-from plots import FORMATS, PlotInput, pyplot, style
+from plots import PlotInput, add_format_option, parse_formats, pyplot, style
 from report import print_summary, write_analysis
 from rootio import write_root
 from scoring import CPU_BATCH, GPU_BATCH, load_model_file, score_model
@@ -116,8 +116,7 @@ def add_output_options(p):
     p.add_argument("--plots-dir", default="plots",
                    help="folder for plots, thresholds.csv, metrics.json, results.root and "
                         "index.html (default plots)")
-    p.add_argument("--format", default="png",
-                   help="figure formats, comma-separated: png, pdf (default png)")
+    add_format_option(p, "figure")
     p.add_argument("--show", action="store_true", help="also open the plots in windows")
     p.add_argument("--no-plots", action="store_true",
                    help="write the tables, metrics.json and results.root but no figures")
@@ -148,10 +147,7 @@ def check_args(args):
             raise GhostError("--features is empty")
         if len(set(features)) != len(features):
             raise GhostError(f"--features repeats a name: {','.join(features)}")
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",")
-                                  if f.strip()))
-    if not formats or any(f not in FORMATS for f in formats):
-        raise GhostError(f"--format must be png, pdf or both, got {args.format!r}")
+    formats = parse_formats(args.format)
     calibrate = args.calibrate
     if calibrate not in (None, "model"):
         calibrate = parse_numbers(calibrate, "--calibrate", 0.0, 1.0, open_=True)[0]

@@ -25,6 +25,7 @@ from features import (
     unfilled,
 )
 from outputs import AtomicOutputs, check_output_file, prepare_folder
+from plots import add_format_option, parse_formats
 from rootio import expand_inputs, read_root, stack_columns
 from utils import GhostError, Stopwatch, log, run_cli
 
@@ -58,8 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--plot-transformed", action="store_true",
                    help="with --plot: the features as network 1 sees them, after the "
                         "transform and standardization")
-    p.add_argument("--format", default="png",
-                   help="--plot's figure formats, comma-separated: png, pdf (default png)")
+    add_format_option(p, "--plot's figure")
     p.add_argument("--normalize", action="store_true",
                    help="min-max normalize the features into [0, 1] (for network 0)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
@@ -69,10 +69,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    args.formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",")
-                                       if f.strip()))
-    if not args.formats or any(f not in ("png", "pdf") for f in args.formats):
-        p.error(f"--format must be png, pdf or both, got {args.format!r}")
+    try:
+        args.formats = parse_formats(args.format)
+    except GhostError as e:
+        p.error(str(e))
     return args
 
 

@@ -87,13 +87,6 @@ def roc_counts(ss):
     return fp, tp, np.r_[s[last][::-1], -np.inf]
 
 
-def roc_curve(ss):
-    """Full ROC, one point per distinct score: fpr, tpr ascending and the threshold of
-    each point."""
-    fp, tp, t = roc_counts(ss)
-    return fp / max(len(ss.reals), 1), tp / max(len(ss.ghosts), 1), t
-
-
 def auc_from_counts(fp, tp, n_g, n_r):
     """Area under the ROC from its integer counts (trapezoids, ties counted half):
     the Mann-Whitney U statistic, exact in integers."""

@@ -20,6 +20,7 @@ from dataset import load_dataset, load_meta, load_spectators
 from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
 from outputs import AtomicOutputs, FolderLock, prepare_folder, remove_stale_temporaries
+from plots import add_format_option, parse_formats
 from search import SELECT, SPACES, TrialSetup, describe_params
 from trainer import SCHEDULES
 from utils import GhostError, Stopwatch, log, pick_device, run_cli
@@ -46,10 +47,10 @@ def parse_args(argv=None):
         p.error(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.gpu and args.nocuda:
         p.error("--gpu and --nocuda contradict each other")
-    args.formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",")
-                                       if f.strip()))
-    if not args.formats or any(f not in ("png", "pdf") for f in args.formats):
-        p.error(f"--format must be png, pdf or both, got {args.format!r}")
+    try:
+        args.formats = parse_formats(args.format)
+    except GhostError as e:
+        p.error(str(e))
     return args
 
 
@@ -112,9 +113,7 @@ def add_output_options(p):
                    help="write the model files (and the search's report in "
                         "OUTPUT_DIR/training_report)")
     p.add_argument("--output-dir", default=".", help="where --save writes (default .)")
-    p.add_argument("--format", default="png",
-                   help="the report's figure formats, comma-separated: png, pdf "
-                        "(default png)")
+    add_format_option(p, "the report's figure")
     p.add_argument("--path", default="ray_results",
                    help="folder for Ray's output: metrics and checkpoints (default ray_results)")
     p.add_argument("--name", default="ghost_search",
@@ -213,7 +212,8 @@ def finish(args, splits, meta, setup, params, state):
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
     rows = {"validation": evaluate(model, *valid, args.threshold, setup.weights),
             "test": evaluate(model, *test, args.threshold, setup.weights)}
-    scores = {"network": {s: predict(model, splits[s][0], device) for s in splits}}
+    wanted = splits if args.save else ("valid",)  # the report wants every split
+    scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
                         threshold=args.threshold, training=settings.to_dict(),
                         metrics=dict(rows), **model_record(meta, splits, scores["network"]),
@@ -225,7 +225,7 @@ def finish(args, splits, meta, setup, params, state):
         qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
                           setup.weights)
         rows["test (INT8)"] = evaluate(qmodel, *test, args.threshold, setup.weights)
-        scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in splits}
+        scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in wanted}
         qsaved = replace(saved, model=replace(config, int8=True),
                          metrics={**saved.metrics, "test": rows["test (INT8)"]},
                          **model_record(meta, splits, scores["INT8"]),
@@ -269,7 +269,7 @@ def references(args, splits, setup, spectators):
         from baseline import baseline_scores, fit_baseline
         clock = Stopwatch()
         trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
-        scores = {s: baseline_scores(trees, splits[s][0]) for s in splits}
+        scores = {"test": baseline_scores(trees, test_x)}
         p, y = scores["test"].astype(np.float64), test_y.ravel()
         w = (np.ones_like(y) if setup.weights is None else
              np.where(y > 0.5, setup.weights[1], setup.weights[0]))

@@ -15,7 +15,7 @@ from artifacts import SavedConfig, onnx_bytes
 from conftest import ROOT_DIR, assert_clean_error, run_script
 from dataset import load_meta, load_split
 from features import DEFAULT_TREE, LABEL, MinMax, features_for
-from metrics import SortedScores, analyse, rejection_at, roc_auc, roc_curve, threshold_table
+from metrics import SortedScores, analyse, rejection_at, roc_auc, threshold_table
 from utils import GhostError, plain
 
 # the seed's accuracy, ghost/real, confusion and rate plots, merged into one threshold scan
@@ -180,7 +180,7 @@ def test_roc_and_auc_against_brute_force():
     g, r = scores[labels], scores[~labels]
     pairs = (g[:, None] > r[None, :]).mean() + 0.5 * (g[:, None] == r[None, :]).mean()
     assert roc_auc(scores, labels) == pytest.approx(pairs, abs=1e-12)
-    fpr, tpr, thr = roc_curve(SortedScores.of(scores, labels))
+    fpr, tpr, thr = analyse(scores, labels, []).roc
     assert np.trapezoid(tpr, fpr) == pytest.approx(pairs, abs=1e-12)
     assert len(thr) == len(np.unique(scores)) + 1  # every distinct score, plus "all ghost"
     for t, x, y in zip(thr, fpr, tpr):
