@@ -114,6 +114,7 @@ def main():
                    help="cache folder for the sample and model (default /tmp/ghost_bench)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
+    args.cache = os.path.abspath(args.cache)  # the CLI runs with the cache as its folder
     sample, model_path = prepare(args.cache, args.tracks)
     import torch
     print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
