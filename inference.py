@@ -39,7 +39,7 @@ from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder
 from plots import PlotInput, add_format_option, parse_formats, pyplot, style
 from report import print_summary, write_analysis
-from rootio import write_root
+from rootio import add_threads_option, write_root
 from scoring import CPU_BATCH, GPU_BATCH, load_model_file, score_model
 from utils import GhostError, Stopwatch, log, parse_numbers, run_cli
 
@@ -82,6 +82,7 @@ def add_model_options(p):
                    help=f"tracks per scoring batch (default {CPU_BATCH} on CPU, "
                         f"{GPU_BATCH:,} on GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
+    add_threads_option(p)
 
 
 def add_analysis_options(p):
@@ -177,7 +178,7 @@ def load_input(args, source, settings, model):
     """The inputs.Input read from -f, and which tracks have every feature finite;
     the guard rails checked."""
     clock = Stopwatch()
-    inp = read_input(source, settings.features, args.tree)
+    inp = read_input(source, settings.features, args.tree, args.threads)
     if len(inp.data) == 0:
         raise GhostError(f"{args.filename} holds no tracks")
     finite = np.isfinite(inp.data).all(axis=1)

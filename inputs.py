@@ -56,12 +56,14 @@ class Input:
     columns: dict = None      # branches for the performance vs kinematics, where present
 
 
-def read_input(source, names, tree):
-    """Every entry of a .root file in entry order, or a dataset's test split (and
-    its train split); the label and the limit where the input has them."""
+def read_input(source, names, tree, threads=None):
+    """Every entry of a .root file in entry order (read with `threads`, see
+    rootio.read_root), or a dataset's test split (and its train split); the label
+    and the limit where the input has them."""
     if source.kind == "root":
         extra = [b for b in kinematics.BRANCHES if b not in names]
-        columns = read_root([source.path], tree, names, optional=(LABEL, LIMIT, *extra))
+        columns = read_root([source.path], tree, names, threads,
+                            optional=(LABEL, LIMIT, *extra))
         labels = columns.get(LABEL)
         if labels is not None:
             bad = ~np.isin(labels, (0.0, 1.0))

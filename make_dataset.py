@@ -26,7 +26,7 @@ from features import (
 )
 from outputs import AtomicOutputs, check_output_file, prepare_folder
 from plots import add_format_option, parse_formats
-from rootio import expand_inputs, read_root, stack_columns
+from rootio import add_threads_option, expand_inputs, read_root, stack_columns
 from utils import GhostError, Stopwatch, log, run_cli
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
@@ -64,8 +64,7 @@ def parse_args(argv=None):
                    help="min-max normalize the features into [0, 1] (for network 0)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="ROOT implicit multi-threading threads (default 0: off)")
+    add_threads_option(p)
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")

@@ -55,6 +55,22 @@ def rntuple_file(sample_dir):
 
 
 @pytest.fixture(scope="session")
+def clustered_file(sample_dir):
+    """50,000 matching tracks in 25 clusters of 2,000: ROOT's threads really
+    interleave them."""
+    import ROOT
+
+    from make_sample import generate
+    path = str(sample_dir / "clustered.root")
+    opts = ROOT.RDF.RSnapshotOptions()
+    opts.fAutoFlush = 2000
+    cols = generate(50_000, "matching", seed=4)
+    ROOT.RDF.FromNumpy(cols).Snapshot("kalman_validator/kalman_ip_tree", path, list(cols),
+                                      opts)
+    return path
+
+
+@pytest.fixture(scope="session")
 def raw_dataset(sample_dir, matching_file):
     """A matching dataset prefix with raw (unnormalized) features."""
     import make_dataset

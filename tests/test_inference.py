@@ -251,6 +251,25 @@ def test_root_output_is_a_friend_tree(trained, matching_file, reference, tmp_pat
     fin.Close()
 
 
+def test_parallel_read_gives_the_serial_per_track_output(trained, clustered_file, tmp_path):
+    """--threads 2 reads the 25 clusters in parallel, in any order; every track's
+    probability is still at its entry, as a serial read and a plain RDataFrame see it."""
+    outs = {}
+    for n in (1, 2):
+        outs[n] = tmp_path / f"p{n}.npy"
+        assert run("-f", clustered_file, "--model", trained["net1"], "--threads", n,
+                   "--output", outs[n], "--no-plots", "--plots-dir", tmp_path / "p") == 0
+    serial, threaded = np.load(outs[1]), np.load(outs[2])
+    np.testing.assert_array_equal(threaded, serial)
+    ROOT = rootio.import_root()
+    cols = ROOT.RDataFrame(DEFAULT_TREE, clustered_file).AsNumpy(MATCHING)
+    data = np.stack([np.asarray(cols[c], dtype=np.float32) for c in MATCHING], axis=1)
+    finite = np.isfinite(data).all(axis=1)
+    np.testing.assert_allclose(serial[finite], _torch_scores(trained, "net1", data[finite]),
+                               atol=1e-6)
+    assert np.isnan(serial[~finite]).all()
+
+
 def test_network0_uses_the_recorded_normalization(trained, matching_file, root_features,
                                                   tmp_path, capsys):
     """The file's own min/max differ from the recorded transform; only the recorded

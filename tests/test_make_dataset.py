@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -139,34 +140,36 @@ def test_rntuple_input(tmp_path, rntuple_file):
     assert json.load(open(prefix + "_features.json"))["tracks_read"] == 5000
 
 
-def test_threads_and_custom_tree_name(tmp_path):
-    import ROOT
-
-    from make_sample import generate
-    big = str(tmp_path / "big.root")  # 25 small clusters: threads really interleave them
-    opts = ROOT.RDF.RSnapshotOptions()
-    opts.fAutoFlush = 2000
-    cols = generate(50_000, "matching", seed=4)
-    ROOT.RDF.FromNumpy(cols).Snapshot("kalman_validator/kalman_ip_tree", big,
-                                      list(cols), opts)
+def test_threads_and_custom_tree_name(tmp_path, clustered_file):
     names = TRACK_FEATURES["matching"] + ["ghost"]
     tree = "kalman_validator/kalman_ip_tree"
-    serial, threaded = read_root([big], tree, names), read_root([big], tree, names, threads=2)
-    order = np.lexsort([serial[c] for c in reversed(names)])
-    for c in names:  # threads: rows in value order, whatever order the clusters came in
-        assert np.array_equal(threaded[c], serial[c][order], equal_nan=True)
-    assert np.array_equal(read_root([big], tree, names)["chi2"], serial["chi2"],
-                          equal_nan=True)  # and the next plain read is in entry order again
-    one = make(tmp_path, "-f", big, "--track", "matching", "--fraction", 1, name="one")
-    runs = [make(tmp_path, "-f", big, "--track", "matching", "--threads", 2,
-                 "--tree", "kalman_validator/kalman_ip_tree", name=f"mt{i}") for i in (1, 2)]
+    serial = read_root([clustered_file], tree, names, threads=1)
+    threaded = read_root([clustered_file], tree, names, threads=2)
+    for c in names:  # threads: the serial read's rows, entry for entry
+        assert np.array_equal(threaded[c], serial[c], equal_nan=True)
+    assert np.array_equal(read_root([clustered_file], tree, names)["chi2"], serial["chi2"],
+                          equal_nan=True)  # and the next read is in entry order too
+    runs = [make(tmp_path, "-f", clustered_file, "--track", "matching", "--threads", n,
+                 "--tree", "kalman_validator/kalman_ip_tree", name=f"mt{n}") for n in (1, 2)]
     a, b = load_dataset(runs[0]), load_dataset(runs[1])
-    for s in SPLITS:  # the same seed gives the same splits, however threads interleave
+    for s in SPLITS:  # the same seed gives the same splits, however many threads read
         assert np.array_equal(a[s][0], b[s][0]) and np.array_equal(a[s][1], b[s][1])
-    # and the threaded read kept the same ghosts as the single-threaded one
-    ghosts = [np.sort(np.concatenate([d[y.ravel() == 1] for d, y in load_dataset(p).values()]),
-                      axis=0) for p in (one, runs[0])]
-    assert np.array_equal(np.unique(ghosts[0], axis=0), np.unique(ghosts[1], axis=0))
+
+
+def test_parallel_read_of_several_files_keeps_entry_order(tmp_path, clustered_file,
+                                                          matching_file, rntuple_file):
+    names = TRACK_FEATURES["matching"] + ["ghost"]
+    files = [matching_file, clustered_file, rntuple_file, clustered_file + ".copy.root"]
+    shutil.copy(clustered_file, files[-1])
+    serial = read_root(files, TREE, names, threads=1)
+    threaded = read_root(files, TREE, names, threads=2)
+    for c in names:
+        assert np.array_equal(threaded[c], serial[c], equal_nan=True)
+
+
+def test_threads_must_be_positive(matching_file):
+    r = run_script("make_dataset.py", "-f", matching_file, "--threads", "0")
+    assert r.returncode == 2 and "--threads: must be a whole number" in r.stderr
 
 
 def test_plot_writes_one_png_per_feature(tmp_path, matching_file):
