@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metrics import EFFICIENCIES, SortedScores, auc_from_counts, rejection_at, roc_counts
+from metrics import EFFICIENCIES, SortedScores, auc_from_counts, kept_roc, rejection_at, roc_counts
 from utils import GhostError
 
 
@@ -15,7 +15,7 @@ from utils import GhostError
 class Curve:
     """One classifier's ROC and figures of merit on the shared tracks."""
     name: str
-    fpr: np.ndarray         # real tracks called ghost, ascending
+    fpr: np.ndarray         # real tracks called ghost, ascending (metrics.kept_roc)
     tpr: np.ndarray         # ghosts called ghost
     auc: float
     rejection: list         # metrics.rejection_at
@@ -26,7 +26,7 @@ class Curve:
         ss = SortedScores.of(scores, labels)
         fp, tp, _ = roc_counts(ss)
         n_g, n_r = len(ss.ghosts), len(ss.reals)
-        return cls(name, fp / max(n_r, 1), tp / max(n_g, 1),
+        return cls(name, *kept_roc(fp / max(n_r, 1), tp / max(n_g, 1)),
                    auc_from_counts(fp, tp, n_g, n_r), rejection_at(ss), macs)
 
     @classmethod

@@ -72,37 +72,37 @@ def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, 
 
 # --- performance vs kinematics ------------------------------------------------
 
-def kinematics_figures(plt, performance, title):
-    """[(stem, figure, caption)]: real-track efficiency and ghost rejection against
-    each variable of kinematics.performance, one curve per working point."""
-    figures = []
-    for name, v in performance.items():
-        edges = np.asarray(v["edges"])
-        width = np.diff(edges).mean()
-        lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
-        hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
-        bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
-        centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
-                                                                             bounds[:-1])
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
-        for wp in v["points"]:
-            label = f"{wp['label']} (p > {wp['threshold']:.3f})"
-            ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
-                        ms=3, label=label)
-            ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
-                         ms=3, label=label)
-        for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
-            if v["log"]:
-                a.set_xscale("log")
-            a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
-            a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
-            decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
-                     "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
-                     loc="best")
-        figures.append((f"kinematics_{name}", fig,
-                        f"Real-track efficiency and ghost rejection at the working points vs "
-                        f"{v['label']}, binomial uncertainties."))
-    return figures
+def kinematics_caption(v):
+    return (f"Real-track efficiency and ghost rejection at the working points vs "
+            f"{v['label']}, binomial uncertainties.")
+
+
+def kinematics_figure(plt, name, v, title):
+    """Real-track efficiency and ghost rejection against one variable of
+    kinematics.performance (`v`), one curve per working point."""
+    edges = np.asarray(v["edges"])
+    width = np.diff(edges).mean()
+    lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
+    hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
+    bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
+    centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
+                                                                         bounds[:-1])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    for wp in v["points"]:
+        label = f"{wp['label']} (p > {wp['threshold']:.3f})"
+        ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
+                    ms=3, label=label)
+        ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
+                     ms=3, label=label)
+    for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
+        if v["log"]:
+            a.set_xscale("log")
+        a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
+        a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
+        decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
+                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
+                 loc="best")
+    return fig
 
 
 # --- the training report ------------------------------------------------------

@@ -40,8 +40,10 @@ from outputs import AtomicOutputs, check_output_file, prepare_folder
 from plots import PlotInput, add_format_option, parse_formats, pyplot, style
 from report import print_summary, write_analysis
 from rootio import add_threads_option, write_root
-from scoring import CPU_BATCH, GPU_BATCH, load_model_file, score_model
-from utils import GhostError, Stopwatch, log, parse_numbers, run_cli
+from scoring import BACKENDS, GPU_BATCH, cross_check, load_model_file, score_model
+from utils import GhostError, Stopwatch, log, parse_numbers, run_cli, warn
+
+CROSS_CHECK_TOLERANCE = 1e-5  # float32 engines agree to ~1e-7 on a probability
 
 
 def parse_args(argv=None):
@@ -76,11 +78,16 @@ def add_model_options(p):
                    help="the model is INT8-quantized (.pth: config with int8; .onnx: "
                         "QuantizeLinear/DequantizeLinear, run with onnxruntime)")
     p.add_argument("--nocuda", action="store_true", help="do not use CUDA")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                   help="scoring engine (default torch; onnxruntime as a cross-check)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="scoring engine: torch (an .onnx through onnx2torch) or onnxruntime; "
+                        "auto (default): onnxruntime for an .onnx on the CPU, torch on a "
+                        "GPU and for a .pth")
+    p.add_argument("--cross-check", action="store_true",
+                   help="score up to 100,000 tracks again with the other engine and report "
+                        "the largest difference")
     p.add_argument("--batch", type=int,
-                   help=f"tracks per scoring batch (default {CPU_BATCH} on CPU, "
-                        f"{GPU_BATCH:,} on GPU)")
+                   help="tracks per scoring batch (default: from the model's size on the "
+                        f"CPU, 4,096-131,072; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     add_threads_option(p)
 
@@ -184,7 +191,7 @@ def load_input(args, source, settings, model):
     finite = np.isfinite(inp.data).all(axis=1)
     log(f"read {len(inp.data):,} tracks from {args.filename} in {clock():.1f} s"
         + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
-    guard(source, args.tree, settings.track, model, settings.features, inp.data)
+    guard(source, args.tree, settings.track, model, settings.features, inp.data, finite)
     if settings.normalization is not None:
         log(f"normalized with the transform recorded in {settings.normalization_origin}")
     return inp, finite
@@ -200,6 +207,20 @@ def score_input(args, model, settings, inp, finite):
     rate = len(inp.data) / seconds if seconds > 0 else float("inf")
     log(f"scored {len(inp.data):,} tracks in {seconds:.3f} s: {rate / 1e6:,.1f} M tracks/s "
         f"({desc})")
+    check = None
+    if args.cross_check:
+        check = cross_check(model, inp.data, finite, scores,
+                            "onnxruntime" if desc.startswith("onnxruntime") else "torch",
+                            settings.normalization, args.nocuda)
+        if check is None:
+            log("cross-check: no second engine runs an INT8 .onnx model (onnx2torch cannot "
+                "convert it)")
+        else:
+            log(f"cross-check with {check['engine']} on {check['tracks']:,} tracks: largest "
+                f"difference {check['max_abs_diff']:.2e}")
+            if check["max_abs_diff"] > CROSS_CHECK_TOLERANCE:
+                warn(f"the two engines differ by {check['max_abs_diff']:.2e} (more than "
+                     f"{CROSS_CHECK_TOLERANCE:g}): the model does not compute the same in both")
     n_bad = int((~finite).sum())
     if n_bad:
         log(f"{n_bad:,} tracks have a non-finite feature: their probability is NaN "
@@ -209,12 +230,13 @@ def score_input(args, model, settings, inp, finite):
         train_finite = np.isfinite(inp.train[0]).all(axis=1)
         train_scores = score_model(model, inp.train[0], train_finite, settings.normalization,
                                    args.backend, args.nocuda, args.batch)[0]
-    return scores, train_scores, desc, seconds
+    return scores, train_scores, desc, seconds, check
 
 
 def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
     """The metrics.Analysis of the finite, labelled scores, or None (said why);
-    `cuts`: (thresholds, working points' efficiencies)."""
+    `scores`, `labels`: the finite tracks' (finite_part); `cuts`: (thresholds,
+    working points' efficiencies)."""
     if labels is None:
         log(f"metrics need labels: {where} has no {LABEL!r} branch, so only the "
             "probabilities are written" + ("" if output_asked else " (none asked: --output)"))
@@ -222,8 +244,8 @@ def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
     if not finite.any():
         log("no track has all its features finite: nothing to analyse")
         return None
-    n_ghost = int(labels[finite].sum())
-    if n_ghost in (0, int(finite.sum())):
+    n_ghost = int(labels.sum())
+    if n_ghost in (0, len(labels)):
         log(f"note: only {'real tracks' if n_ghost == 0 else 'ghosts'} among the scored "
             "tracks: the rates of the missing class, ROC AUC and ghost rejection are "
             "undefined (nan)")
@@ -231,9 +253,17 @@ def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
         own = float(model.saved.threshold)
     except (TypeError, ValueError):
         own = None
-    return analyse(scores[finite], labels[finite], cuts[0],
+    return analyse(scores, labels, cuts[0],
                    own if own is not None and 0.0 <= own <= 1.0 else None,
                    efficiencies=cuts[1], model_point=model.saved.working_point)
+
+
+def finite_part(values, finite):
+    """values of the tracks with every feature finite (None stays None): a view,
+    not a copy, where every track is."""
+    if values is None:
+        return None
+    return values if finite.all() else values[finite]
 
 
 def compare_curves(args, model, source, settings, inp, finite, analysis):
@@ -241,7 +271,7 @@ def compare_curves(args, model, source, settings, inp, finite, analysis):
     it) on the same finite, labelled tracks: a list of compare.Curve."""
     names = curve_names([args.model] + (args.compare or []))
     curves = [Curve.from_analysis(names[0], analysis, model_macs(model))]
-    labels = inp.labels[finite]
+    labels = finite_part(inp.labels, finite)
     for name, (path, config) in zip(names[1:], compared_model_paths(args.compare or [])):
         other = load_model_file(path, config)
         theirs = resolve_settings(other, source)
@@ -250,9 +280,9 @@ def compare_curves(args, model, source, settings, inp, finite, analysis):
                              f"not the {','.join(settings.features)} of {args.model}")
         scores = score_model(other, inp.data, finite, theirs.normalization, args.backend,
                              args.nocuda, args.batch)[0]
-        curves.append(Curve.of(name, scores[finite], labels, model_macs(other)))
+        curves.append(Curve.of(name, finite_part(scores, finite), labels, model_macs(other)))
     if inp.limit is not None:
-        curves.append(Curve.of(f"limit ({LIMIT})", inp.limit[finite], labels))
+        curves.append(Curve.of(f"limit ({LIMIT})", finite_part(inp.limit, finite), labels))
     return curves
 
 
@@ -282,7 +312,9 @@ def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
     what the figures draw: (Analysis, extra metrics.json entries, PlotInput), or
     Nones."""
     scores, train_scores = scored
-    analysis = analyse_scores(model, scores, inp.labels, finite, cuts, args.filename,
+    labels = finite_part(inp.labels, finite)
+    finite_scores = finite_part(scores, finite)
+    analysis = analyse_scores(model, finite_scores, labels, finite, cuts, args.filename,
                               bool(args.output))
     if analysis is None:
         return None, {}, None
@@ -300,8 +332,8 @@ def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
         log(f"gap to the limit: AUC {gap['auc_gap']:.4f} lower; "
             f"{gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
             "99 % real-track efficiency")
-    columns = {k: v[finite] for k, v in (inp.columns or {}).items()}
-    perf = performance(columns, scores[finite], inp.labels[finite], analysis.working_points)
+    columns = {k: finite_part(v, finite) for k, v in (inp.columns or {}).items()}
+    perf = performance(columns, finite_scores, labels, analysis.working_points)
     extra["kinematics"] = perf
     title = (f"{os.path.basename(args.model)} on {os.path.basename(args.filename)}"
              f" ({analysis.n:,} tracks)")
@@ -385,7 +417,8 @@ def main(argv=None):
     if args.export_cpp:
         write_header(model, args.export_cpp)
     inp, finite = load_input(args, source, settings, model)
-    scores, train_scores, desc, seconds = score_input(args, model, settings, inp, finite)
+    scores, train_scores, desc, seconds, check = score_input(args, model, settings, inp,
+                                                             finite)
     analysis, extra, plot_input = analyse_input(args, model, source, settings, inp, finite,
                                                 (scores, train_scores),
                                                 (thresholds, efficiencies))
@@ -395,6 +428,8 @@ def main(argv=None):
                                                plot_input.title, args.seed)
         extra["ranking"], ranking_files = ranked, (figures, csv)
     context = run_context(args, source, model, settings, scores, finite, desc, seconds)
+    if check is not None:
+        context["cross_check"] = check
     if calibrate is not None:
         scores, prior = calibrated(scores, model, calibrate)
         context["output_calibrated_to_ghost_fraction"] = prior

@@ -102,7 +102,7 @@ def read_input(source, names, tree, threads=None):
 OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
 
 
-def guard(source, tree, track, model, names, data):
+def guard(source, tree, track, model, names, data, finite=None):
     """Guard rails: does the input look like what the model was trained on?
 
     - features constant here but not in training (or, for a model that records no
@@ -110,24 +110,21 @@ def guard(source, tree, track, model, names, data):
       branch is empty;
     - features outside the model's training range for more than 1 % of the tracks.
     One warning line names them with their fractions; where half the features or more
-    are constant the scores mean nothing, and it is an error."""
-    finite = np.isfinite(data).all(axis=1)
-    x = data[finite]
+    are constant the scores mean nothing, and it is an error.  `finite`: the rows
+    with every feature finite (computed if not given)."""
+    if finite is None:
+        finite = np.isfinite(data).all(axis=1)
     ranges = model.saved.training_ranges or {}
-    if len(x) == 0:
+    lo, hi, outside_fraction = column_stats(data, finite, [ranges.get(n) for n in names])
+    if lo is None:
         return
-    lo, hi = x.min(axis=0), x.max(axis=0)
     if ranges:
         constant = [n for j, n in enumerate(names)
                     if lo[j] == hi[j] and n in ranges and ranges[n][0] < ranges[n][1]]
     else:
         constant = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
-    outside = {}
-    for j, n in enumerate(names):
-        if n in ranges and n not in constant:
-            frac = float(np.mean((x[:, j] < ranges[n][0]) | (x[:, j] > ranges[n][1])))
-            if frac > OUTSIDE_WARNING:
-                outside[n] = frac
+    outside = {n: float(outside_fraction[j]) for j, n in enumerate(names)
+               if n in ranges and n not in constant and outside_fraction[j] > OUTSIDE_WARNING}
     if not constant and not outside:
         return
     parts = []
@@ -151,6 +148,24 @@ def guard(source, tree, track, model, names, data):
                          "carry no information here, so its scores would mean nothing")
     warn(f"{message}; the model sees inputs unlike its training data, so its scores and "
          "metrics are not meaningful")
+
+
+def column_stats(data, finite, ranges, chunk=1 << 18):
+    """Per column of data's finite rows: (min, max, fraction outside its range, 0
+    where `ranges` has None), or Nones without a finite row; in chunks of rows, so
+    nothing the size of `data` is copied."""
+    lo_r = np.array([r[0] if r else -np.inf for r in ranges], dtype=np.float64)
+    hi_r = np.array([r[1] if r else np.inf for r in ranges], dtype=np.float64)
+    lo = np.full(data.shape[1], np.inf)
+    hi = np.full(data.shape[1], -np.inf)
+    outside = np.zeros(data.shape[1], dtype=np.int64)
+    for start in range(0, len(data), chunk):
+        x = data[start:start + chunk][finite[start:start + chunk]]
+        if len(x):
+            lo, hi = np.minimum(lo, x.min(axis=0)), np.maximum(hi, x.max(axis=0))
+            outside += ((x < lo_r) | (x > hi_r)).sum(axis=0)
+    n = int(finite.sum())
+    return (None, None, None) if n == 0 else (lo, hi, outside / n)
 
 
 @dataclass

@@ -57,27 +57,54 @@ def _binomial(k, n):
         return f, np.where(n > 0, np.sqrt(f * (1 - f) / np.maximum(n, 1)), np.nan)
 
 
+def edges_at_or_below(x, edges):
+    """For each value of x, how many of the ascending `edges` are <= it (NaN: all),
+    as np.searchsorted(edges, x, side="right") gives it, compared in float64 but
+    without converting x: one comparison per edge."""
+    if len(edges) >= 255:
+        return np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right")
+    count = np.zeros(len(x), dtype=np.uint8)
+    for e in edges:
+        count += x >= np.float64(e)
+    nan = np.isnan(x)
+    if nan.any():
+        count[nan] = len(edges)
+    return count.astype(np.intp)
+
+
 def performance(columns, scores, labels, working_points):
     """{variable: {"edges", "n_real", "n_ghost", "points": [{efficiency target,
     threshold, efficiency, efficiency_error, rejection, rejection_error}]}} for the
-    tracks given (finite and labelled); `working_points`: metrics.rejection_at rows."""
+    tracks given (finite and labelled); `working_points`: metrics.rejection_at rows.
+
+    One pass per variable: each track's bin, class and "level" (how many of the
+    working points' cuts its score is above) are counted by one bincount, and every
+    working point's counts are sums over levels."""
+    cuts = np.array([wp["threshold"] for wp in working_points], dtype=np.float64)
+    ranks = np.argsort(np.argsort(cuts, kind="stable"), kind="stable")
+    levels = len(cuts) + 1
+    level = np.zeros(len(scores), dtype=np.intp)  # how many cuts each score is above
+    for cut in cuts:
+        level += scores > np.float64(cut)
+    labels = np.asarray(labels, dtype=bool)
     out = {}
     for var in available(columns):
         x = COMPUTE[var.name](columns)
         # bin 0 underflow, len(edges) overflow
-        bins = np.searchsorted(np.asarray(var.edges), x, side="right")
+        bins = edges_at_or_below(x, var.edges)
         size = len(var.edges) + 1
-        n_real = np.bincount(bins[~labels], minlength=size)
-        n_ghost = np.bincount(bins[labels], minlength=size)
+        code = (bins * 2 + labels) * levels + level
+        counts = np.bincount(code, minlength=size * 2 * levels).reshape(size, 2, levels)
+        n_real, n_ghost = counts[:, 0].sum(axis=1), counts[:, 1].sum(axis=1)
         points = []
-        for wp in working_points:
-            cut = wp["threshold"]
-            kept = np.bincount(bins[~labels & (scores <= cut)], minlength=size)
-            removed = np.bincount(bins[labels & (scores > cut)], minlength=size)
+        for wp, r in zip(working_points, ranks):
+            # score > cut exactly when more than r of the sorted cuts are below it
+            kept = counts[:, 0, :r + 1].sum(axis=1)
+            removed = counts[:, 1, r + 1:].sum(axis=1)
             eff, eff_err = _binomial(kept, n_real)
             rej, rej_err = _binomial(removed, n_ghost)
             points.append({"label": wp["label"], "target_efficiency": wp["target_efficiency"],
-                           "threshold": cut,
+                           "threshold": wp["threshold"],
                            "real_kept": kept, "ghosts_removed": removed,
                            "efficiency": eff, "efficiency_error": eff_err,
                            "rejection": rej, "rejection_error": rej_err})

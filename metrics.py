@@ -40,11 +40,36 @@ class SortedScores:
 
     @classmethod
     def of(cls, scores, labels):
-        scores = np.asarray(scores, dtype=np.float64).ravel()
+        scores = np.asarray(scores).ravel()
         labels = np.asarray(labels).ravel().astype(bool)
-        order = np.argsort(scores, kind="stable")
-        s, y = scores[order], labels[order]
+        s32 = scores.astype(np.float32, copy=False)
+        if scores.dtype != np.float32 and not np.array_equal(s32, scores, equal_nan=True):
+            order = np.argsort(scores, kind="stable")  # not float32: the general sort
+            s, y = scores[order].astype(np.float64), labels[order]
+        else:
+            s, y = sort_with_labels(s32, labels)
         return cls(s, y, s[y], s[~y])
+
+
+def sort_with_labels(scores, labels):
+    """float32 scores ascending (as float64) and their labels, by one integer sort
+    instead of an argsort: each score's bits made order-preserving as an unsigned
+    integer, the label appended as the lowest bit.  Probabilities (sign bit clear)
+    fit in 32 bits, any other float32 in 64; NaN sorts last, as in np.sort."""
+    bits = scores.view(np.uint32)
+    if len(bits) and int(bits.max()) < 0x80000000:  # no negative number, no -0.0
+        key = (bits << np.uint32(1)) | labels.astype(np.uint32)
+        key.sort()
+        y = (key & np.uint32(1)).astype(bool)
+        key >>= np.uint32(1)
+        return key.view(np.float32).astype(np.float64), y
+    flip = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    key = (flip.astype(np.uint64) << np.uint64(1)) | labels.astype(np.uint64)
+    key.sort()
+    y = (key & np.uint64(1)).astype(bool)
+    flip = (key >> np.uint64(1)).astype(np.uint32)
+    bits = np.where(flip >> np.uint32(31), flip & np.uint32(0x7FFFFFFF), ~flip)
+    return bits.view(np.float32).astype(np.float64), y
 
 
 def threshold_table(ss, thresholds):
@@ -78,13 +103,19 @@ def roc_counts(ss):
     """(fp, tp, thresholds) at every distinct score, from the highest down (ghost when
     score > t), then everything a ghost (t = -inf): integer counts."""
     s, y = ss.scores, ss.labels
-    last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, dtype=bool)
-    ghosts_le = np.cumsum(y)[last]
-    reals_le = np.cumsum(~y)[last]
     n_g, n_r = len(ss.ghosts), len(ss.reals)
-    tp = np.r_[(n_g - ghosts_le)[::-1], n_g]
-    fp = np.r_[(n_r - reals_le)[::-1], n_r]
-    return fp, tp, np.r_[s[last][::-1], -np.inf]
+    last = np.empty(len(s), dtype=bool)  # the last of each run of equal scores
+    np.not_equal(s[1:], s[:-1], out=last[:-1])
+    last[-1:] = True
+    idx = np.flatnonzero(last)
+    ghosts_le = np.cumsum(y, dtype=np.int64)[idx]
+    reals_le = idx + 1 - ghosts_le
+    tp, fp = np.empty(len(idx) + 1, dtype=np.int64), np.empty(len(idx) + 1, dtype=np.int64)
+    tp[:-1], tp[-1] = n_g - ghosts_le[::-1], n_g
+    fp[:-1], fp[-1] = n_r - reals_le[::-1], n_r
+    thresholds = np.empty(len(idx) + 1)
+    thresholds[:-1], thresholds[-1] = s[idx][::-1], -np.inf
+    return fp, tp, thresholds
 
 
 def auc_from_counts(fp, tp, n_g, n_r):
@@ -92,9 +123,36 @@ def auc_from_counts(fp, tp, n_g, n_r):
     the Mann-Whitney U statistic, exact in integers."""
     if n_g == 0 or n_r == 0:
         return float("nan")
-    fp, tp = np.r_[0, fp].astype(np.int64), np.r_[0, tp].astype(np.int64)
-    twice_area = int(np.sum(np.diff(fp) * (tp[1:] + tp[:-1])))
+    fp, tp = np.asarray(fp, dtype=np.int64), np.asarray(tp, dtype=np.int64)
+    heights = tp.copy()  # tp[i] + tp[i - 1], with tp[-1] = 0
+    heights[1:] += tp[:-1]
+    twice_area = int(np.dot(np.diff(fp, prepend=0), heights))
     return twice_area / (2.0 * n_g * n_r)
+
+
+ROC_POINTS = 100_000  # a longer ROC is kept downsampled (downsample_roc)
+
+
+def downsample_roc(fpr, tpr, points=2000):
+    """Indices of a few thousand ROC points, dense where either rate changes, and at
+    the low-fpr end on a log scale."""
+    if len(fpr) <= 2 * points:
+        return np.arange(len(fpr))
+    grid = np.linspace(0.0, 1.0, points)
+    idx = np.concatenate([np.searchsorted(fpr, grid), np.searchsorted(tpr, grid),
+                          np.searchsorted(fpr, np.geomspace(1e-6, 1, points)),
+                          [0, len(fpr) - 1]])
+    return np.unique(np.clip(idx, 0, len(fpr) - 1))
+
+
+def kept_roc(fpr, tpr, thresholds=None):
+    """The ROC as analyses keep it: every point up to ROC_POINTS, else the
+    downsample_roc points (plots and results.root draw no more)."""
+    if len(fpr) <= ROC_POINTS:
+        return (fpr, tpr) if thresholds is None else (fpr, tpr, thresholds)
+    keep = downsample_roc(fpr, tpr, points=ROC_POINTS // 20)
+    out = (fpr[keep], tpr[keep])
+    return out if thresholds is None else out + (thresholds[keep],)
 
 
 def roc_auc(scores, labels):
@@ -143,7 +201,7 @@ class Analysis:
     true_ghost: float
     true_real: float
     table: dict              # threshold -> metrics (threshold_table)
-    roc: tuple               # fpr, tpr, thresholds
+    roc: tuple               # fpr, tpr, thresholds (kept_roc: downsampled when long)
     auc: float
     rejection: list          # rejection_at EFFICIENCIES
     ghosts: np.ndarray       # sorted scores of each class
@@ -190,15 +248,16 @@ def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99
         best[key] = row(table, int(np.nanargmax(v))) if np.isfinite(v).any() else None
     j = tpr - fpr
     i = int(np.argmax(j))
+    best_any = {"threshold": float(roc_t[i]), "youden_j": float(j[i]),
+                "sensitivity": float(tpr[i]), "specificity": float(1 - fpr[i])}
+    del j
     return Analysis(
         n=n_g + n_r, n_ghost=n_g, n_real=n_r,
         true_ghost=float(ratio(n_g, n_g + n_r)), true_real=float(ratio(n_r, n_g + n_r)),
-        table=table, roc=(fpr, tpr, roc_t), auc=auc_from_counts(fp, tp, n_g, n_r),
+        table=table, roc=kept_roc(fpr, tpr, roc_t), auc=auc_from_counts(fp, tp, n_g, n_r),
         rejection=rejection_at(ss), ghosts=ss.ghosts, reals=ss.reals,
         best_youden_j=best["youden_j"], best_f1=best["f1"],
-        best_youden_j_any_cut={"threshold": float(roc_t[i]), "youden_j": float(j[i]),
-                               "sensitivity": float(tpr[i]),
-                               "specificity": float(1 - fpr[i])},
+        best_youden_j_any_cut=best_any,
         model_threshold=(row(threshold_table(ss, [float(model_threshold)]), 0)
                          if model_threshold is not None else None),
         working_points=working_points(ss, efficiencies, model_point) if n_g and n_r else [])

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metrics import downsample_roc
+
 THRESHOLD_AXIS = "threshold (ghost when probability > threshold)"
 SCORE_AXIS = "ghost probability (model output)"
 PER_BIN_AXIS = "fraction of the class per bin (0.01 wide)"
@@ -159,18 +161,6 @@ def confusion(plt, p):
     return fig
 
 
-def downsample_roc(fpr, tpr, points=2000):
-    """Indices of a few thousand ROC points, dense where either rate changes, and at
-    the low-fpr end on a log scale."""
-    if len(fpr) <= 2 * points:
-        return np.arange(len(fpr))
-    grid = np.linspace(0.0, 1.0, points)
-    idx = np.concatenate([np.searchsorted(fpr, grid), np.searchsorted(tpr, grid),
-                          np.searchsorted(fpr, np.geomspace(1e-6, 1, points)),
-                          [0, len(fpr) - 1]])
-    return np.unique(np.clip(idx, 0, len(fpr) - 1))
-
-
 def roc(plt, p):
     """The ROC, linear, and with the real-track inefficiency on a log axis: the region
     near 100 % efficiency where HLT1 cuts."""
@@ -300,18 +290,92 @@ FIGURES = {
 }
 
 
+def figure_jobs(p):
+    """[(stem, draw(plt) -> Figure, caption)]: every figure of FIGURES and of the
+    kinematics that `p` has data for."""
+    from functools import partial
+
+    from diagnostic_plots import kinematics_caption, kinematics_figure
+    jobs = [(stem, partial(draw, p=p), caption)
+            for stem, (draw, applies, caption) in FIGURES.items() if applies(p)]
+    jobs += [(f"kinematics_{name}", partial(kinematics_figure, name=name, v=v, title=p.title),
+              kinematics_caption(v)) for name, v in (p.kinematics or {}).items()]
+    return jobs
+
+
 def write_analysis_figures(p, plots_dir, out, show=False, formats=("png",)):
-    """Every figure of FIGURES (and of the kinematics) that `p` has data for;
-    returns ([(file names, caption)], figures kept open to be shown)."""
-    from diagnostic_plots import kinematics_figures
-    written, kept = [], []
+    """Every figure of figure_jobs(p), drawn and written by draw_figures; returns
+    ([(file names, caption)], figures kept open to be shown)."""
+    pending = draw_figures(figure_jobs(p), plots_dir, out, show, formats)
+    return pending.wait()
+
+
+def _draw_job(job, targets, keep=False):
+    """Draw one job and write it to its temporary files; the Figure if kept."""
+    stem, draw, _ = job
     with style() as plt:
-        figures = [(stem, draw(plt, p), caption)
-                   for stem, (draw, applies, caption) in FIGURES.items() if applies(p)]
-        figures += kinematics_figures(plt, p.kinematics or {}, p.title)
-        for stem, fig, caption in figures:
-            names = save_figure(out, os.path.join(plots_dir, f"{stem}.png"), fig, keep=show,
-                                formats=formats)
-            written.append((names, caption))
-            kept += [fig] if show else []
-    return written, kept
+        fig = draw(plt)
+        with warnings.catch_warnings():  # axes tight_layout cannot place (a colorbar)
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+        for tmp in targets:
+            fig.savefig(tmp, dpi=100)
+        if not keep:
+            plt.close(fig)
+    return fig if keep else None
+
+
+_JOBS = []  # what forked workers draw: (job, temporary files), set before the fork
+
+
+def _draw_in_worker(index):
+    job, targets = _JOBS[index]
+    _draw_job(job, targets)
+    return index
+
+
+class PendingFigures:
+    """Figures being drawn, in forked worker processes or already here; wait()
+    returns ([(file names, caption)], figures kept open)."""
+
+    def __init__(self, written, kept, pool=None, result=None):
+        self.written, self.kept, self.pool, self.result = written, kept, pool, result
+
+    def wait(self):
+        if self.pool is not None:
+            try:
+                self.result.get()
+            finally:
+                self.cancel()
+        return self.written, self.kept
+
+    def cancel(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+def draw_figures(jobs, plots_dir, out, show=False, formats=("png",), workers=None):
+    """Start drawing `jobs` (figure_jobs) into plots_dir through `out`
+    (outputs.AtomicOutputs): with several cores, in forked worker processes (one
+    per core, at most one per figure), so the caller can write its other outputs
+    meanwhile; here, one by one, when there is one core or the figures are to be
+    shown.  Returns a PendingFigures."""
+    import multiprocessing
+    written, targets = [], []
+    for stem, _, caption in jobs:
+        files = [out.tmp(os.path.join(plots_dir, f"{stem}.{fmt}")) for fmt in formats]
+        targets.append(files)
+        written.append(([f"{stem}.{fmt}" for fmt in formats], caption))
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), len(jobs))
+    if show or workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        kept = [_draw_job(job, files, keep=show) for job, files in zip(jobs, targets)]
+        return PendingFigures(written, [f for f in kept if f is not None])
+    with style():  # matplotlib, mplhep and the fonts loaded once, before the fork
+        pass
+    _JOBS[:] = list(zip(jobs, targets))
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    return PendingFigures(written, [], pool, pool.map_async(_draw_in_worker, range(len(jobs)),
+                                                            chunksize=1))

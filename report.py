@@ -152,7 +152,8 @@ def results_root(a, scores_by_split, table_rows):
     """(histograms, graphs, table) for rootio.write_results: score histograms per class
     and split, ROC and rejection curves, the threshold table (with the working points,
     working_point = their target efficiency, 0 for the scan)."""
-    from plots import SCORE_BINS, downsample_roc
+    from metrics import downsample_roc
+    from plots import SCORE_BINS
     histograms = {}
     for split, (scores, labels) in scores_by_split.items():
         ok = np.isfinite(scores)
@@ -179,9 +180,35 @@ def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",),
     with formats=() no figure is drawn."""
     import os
 
-    from plots import save_figure, write_analysis_figures
-    from utils import GhostError
+    from plots import draw_figures, figure_jobs, save_figure
     files = ["metrics.json", "thresholds.csv"]
+    pending = None
+    if formats:  # drawn meanwhile, in worker processes where there are several cores
+        pending = draw_figures(figure_jobs(plot_input), folder, out, show, formats)
+    try:
+        files += write_tables(out, folder, a, extra, plot_input, context, scores_by_split)
+    except BaseException:
+        if pending:
+            pending.cancel()
+        raise
+    figures, kept = pending.wait() if pending else ([], [])
+    for stem, fig, caption in extra_figures:
+        figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
+                                    formats=formats), caption))
+    out.save_bytes(os.path.join(folder, "index.html"),
+                   index_html(plot_input.title, figures, summary(a, extra),
+                              a.working_points).encode())
+    files.append("index.html")
+    return [n for names, _ in figures for n in names] + files, kept
+
+
+def write_tables(out, folder, a, extra, plot_input, context, scores_by_split):
+    """metrics.json, thresholds.csv, comparison.csv (with several classifiers) and
+    results.root (where ROOT is installed): the names written after the first two."""
+    import os
+
+    from utils import GhostError
+    files = []
     out.save_json(os.path.join(folder, "metrics.json"), metrics_record(a, extra, context))
     out.save_bytes(os.path.join(folder, "thresholds.csv"),
                    table_csv(a.table, a.working_points).encode())
@@ -190,12 +217,6 @@ def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",),
         out.save_bytes(os.path.join(folder, "comparison.csv"),
                        comparison_csv(plot_input.curves).encode())
         files.append("comparison.csv")
-    figures, kept = [], []
-    if formats:
-        figures, kept = write_analysis_figures(plot_input, folder, out, show, formats)
-        for stem, fig, caption in extra_figures:
-            figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
-                                        formats=formats), caption))
     if scores_by_split:
         rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
         rows += [{**w, "target_efficiency_wp": w["target_efficiency"]}
@@ -208,8 +229,4 @@ def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",),
             files.append("results.root")
         except GhostError as e:
             log(f"note: no results.root ({e})")
-    out.save_bytes(os.path.join(folder, "index.html"),
-                   index_html(plot_input.title, figures, summary(a, extra),
-                              a.working_points).encode())
-    files.append("index.html")
-    return [n for names, _ in figures for n in names] + files, kept
+    return files

@@ -357,7 +357,8 @@ def stack_columns(columns, names, rows=None):
 def write_results(path, histograms, graphs, table, shown=None):
     """Results for ROOT users, as TMVA writes them: `histograms` {name: (counts,
     edges, title)} as TH1D, `graphs` {name: (x, y, title)} as TGraph, and `table`
-    {column: array} as the TTree `thresholds`."""
+    {column: array} as the TTree `thresholds` (filled row by row: a few dozen rows,
+    where RDataFrame's Snapshot would spend seconds compiling)."""
     ROOT = import_root()
     try:
         f = ROOT.TFile.Open(path, "RECREATE")
@@ -366,8 +367,7 @@ def write_results(path, histograms, graphs, table, shown=None):
         keep = []
         for name, (counts, edges, title) in histograms.items():
             h = ROOT.TH1D(name, title, len(counts), np.asarray(edges, dtype=np.float64))
-            for i, c in enumerate(counts, 1):
-                h.SetBinContent(i, float(c))
+            h.SetContent(np.r_[0.0, np.asarray(counts, dtype=np.float64), 0.0])
             h.SetEntries(float(np.sum(counts)))
             h.Write()
             keep.append(h)
@@ -377,13 +377,17 @@ def write_results(path, histograms, graphs, table, shown=None):
             g.SetNameTitle(name, title)
             g.Write(name)
             keep.append(g)
+        columns = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in table.items()}
+        buffers = {k: np.zeros(1, dtype=np.float64) for k in columns}
+        tree = ROOT.TTree("thresholds", "thresholds")
+        for k, buf in buffers.items():
+            tree.Branch(k, buf, f"{k}/D")
+        for i in range(len(next(iter(columns.values()), []))):
+            for k, buf in buffers.items():
+                buf[0] = columns[k][i]
+            tree.Fill()
+        tree.Write()
+        keep.append(tree)
         f.Close()
     except Exception as e:  # cppyy turns C++ exceptions into Python ones
-        raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")
-    opts = ROOT.RDF.RSnapshotOptions()
-    opts.fMode = "UPDATE"
-    try:
-        columns = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in table.items()}
-        ROOT.RDF.FromNumpy(columns).Snapshot("thresholds", path, list(columns), opts)
-    except Exception as e:
         raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")

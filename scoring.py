@@ -13,7 +13,12 @@ import numpy as np
 from artifacts import INPUT_NAME, OUTPUT_NAME, SavedConfig, load_config, onnx_bytes, onnx_record
 from utils import GhostError, Stopwatch, one_line, pick_device
 
-CPU_BATCH, GPU_BATCH = 32768, 1_000_000  # CPU: intermediates stay in cache
+GPU_BATCH = 1_000_000
+# CPU batches: about 2^28 / (multiply-adds per track) tracks, so a batch's hidden
+# activations stay near the caches (measured on 2 cores: 16,384 for the 18k-MAC
+# 13-128-128-1 network, 65,536-131,072 for the 450-MAC 13-32-1 one).
+CPU_BATCH_RANGE = (4096, 131072)
+BACKENDS = ("auto", "torch", "onnxruntime")
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
              "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger"}
 
@@ -123,12 +128,57 @@ def _load_pth(path, config, config_path, network, int8):
                        saved.model.int8, module=module)
 
 
-def choose_backend(model, requested):
-    """The scoring runtime and, if it is not the one asked for, why."""
-    if model.kind == "onnx" and model.int8 and requested == "torch":
-        return "onnxruntime", ("INT8 ONNX model (QuantizeLinear/DequantizeLinear): "
-                               "onnx2torch cannot convert these, so it runs with onnxruntime")
-    return requested, None
+def cuda_present():
+    """Whether this machine has an NVIDIA driver loaded, without importing torch."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def choose_backend(model, requested, nocuda=False):
+    """The scoring runtime and, if it is not the one asked for, why.  "auto": an
+    .onnx model on the CPU runs with onnxruntime where it is installed (measured as
+    fast as torch or faster, and it spares importing torch and onnx2torch, 2-4 s), on
+    a GPU with torch; a .pth model with torch."""
+    if model.kind == "onnx" and model.int8 and requested != "onnxruntime":
+        why = None if requested == "auto" else (
+            "INT8 ONNX model (QuantizeLinear/DequantizeLinear): onnx2torch cannot "
+            "convert these, so it runs with onnxruntime")
+        return "onnxruntime", why
+    if requested != "auto":
+        return requested, None
+    if model.kind == "onnx" and (nocuda or not cuda_present()):
+        try:
+            import onnxruntime  # noqa: F401
+            return "onnxruntime", None
+        except ImportError:
+            pass
+    return "torch", None
+
+
+def other_backend(model, backend):
+    """The engine that cross-checks `backend` for this model, or None."""
+    if model.kind == "onnx" and model.int8:
+        return None
+    return "torch" if backend == "onnxruntime" else "onnxruntime"
+
+
+def macs_per_track(model):
+    """Multiply-adds per track: from the model's record, else from its weights
+    (every 2-D weight matrix, as a dense layer costs)."""
+    if model.saved.model is not None:
+        return model.saved.model.cost()[0]
+    if model.proto is not None:
+        return sum(int(np.prod(t.dims)) for t in model.proto.graph.initializer
+                   if len(t.dims) == 2) or None
+    if model.module is not None:
+        return sum(p.numel() for p in model.module.parameters() if p.dim() == 2) or None
+    return None
+
+
+def cpu_batch(model):
+    """Tracks per CPU batch for this model (CPU_BATCH_RANGE)."""
+    macs = macs_per_track(model) or 2048
+    batch = 2 ** int(round(np.log2(2 ** 28 / macs)))
+    return int(min(max(batch, CPU_BATCH_RANGE[0]), CPU_BATCH_RANGE[1]))
 
 
 def onnx_session(model_bytes):
@@ -148,7 +198,7 @@ def onnx_session(model_bytes):
 
 def make_scorer(model, backend, nocuda=False, batch=None):
     """(score(x: float32 [n, f]) -> float32 [n], description), batches of `batch`
-    tracks; on the CPU a few tens of thousands keep the hidden layer in cache."""
+    tracks (default: cpu_batch on the CPU, GPU_BATCH on a GPU)."""
     if backend == "onnxruntime":
         if model.kind == "onnx":
             blob, names = model.proto.SerializeToString(), (model.input_name,
@@ -159,7 +209,8 @@ def make_scorer(model, backend, nocuda=False, batch=None):
 
         def run(xb):
             return session.run([names[1]], {names[0]: xb})[0]
-        return batched(run, batch or CPU_BATCH), "onnxruntime, cpu"
+        batch = batch or cpu_batch(model)
+        return batched(run, batch), f"onnxruntime, cpu, batch {batch:,}"
 
     import torch
     device = pick_device(nocuda)
@@ -170,8 +221,8 @@ def make_scorer(model, backend, nocuda=False, batch=None):
         with torch.inference_mode():
             return module(torch.from_numpy(xb).to(device)).cpu().numpy()
     how = "load_model" if model.kind == "pth" else "onnx2torch"
-    default = GPU_BATCH if device.type == "cuda" else CPU_BATCH
-    return batched(run, batch or default), f"torch ({how}), {device}"
+    batch = batch or (GPU_BATCH if device.type == "cuda" else cpu_batch(model))
+    return batched(run, batch), f"torch ({how}), {device}, batch {batch:,}"
 
 
 def batched(run, batch):
@@ -218,13 +269,32 @@ def score_tracks(score, data, finite):
     return scores, seconds
 
 
-def score_model(model, data, finite, scaling=None, backend="torch", nocuda=False,
+def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
                 batch=None):
     """Scores of every track with one model: `scaling` (features.MinMax, for a
     network 0 model) applied first.  Returns (scores, description, seconds, note):
     the note says why the runtime is not the one asked for, or is None."""
-    backend, note = choose_backend(model, backend)
+    backend, note = choose_backend(model, backend, nocuda)
     score, desc = make_scorer(model, backend, nocuda, batch)
     scores, seconds = score_tracks(score, data if scaling is None else scaling.apply(data),
                                    finite)
     return scores, desc, seconds, note
+
+
+CROSS_CHECK_TRACKS = 100_000
+
+
+def cross_check(model, data, finite, scores, used, scaling=None, nocuda=False):
+    """Up to CROSS_CHECK_TRACKS finite tracks scored again with the other engine:
+    {"engine", "tracks", "max_abs_diff"}, or None where there is no other engine."""
+    other = other_backend(model, used)
+    if other is None:
+        return None
+    rows = np.flatnonzero(finite)[:CROSS_CHECK_TRACKS]
+    x = data[rows] if scaling is None else scaling.apply(data[rows])
+    score, desc = make_scorer(model, other, nocuda)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        theirs = score(np.ascontiguousarray(x))
+    diff = float(np.max(np.abs(theirs - scores[rows]))) if len(rows) else 0.0
+    return {"engine": desc, "tracks": len(rows), "max_abs_diff": diff}

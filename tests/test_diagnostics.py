@@ -114,6 +114,35 @@ def test_calibrated_probabilities_shift_the_logit(report_run, matching_file, tmp
 # performance vs kinematics
 # ---------------------------------------------------------------------------
 
+def test_kinematic_counts_equal_brute_force_masks():
+    """performance's one-bincount-per-variable counts against a mask per bin and
+    working point (ties at the cuts, NaN-free finite tracks, repeated cuts)."""
+    import kinematics
+    rng = np.random.default_rng(1)
+    n = 50_000
+    cols = {"qop": (rng.normal(size=n) * 1e-4).astype(np.float32),
+            "best_pt": rng.exponential(1000, n).astype(np.float32),
+            "tx": (rng.normal(size=n) * 0.1).astype(np.float32),
+            "ty": (rng.normal(size=n) * 0.1).astype(np.float32),
+            "n_velo": rng.integers(2, 26, n).astype(np.float32),
+            "n_scifi": rng.integers(9, 13, n).astype(np.float32)}
+    scores = np.round(rng.random(n), 2).astype(np.float32)
+    labels = rng.random(n) < 0.2
+    wps = [{"label": k, "target_efficiency": 0.9, "threshold": t}
+           for k, t in (("a", 0.9), ("b", 0.5), ("c", 0.9), ("d", 0.0), ("e", 0.29))]
+    out = kinematics.performance(cols, scores, labels, wps)
+    for var in kinematics.available(cols):
+        x = kinematics.COMPUTE[var.name](cols)
+        bins = np.searchsorted(np.asarray(var.edges), x, side="right")
+        size = len(var.edges) + 1
+        assert np.array_equal(out[var.name]["n_real"], np.bincount(bins[~labels], minlength=size))
+        for wp, point in zip(wps, out[var.name]["points"]):
+            kept = np.bincount(bins[~labels & (scores <= wp["threshold"])], minlength=size)
+            removed = np.bincount(bins[labels & (scores > wp["threshold"])], minlength=size)
+            assert np.array_equal(point["real_kept"], kept), (var.name, wp)
+            assert np.array_equal(point["ghosts_removed"], removed), (var.name, wp)
+
+
 def test_kinematic_efficiencies_add_up_to_the_global_ones(report_run, matching_file, tmp_path):
     plots = tmp_path / "p"
     assert inference.main(["-f", matching_file, "--model", str(report_run / "ghost_model.onnx"),
@@ -252,12 +281,16 @@ def test_results_root_file_for_root_users(report_run):
     h = f.Get("scores_test_ghost")
     metrics = json.loads((report_run / "training_report" / "metrics.json").read_text())
     assert h.GetNbinsX() == 100 and h.GetEntries() == metrics["ghosts"]  # every test ghost
+    contents = [h.GetBinContent(i) for i in range(h.GetNbinsX() + 2)]
+    assert contents[0] == contents[-1] == 0 and sum(contents) == metrics["ghosts"]
     assert f.Get("roc").GetN() > 10
     f.Close()
     table = ROOT.RDataFrame("thresholds", str(report_run / "training_report" /
                                               "results.root")).AsNumpy()
     assert len(table["threshold"]) == 26 + 3 and set(np.unique(table["working_point"])) == {
         0.0, 0.95, 0.99}
+    for key in ("threshold", "accuracy", "n_tp", "n_fp"):  # the scan, row for row
+        assert np.allclose(table[key][:26], [r[key] for r in metrics["thresholds"]])
 
 
 # ---------------------------------------------------------------------------

@@ -294,13 +294,40 @@ def test_keras_like_model_without_metadata(trained, matching_file, reference, tm
                                            capsys):
     out = tmp_path / "s.npy"
     assert run("-f", matching_file, "--model", trained["foreign"], "--features",
-               ",".join(MATCHING), "--output", out, "--no-plots",
+               ",".join(MATCHING), "--output", out, "--no-plots", "--backend", "torch",
                "--plots-dir", tmp_path / "p") == 0
     text = capsys.readouterr().out
     assert "no metadata" in text and "onnx2torch" in text
     np.testing.assert_allclose(np.load(out), reference, atol=1e-6, equal_nan=True)
     with pytest.raises(GhostError, match="--features"):
         run("-f", matching_file, "--model", trained["foreign"])
+
+
+def test_auto_backend_cross_check_and_no_torch_import(trained, matching_file, reference,
+                                                     tmp_path):
+    """auto: an .onnx on the CPU runs with onnxruntime and never imports torch;
+    --cross-check scores tracks again with torch (onnx2torch) and reports the gap."""
+    out, plots = tmp_path / "auto.npy", tmp_path / "p"
+    code = ("import sys, inference; rc = inference.main(sys.argv[1:]); "
+            "print('torch imported:', 'torch' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "-f", matching_file, "--model",
+                           trained["net1"], "--output", str(out), "--no-plots",
+                           "--plots-dir", str(plots), "--nocuda"], cwd=ROOT_DIR,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "(onnxruntime, cpu, batch" in proc.stdout and "torch imported: False" in proc.stdout
+    assert np.nanmax(np.abs(np.load(out) - reference)) < 1e-5
+    assert run("-f", matching_file, "--model", trained["net1"], "--cross-check",
+               "--no-plots", "--plots-dir", plots) == 0
+    check = json.loads((plots / "metrics.json").read_text())["cross_check"]
+    assert check["engine"].startswith("torch (onnx2torch)") and check["tracks"] > 1000
+    assert check["max_abs_diff"] < 1e-5
+    assert run("-f", matching_file, "--model", trained["net1_pth"], "--config",
+               trained["net1_pkl"], "--cross-check", "--no-plots", "--plots-dir", plots) == 0
+    check = json.loads((plots / "metrics.json").read_text())
+    assert check["scoring"].startswith("torch (load_model)")
+    assert check["cross_check"]["engine"].startswith("onnxruntime")
+    assert check["cross_check"]["max_abs_diff"] < 1e-5
 
 
 def test_backends_agree_and_pth_equals_onnx(trained, matching_file, reference, tmp_path,
@@ -325,8 +352,8 @@ def test_int8_onnx_runs_with_onnxruntime(trained, matching_file, root_features, 
                                          capsys):
     out = tmp_path / "s.npy"
     assert run("-f", matching_file, "--model", trained["int8"], "--output", out,
-               "--no-plots", "--plots-dir", tmp_path / "p") == 0
-    text = capsys.readouterr().out
+               "--backend", "torch", "--no-plots", "--plots-dir", tmp_path / "p") == 0
+    text = capsys.readouterr().out  # torch asked: said why onnxruntime runs it instead
     assert "INT8 ONNX model" in text and "onnxruntime" in text and "error" not in text
     data, labels = root_features
     finite = np.isfinite(data).all(axis=1)
