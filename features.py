@@ -204,11 +204,17 @@ class Standardize:
 
     @classmethod
     def fit(cls, train, names):
+        """Means and standard deviations of the transformed training split, column by
+        column in float64 (one column's copy at a time, not the whole split's)."""
         transforms = tuple(transform_of(n) for n in names)
-        t = _transform(np.asarray(train, dtype=np.float64), transforms)
-        means, stds = t.mean(axis=0), t.std(axis=0)
-        return cls(transforms, tuple(float(m) for m in means),
-                   tuple(float(s) if s > 0 else 1.0 for s in stds))
+        means, stds = [], []
+        for i, transform in enumerate(transforms):
+            t = np.asarray(train[:, i], dtype=np.float64)
+            if transform == "log":
+                t = signed_log1p(t)
+            means.append(float(t.mean()))
+            stds.append(float(t.std()))
+        return cls(transforms, tuple(means), tuple(s if s > 0 else 1.0 for s in stds))
 
     @classmethod
     def from_dict(cls, d):

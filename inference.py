@@ -266,9 +266,10 @@ def finite_part(values, finite):
     return values if finite.all() else values[finite]
 
 
-def compare_curves(args, model, source, settings, inp, finite, analysis):
+def compare_curves(args, model, source, settings, inp, finite, analysis, limit=None):
     """The analysed model, each --compare model and the limit (where the input has
-    it) on the same finite, labelled tracks: a list of compare.Curve."""
+    it; `limit`: its Curve, already computed) on the same finite, labelled tracks:
+    a list of compare.Curve."""
     names = curve_names([args.model] + (args.compare or []))
     curves = [Curve.from_analysis(names[0], analysis, model_macs(model))]
     labels = finite_part(inp.labels, finite)
@@ -282,7 +283,8 @@ def compare_curves(args, model, source, settings, inp, finite, analysis):
                              args.nocuda, args.batch)[0]
         curves.append(Curve.of(name, finite_part(scores, finite), labels, model_macs(other)))
     if inp.limit is not None:
-        curves.append(Curve.of(f"limit ({LIMIT})", finite_part(inp.limit, finite), labels))
+        curves.append(limit or Curve.of(f"limit ({LIMIT})", finite_part(inp.limit, finite),
+                                        labels))
     return curves
 
 
@@ -311,17 +313,24 @@ def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
     models and the limit, the performance vs kinematics, the console summary, and
     what the figures draw: (Analysis, extra metrics.json entries, PlotInput), or
     Nones."""
+    from concurrent.futures import ThreadPoolExecutor
     scores, train_scores = scored
     labels = finite_part(inp.labels, finite)
     finite_scores = finite_part(scores, finite)
-    analysis = analyse_scores(model, finite_scores, labels, finite, cuts, args.filename,
-                              bool(args.output))
+    with ThreadPoolExecutor(1) as pool:  # numpy sorts without the GIL: the limit's
+        limit = None                     # curve on the other core meanwhile
+        if inp.limit is not None and labels is not None and finite.any():
+            limit = pool.submit(Curve.of, f"limit ({LIMIT})", finite_part(inp.limit, finite),
+                                labels)
+        analysis = analyse_scores(model, finite_scores, labels, finite, cuts, args.filename,
+                                  bool(args.output))
+        limit = limit.result() if limit is not None else None
     if analysis is None:
         return None, {}, None
     train = inp.train
     over = overtraining(train_scores, train[1], scores, inp.labels) if train else None
     print_summary(analysis, over)
-    curves = compare_curves(args, model, source, settings, inp, finite, analysis)
+    curves = compare_curves(args, model, source, settings, inp, finite, analysis, limit)
     extra = {"overtraining": over}
     if len(curves) > 1:
         log(format_comparison(curves, analysis.n))

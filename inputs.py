@@ -20,7 +20,7 @@ from features import (
     track_mismatch,
     unfilled,
 )
-from rootio import read_root, stack_columns
+from rootio import read_root
 from utils import GhostError, log, warn
 
 
@@ -71,8 +71,12 @@ def read_input(source, names, tree, threads=None):
                 raise GhostError(f"branch {LABEL!r} holds {int(bad.sum())} values other "
                                  "than 0 and 1")
             labels = labels == 1.0
-        return Input(stack_columns(columns, names), labels, limit=columns.get(LIMIT),
-                     columns={b: columns[b] for b in kinematics.BRANCHES if b in columns})
+        data = np.empty((len(columns[names[0]]), len(names)), dtype=np.float32)
+        for j, name in enumerate(names):  # each column freed once it is in `data`
+            data[:, j] = columns.pop(name)
+        kin = {b: data[:, names.index(b)] if b in names else columns[b]
+               for b in kinematics.BRANCHES if b in names or b in columns}
+        return Input(data, labels, limit=columns.get(LIMIT), columns=kin)
     splits = {}
     stored = source.meta.features
     for split in ("test", "train"):

@@ -185,6 +185,8 @@ def main(argv=None):
     spectators = [c for c in SPECTATORS if c in columns]
     extra = {s: stack_columns(columns, spectators, rows[i]) for s, i in index.items()
              } if spectators else None
+    if not args.plot:  # every row is in the splits now: the columns go before writing
+        del columns
     meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators)
     with AtomicOutputs() as out:
         write_dataset(out, args.output, splits, meta, extra)

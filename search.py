@@ -7,10 +7,19 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 
 from architecture import ModelConfig, macs_and_params
 from metrics import EFFICIENCIES
-from trainer import Trainer, TrainSettings, evaluate, make_optimizer, seed_everything, to_tensors
+from trainer import (
+    Trainer,
+    TrainSettings,
+    evaluate,
+    make_optimizer,
+    seed_everything,
+    shared_tensors,
+    to_tensors,
+)
 from utils import GhostError, log, one_line, pick_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -107,8 +116,10 @@ def train_trial(params, setup, data):
     config, settings = setup.model_config(params), setup.train_settings(params)
     model = build_model(config).to(device)
     opt = make_optimizer(settings, model, device)
-    x, y = to_tensors(model, data["train"], device)
-    vx, vy = to_tensors(model, data["valid"], device)
+    raw = device.type == "cpu"  # CPU: the shared arrays, scaled batch by batch
+    tensors = shared_tensors if raw else partial(to_tensors, model, device=device)
+    x, y = tensors(data["train"])
+    vx, vy = tensors(data["valid"])
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint:
@@ -119,11 +130,11 @@ def train_trial(params, setup, data):
         opt.load_state_dict(state["optimizer"])
         start = int(state["epoch"])
     trainer = Trainer(model, opt, x, y, settings.batch, settings.seed + start,
-                      settings=settings, start_epoch=start, weights=setup.weights)
+                      settings=settings, start_epoch=start, weights=setup.weights, raw=raw)
     macs, params_count = config.cost()
     for epoch in range(start, settings.epochs):
         train_loss = trainer.epoch()
-        metrics = evaluate(model, vx, vy, setup.threshold, setup.weights)
+        metrics = evaluate(model, vx, vy, setup.threshold, setup.weights, raw=raw)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "epoch": epoch + 1}, os.path.join(folder, CHECKPOINT))

@@ -83,6 +83,18 @@ def to_tensors(model, data, device):
     return x, y
 
 
+def shared_tensors(data):
+    """(x, y) as CPU tensors over the arrays themselves, no copy: in a Ray trial they
+    are the object store's read-only pages, shared by every trial (nothing writes
+    to them; torch warns about read-only arrays, so the warning is silenced)."""
+    import warnings
+
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(data[0])), torch.from_numpy(np.asarray(data[1]))
+
+
 def gather_rows(t, index):
     """t[index] for a row permutation: numpy's take is ~6x faster than torch's
     advanced indexing on the CPU; on CUDA, index_select on the device."""
@@ -102,9 +114,10 @@ class Trainer:
     the loss per class (a dataset made with --balance weights)."""
 
     def __init__(self, model, optimizer, x, y, batch, seed, use_graph=None, settings=None,
-                 start_epoch=0, weights=None):
+                 start_epoch=0, weights=None, raw=False):
         import torch
         self.model, self.opt, self.x, self.y, self.batch = model, optimizer, x, y, batch
+        self.raw = raw  # x holds raw branch values: each batch goes through model.norm
         self.device = x.device
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -116,6 +129,8 @@ class Trainer:
                 m.enabled for m in model.fake_quants()) and torch.is_tensor(
                 optimizer.param_groups[0]["lr"])
         self.graph = None
+        if use_graph and raw:
+            raise ValueError("a CUDA graph trains on inputs scaled once (to_tensors)")
         if use_graph:
             try:
                 self._capture()
@@ -178,8 +193,16 @@ class Trainer:
         import torch
         self.model.train()
         perm = torch.randperm(len(self.x), generator=self.gen)
-        xs, ys = gather_rows(self.x, perm), gather_rows(self.y, perm)
         steps = self.steps
+        if self.raw:  # batches gathered from the shared raw rows, scaled one by one
+            losses = []
+            for i in range(0, steps * self.batch, self.batch):
+                rows = perm[i:i + self.batch]
+                with torch.no_grad():
+                    xb = self.model.norm(gather_rows(self.x, rows))
+                losses.append(self._step(xb, gather_rows(self.y, rows)))
+            return float(torch.stack(losses).mean())
+        xs, ys = gather_rows(self.x, perm), gather_rows(self.y, perm)
         if self.graph is not None:
             self.loss_sum.zero_()
             for i in range(0, steps * self.batch, self.batch):
@@ -193,15 +216,17 @@ class Trainer:
         return float(torch.stack(losses).mean())
 
 
-def evaluate(model, x, y, threshold, weights=None, chunk=1 << 20):
+def evaluate(model, x, y, threshold, weights=None, chunk=1 << 20, raw=False):
     """Loss (class-weighted with `weights`, as in training), accuracy at `threshold`,
     ROC AUC and ghost rejection at the EFFICIENCIES of a model on (x, y), in large
-    no-grad chunks; x is already scaled by the model's layer (to_tensors)."""
+    no-grad chunks; x is already scaled by the model's layer (to_tensors), or `raw`
+    branch values scaled chunk by chunk."""
     import torch
     import torch.nn.functional as F
     model.eval()
+    forward = model.logits if raw else model.core
     with torch.inference_mode():
-        logits = torch.cat([model.core(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        logits = torch.cat([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
         weight = None if weights is None else weights[0] + (weights[1] - weights[0]) * y
         loss = float(F.binary_cross_entropy_with_logits(logits, y, weight=weight))
         prob = torch.sigmoid(logits)

@@ -221,6 +221,35 @@ def test_trainer_learns_and_evaluate_is_consistent():
     assert m["accuracy"] > 0.9 and m["auc"] > 0.95
 
 
+def test_raw_batches_train_the_same_model_as_inputs_scaled_once(raw_dataset):
+    """A CPU trial trains on the shared raw arrays, scaling each batch with the
+    model's own layer: the same weights and the same validation metrics, bit for
+    bit, as scaling the whole split once (which each trial would have to copy)."""
+    from dataset import load_meta, load_split
+    x, y = load_split(raw_dataset, "train")
+    vx, vy = load_split(raw_dataset, "valid")
+    meta = load_meta(raw_dataset)
+    config = ModelConfig(network=1, n_features=x.shape[1], hidden=(16, 8), activation="elu",
+                         inputs="standard", standardization=meta.standardization)
+    runs = []
+    for raw in (False, True):
+        torch.manual_seed(3)
+        model = build_model(config)
+        settings = trainer.TrainSettings(optimizer="adam", lr=3e-3, batch=512, epochs=2,
+                                         seed=5, schedule="onecycle")
+        opt = trainer.make_optimizer(settings, model, torch.device("cpu"))
+        tensors = (trainer.shared_tensors if raw else
+                   lambda d: trainer.to_tensors(model, d, torch.device("cpu")))
+        loop = trainer.Trainer(model, opt, *tensors((x, y)), 512, seed=5, settings=settings,
+                               raw=raw, weights=(0.6, 2.5))
+        losses = [loop.epoch() for _ in range(2)]
+        metrics = trainer.evaluate(model, *tensors((vx, vy)), 0.5, raw=raw)
+        runs.append((losses, metrics, model.state_dict()))
+    (l0, m0, s0), (l1, m1, s1) = runs
+    assert l0 == l1 and m0 == m1
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+
+
 class FakeResult:
     def __init__(self, error=None, done=True):
         self.error, self.metrics = error, ({"done": done, "loss": 0.5} if not error else {})

@@ -1,0 +1,108 @@
+"""Scale benchmark: the whole pipeline on one large matching file (not a test).
+
+    .venv/bin/python -m bench.scale [--tracks 10000000] [--cache bench/.cache/scale]
+
+Makes (once, cached) a --tracks sample with make_sample.py, then runs each step as
+its own process, as a user would, and measures its wall time and the peak memory
+of its whole process tree (PSS, so Ray's shared object store counts once; RSS too):
+  bare read    ROOT alone reading the 14 columns (13 matching features + label)
+               into numpy, serial: the floor every step is compared with
+  make_dataset make_dataset.py --track matching (defaults: every track, class weights)
+  training     training.py's default search (8 trials, 20 epochs) on a balanced
+               dataset (--balance subsample: 1.8M training tracks from 10M, as the
+               seed made them); its make_dataset run is not timed
+  inference    inference.py with the trained .onnx, default outputs + --output .npy
+Prints a table with each step against the bare read; the numbers go in the
+README.  Run it on a quiet machine: they are wall-clock times.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from bench.bench_training import tree_memory
+
+NOTES = ("read ", "scored ", "bare ", "dataset ", "search done", "wrote ")
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(cmd, log):
+    """(wall seconds, peak PSS bytes, peak RSS bytes, output) of a command."""
+    peak = [0, 0]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT_DIR)
+
+    def sample():
+        while proc.poll() is None:
+            pss, rss, _ = tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - t
+    sampler.join()
+    with open(log, "w") as f:
+        f.write(output)
+    if proc.returncode:
+        print(output[-3000:])
+        raise SystemExit(f"{' '.join(cmd[:3])} failed with exit code {proc.returncode}")
+    return wall, peak[0], peak[1], output
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tracks", type=int, default=10_000_000)
+    p.add_argument("--cache", default=os.path.join(ROOT_DIR, "bench", ".cache", "scale"))
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="steps to leave out: make_dataset training inference")
+    args = p.parse_args()
+    os.makedirs(args.cache, exist_ok=True)
+    py = sys.executable
+    sample = os.path.join(args.cache, f"matching_{args.tracks}.root")
+    if not os.path.exists(sample):
+        subprocess.run([py, "make_sample.py", "-o", sample, "--tracks", str(args.tracks),
+                        "--track", "matching", "--seed", "7"], cwd=ROOT_DIR, check=True)
+    ds = os.path.join(args.cache, f"ds_{args.tracks}")
+    models = os.path.join(args.cache, f"model_{args.tracks}")
+    steps = [("bare read", [py, "-m", "bench.bare_read", sample])]
+    if "make_dataset" not in args.skip:
+        steps.append(("make_dataset", [py, "make_dataset.py", "-f", sample, "--output", ds,
+                                       "--track", "matching"]))
+    balanced = os.path.join(args.cache, f"balanced_{args.tracks}")
+    if "training" not in args.skip and not os.path.exists(balanced + "_features.json"):
+        subprocess.run([py, "make_dataset.py", "-f", sample, "--output", balanced, "--track",
+                        "matching", "--balance", "subsample"], cwd=ROOT_DIR, check=True,
+                       stdout=subprocess.DEVNULL)
+    if "training" not in args.skip:
+        steps.append(("training", [py, "training.py", "-f", balanced, "--save", "--nocuda",
+                                   "--output-dir", models, "--path",
+                                   os.path.join(args.cache, "ray_results")]))
+    if "inference" not in args.skip:
+        steps.append(("inference", [py, "inference.py", "-f", sample, "--model",
+                                    os.path.join(models, "ghost_model.onnx"), "--output",
+                                    os.path.join(args.cache, "scores.npy"), "--plots-dir",
+                                    os.path.join(args.cache, "plots")]))
+    print(f"{os.cpu_count()} CPUs, {args.tracks:,} tracks, load average "
+          f"{os.getloadavg()[0]:.2f} before")
+    rows, floor = [], None
+    for name, cmd in steps:
+        wall, pss, rss, output = measure(cmd, os.path.join(args.cache,
+                                                           f"{name.replace(' ', '_')}.log"))
+        floor = floor or wall
+        notes = [ln.strip() for ln in output.splitlines() if ln.startswith(NOTES)][:3]
+        rows.append((name, wall, pss, rss, notes))
+        print(f"{name:13s} {wall:8.1f} s  {wall / floor:5.2f}x bare read  peak PSS "
+              f"{pss / 2**30:5.2f} GB  RSS {rss / 2**30:5.2f} GB", flush=True)
+        for ln in notes:
+            print(f"{'':15s}{ln[:110]}")
+    print(f"load average {os.getloadavg()[0]:.2f} after")
+
+
+if __name__ == "__main__":
+    main()
