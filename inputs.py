@@ -20,7 +20,7 @@ from features import (
     track_mismatch,
     unfilled,
 )
-from rootio import read_root
+from rootio import MATRIX, read_root
 from utils import GhostError, log, warn
 
 
@@ -63,7 +63,7 @@ def read_input(source, names, tree, threads=None):
     if source.kind == "root":
         extra = [b for b in kinematics.BRANCHES if b not in names]
         columns = read_root([source.path], tree, names, threads,
-                            optional=(LABEL, LIMIT, *extra))
+                            optional=(LABEL, LIMIT, *extra), matrix=True)
         labels = columns.get(LABEL)
         if labels is not None:
             bad = ~np.isin(labels, (0.0, 1.0))
@@ -71,9 +71,7 @@ def read_input(source, names, tree, threads=None):
                 raise GhostError(f"branch {LABEL!r} holds {int(bad.sum())} values other "
                                  "than 0 and 1")
             labels = labels == 1.0
-        data = np.empty((len(columns[names[0]]), len(names)), dtype=np.float32)
-        for j, name in enumerate(names):  # each column freed once it is in `data`
-            data[:, j] = columns.pop(name)
+        data = columns.pop(MATRIX)
         kin = {b: data[:, names.index(b)] if b in names else columns[b]
                for b in kinematics.BRANCHES if b in names or b in columns}
         return Input(data, labels, limit=columns.get(LIMIT), columns=kin)
@@ -164,7 +162,8 @@ def column_stats(data, finite, ranges, chunk=1 << 18):
     hi = np.full(data.shape[1], -np.inf)
     outside = np.zeros(data.shape[1], dtype=np.int64)
     for start in range(0, len(data), chunk):
-        x = data[start:start + chunk][finite[start:start + chunk]]
+        x, ok = data[start:start + chunk], finite[start:start + chunk]
+        x = x if ok.all() else x[ok]  # a copy only where a track is not finite
         if len(x):
             lo, hi = np.minimum(lo, x.min(axis=0)), np.maximum(hi, x.max(axis=0))
             outside += ((x < lo_r) | (x > hi_r)).sum(axis=0)

@@ -26,7 +26,7 @@ from features import (
 )
 from outputs import AtomicOutputs, check_output_file, prepare_folder
 from plots import add_format_option, parse_formats
-from rootio import add_threads_option, expand_inputs, read_root, stack_columns
+from rootio import add_threads_option, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log, run_cli
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
@@ -90,6 +90,19 @@ def clean(columns, names):
     if not np.isin(labels, (0.0, 1.0)).all():
         raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1")
     return rows, labels, dropped
+
+
+def split_arrays(columns, names, take, keep=False):
+    """{split: float32 [its rows, names]} for the row numbers `take` {split: rows},
+    filled column by column; unless `keep`, each column leaves `columns` once every
+    split has its values, so the input and the splits are never whole at once."""
+    out = {s: np.empty((len(r), len(names)), dtype=np.float32) for s, r in take.items()}
+    for j, name in enumerate(names):
+        column = columns[name] if keep else columns.pop(name)
+        for s, r in take.items():
+            out[s][:, j] = column[r]
+        del column
+    return out
 
 
 def balance_and_split(labels, fraction, balance, rng):
@@ -176,17 +189,15 @@ def main(argv=None):
 
     index = balance_and_split(labels, args.fraction, args.balance,
                               np.random.default_rng(args.seed))
-    splits = {s: (stack_columns(columns, names, rows[i]), labels[i].reshape(-1, 1))
-              for s, i in index.items()}
+    take = {s: rows[i] for s, i in index.items()}  # each split's rows of the input
+    spectators = [c for c in SPECTATORS if c in columns]
+    arrays = split_arrays(columns, names, take, keep=args.plot)  # --plot draws the columns
+    splits = {s: (arrays.pop(s), labels[index[s]].reshape(-1, 1)) for s in take}
+    extra = split_arrays(columns, spectators, take) if spectators else None
     scalings = (MinMax.fit(splits["train"][0], names),
                 Standardize.fit(splits["train"][0], names))
     if args.normalize:
         splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
-    spectators = [c for c in SPECTATORS if c in columns]
-    extra = {s: stack_columns(columns, spectators, rows[i]) for s, i in index.items()
-             } if spectators else None
-    if not args.plot:  # every row is in the splits now: the columns go before writing
-        del columns
     meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators)
     with AtomicOutputs() as out:
         write_dataset(out, args.output, splits, meta, extra)

@@ -33,7 +33,7 @@ def ratio(a, b):
 class SortedScores:
     """Scores sorted once: all of them ascending with their labels, and each class
     ascending (subsequences of the one sorted array, so no second sort)."""
-    scores: np.ndarray   # float64, ascending
+    scores: np.ndarray   # ascending: float32 (the scores' own values) or float64
     labels: np.ndarray   # bool, True = ghost, aligned with scores
     ghosts: np.ndarray
     reals: np.ndarray
@@ -48,11 +48,12 @@ class SortedScores:
             s, y = scores[order].astype(np.float64), labels[order]
         else:
             s, y = sort_with_labels(s32, labels)
-        return cls(s, y, s[y], s[~y])
+        # each class in float64: thresholds (float64) are searched in them
+        return cls(s, y, s[y].astype(np.float64), s[~y].astype(np.float64))
 
 
 def sort_with_labels(scores, labels):
-    """float32 scores ascending (as float64) and their labels, by one integer sort
+    """float32 scores ascending and their labels, by one integer sort
     instead of an argsort: each score's bits made order-preserving as an unsigned
     integer, the label appended as the lowest bit.  Probabilities (sign bit clear)
     fit in 32 bits, any other float32 in 64; NaN sorts last, as in np.sort."""
@@ -62,14 +63,14 @@ def sort_with_labels(scores, labels):
         key.sort()
         y = (key & np.uint32(1)).astype(bool)
         key >>= np.uint32(1)
-        return key.view(np.float32).astype(np.float64), y
+        return key.view(np.float32), y
     flip = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
     key = (flip.astype(np.uint64) << np.uint64(1)) | labels.astype(np.uint64)
     key.sort()
     y = (key & np.uint64(1)).astype(bool)
     flip = (key >> np.uint64(1)).astype(np.uint32)
     bits = np.where(flip >> np.uint32(31), flip & np.uint32(0x7FFFFFFF), ~flip)
-    return bits.view(np.float32).astype(np.float64), y
+    return bits.view(np.float32), y
 
 
 def threshold_table(ss, thresholds):
@@ -107,14 +108,16 @@ def roc_counts(ss):
     last = np.empty(len(s), dtype=bool)  # the last of each run of equal scores
     np.not_equal(s[1:], s[:-1], out=last[:-1])
     last[-1:] = True
-    idx = np.flatnonzero(last)
-    ghosts_le = np.cumsum(y, dtype=np.int64)[idx]
+    count = np.int32 if len(s) < 2**31 else np.int64  # half the memory of int64
+    idx = np.flatnonzero(last).astype(count)
+    ghosts_le = np.cumsum(y, dtype=count)[idx]
     reals_le = idx + 1 - ghosts_le
-    tp, fp = np.empty(len(idx) + 1, dtype=np.int64), np.empty(len(idx) + 1, dtype=np.int64)
+    del idx
+    tp, fp = np.empty(len(reals_le) + 1, dtype=count), np.empty(len(reals_le) + 1, dtype=count)
     tp[:-1], tp[-1] = n_g - ghosts_le[::-1], n_g
     fp[:-1], fp[-1] = n_r - reals_le[::-1], n_r
-    thresholds = np.empty(len(idx) + 1)
-    thresholds[:-1], thresholds[-1] = s[idx][::-1], -np.inf
+    thresholds = np.empty(len(tp))
+    thresholds[:-1], thresholds[-1] = s[last][::-1], -np.inf
     return fp, tp, thresholds
 
 
@@ -123,10 +126,10 @@ def auc_from_counts(fp, tp, n_g, n_r):
     the Mann-Whitney U statistic, exact in integers."""
     if n_g == 0 or n_r == 0:
         return float("nan")
-    fp, tp = np.asarray(fp, dtype=np.int64), np.asarray(tp, dtype=np.int64)
-    heights = tp.copy()  # tp[i] + tp[i - 1], with tp[-1] = 0
+    tp = np.asarray(tp)
+    heights = tp.astype(np.int64)  # tp[i] + tp[i - 1], with tp[-1] = 0
     heights[1:] += tp[:-1]
-    twice_area = int(np.dot(np.diff(fp, prepend=0), heights))
+    twice_area = int(np.multiply(np.diff(fp, prepend=0), heights, dtype=np.int64).sum())
     return twice_area / (2.0 * n_g * n_r)
 
 

@@ -149,7 +149,10 @@ def _rntuple_info(ROOT, path, anchor):
     return TreeInfo(path, "RNTuple", int(reader.GetNEntries()), columns)
 
 
-def read_root(files, tree, columns, threads=None, optional=()):
+MATRIX = "__matrix__"  # read_root(..., matrix=True): the key of the columns' [n, k] array
+
+
+def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     """Read `columns` (+ the `optional` ones that every file has) of one tree from
     several files as one dataset, as float32 arrays {name: array} in entry order.
 
@@ -161,7 +164,9 @@ def read_root(files, tree, columns, threads=None, optional=()):
     each with its own types, then converted.  threads > 1: ROOT's implicit
     multi-threading reads clusters in parallel and in any order; each row is stored
     at its entry number (_entry_counter), so the result is the serial read's, row
-    for row.  threads None: auto_threads."""
+    for row.  threads None: auto_threads.  matrix: `columns` come as one float32
+    [entries, len(columns)] array under MATRIX (ROOT stores each value straight into
+    its row and column: no stacking copy), the optional ones as arrays."""
     ROOT = import_root()
     infos = [inspect_tree(path, tree) for path in files]
     for info in infos:
@@ -181,22 +186,28 @@ def read_root(files, tree, columns, threads=None, optional=()):
         return {}
     _note_mixed_types(infos, wanted)
     groups = _same_schema_groups([info for info in infos if info.entries > 0])
-    if not groups:
-        return {c: np.empty(0, dtype=np.float32) for c in wanted}
     if threads is None:
         threads = auto_threads(sum(info.entries for info in infos))
     threads = threads if threads > 1 else 0
     if threads:
         ROOT.EnableImplicitMT(threads)
+    total = sum(info.entries for group in groups for info in group)
+    stacked = np.empty((total, len(columns)), dtype=np.float32) if matrix else None
+    out = {c: stacked[:, list(columns).index(c)] if matrix and c in columns else
+           np.empty(total, dtype=np.float32) for c in wanted}
     try:
-        parts = [_read_columns(ROOT, group, tree, wanted, ordered=bool(threads))
-                 for group in groups]
+        start = 0
+        for group in groups:  # each group fills its rows of the arrays
+            n = sum(info.entries for info in group)
+            _read_columns(ROOT, group, tree, {c: a[start:start + n] for c, a in out.items()},
+                          ordered=bool(threads))
+            start += n
     finally:
         if threads:  # later reads and writes in this process stay serial
             ROOT.DisableImplicitMT()
-    if len(parts) == 1:
-        return parts[0]
-    return {c: np.concatenate([p.pop(c) for p in parts]) for c in wanted}
+    if not matrix:
+        return out
+    return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in columns}}
 
 
 # Below this many entries a parallel read does not win: ROOT's start of the event
@@ -290,18 +301,18 @@ def _note_mixed_types(infos, wanted):
             "each with its own types, converted to float32")
 
 
-def _read_columns(ROOT, group, tree, wanted, ordered=False):
-    """One RDataFrame over the group's files: {column: float32 array} in entry
-    order.  ROOT's event loop converts each value to float and stores it at its
-    entry's row of arrays made here, so nothing is copied or reordered after the
-    loop; `ordered`: under implicit multi-threading the entry is ENTRY_COLUMN's,
-    in a serial loop rdfentry_."""
+def _read_columns(ROOT, group, tree, out, ordered=False):
+    """One RDataFrame over the group's files fills `out` {column: float32 array of
+    the group's entries, contiguous or a strided view}: ROOT's event loop converts
+    each value to float and stores it at its entry's element, so nothing is
+    copied, stacked or reordered after the loop.  `ordered`: under implicit
+    multi-threading the entry is ENTRY_COLUMN's, in a serial loop rdfentry_."""
     files = [info.path for info in group]
     n = sum(info.entries for info in group)
-    out = {c: np.empty(n, dtype=np.float32) for c in wanted}
     entry = ENTRY_COLUMN if ordered else "rdfentry_"
-    stores = ", ".join(f"reinterpret_cast<float*>({out[c].ctypes.data}ULL)[{entry}] = "
-                       f"static_cast<float>({c})" for c in wanted)
+    stores = ", ".join(f"reinterpret_cast<float*>({a.ctypes.data}ULL)"
+                       f"[{entry} * {a.strides[0] // a.itemsize}] = static_cast<float>({c})"
+                       for c, a in out.items())
     try:
         df = ROOT.RDataFrame(tree, ROOT.std.vector("std::string")(files))
         if ordered:
@@ -314,7 +325,6 @@ def _read_columns(ROOT, group, tree, wanted, ordered=False):
     if stored != n:
         raise GhostError(f"reading {tree!r} from {', '.join(files)} gave {stored:,} of "
                          f"its {n:,} entries")
-    return out
 
 
 def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):

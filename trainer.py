@@ -216,7 +216,7 @@ class Trainer:
         return float(torch.stack(losses).mean())
 
 
-def evaluate(model, x, y, threshold, weights=None, chunk=1 << 20, raw=False):
+def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False):
     """Loss (class-weighted with `weights`, as in training), accuracy at `threshold`,
     ROC AUC and ghost rejection at the EFFICIENCIES of a model on (x, y), in large
     no-grad chunks; x is already scaled by the model's layer (to_tensors), or `raw`

@@ -11,7 +11,7 @@ import make_dataset
 from conftest import assert_clean_error, run_script
 from dataset import SPLITS, load_dataset, split_paths
 from features import FIXED_BOUNDS, TRACK_FEATURES, features_for
-from rootio import read_root
+from rootio import MATRIX, read_root
 
 SIX = [f"_{s}_{k}.npy" for s in SPLITS for k in ("data", "labels")]
 
@@ -165,6 +165,13 @@ def test_parallel_read_of_several_files_keeps_entry_order(tmp_path, clustered_fi
     threaded = read_root(files, TREE, names, threads=2)
     for c in names:
         assert np.array_equal(threaded[c], serial[c], equal_nan=True)
+    for threads in (1, 2):  # the features stored straight into one [n, k] array
+        got = read_root(files, TREE, names[:-1], threads=threads, optional=("ghost",),
+                        matrix=True)
+        assert set(got) == {MATRIX, "ghost"} and got[MATRIX].flags.c_contiguous
+        for j, c in enumerate(names[:-1]):
+            assert np.array_equal(got[MATRIX][:, j], serial[c], equal_nan=True)
+        assert np.array_equal(got["ghost"], serial["ghost"])
 
 
 def test_threads_must_be_positive(matching_file):

@@ -239,7 +239,7 @@ def test_raw_batches_train_the_same_model_as_inputs_scaled_once(raw_dataset):
                                          seed=5, schedule="onecycle")
         opt = trainer.make_optimizer(settings, model, torch.device("cpu"))
         tensors = (trainer.shared_tensors if raw else
-                   lambda d: trainer.to_tensors(model, d, torch.device("cpu")))
+                   lambda d, m=model: trainer.to_tensors(m, d, torch.device("cpu")))
         loop = trainer.Trainer(model, opt, *tensors((x, y)), 512, seed=5, settings=settings,
                                raw=raw, weights=(0.6, 2.5))
         losses = [loop.epoch() for _ in range(2)]
