@@ -216,13 +216,36 @@ def make_scorer(model, backend, nocuda=False, batch=None):
     device = pick_device(nocuda)
     module = model.module if model.kind == "pth" else convert_onnx(model)
     module = module.to(device).eval()
+    how = "load_model" if model.kind == "pth" else "onnx2torch"
+    if device.type == "cuda":
+        batch = batch or GPU_BATCH
+        return resident(module, device, batch), f"torch ({how}), {device}, batch {batch:,}"
 
     def run(xb):
         with torch.inference_mode():
-            return module(torch.from_numpy(xb).to(device)).cpu().numpy()
-    how = "load_model" if model.kind == "pth" else "onnx2torch"
-    batch = batch or (GPU_BATCH if device.type == "cuda" else cpu_batch(model))
+            return module(torch.from_numpy(xb)).numpy()
+    batch = batch or cpu_batch(model)
     return batched(run, batch), f"torch ({how}), {device}, batch {batch:,}"
+
+
+def resident(module, device, batch):
+    """score(x) for an accelerator: every track goes to the device in one transfer,
+    is scored there in batches into one device array, and comes back in one."""
+    import torch
+
+    def score(x):
+        with torch.inference_mode():
+            xd = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+            out = torch.empty(len(x), dtype=torch.float32, device=device)
+            for lo in range(0, len(x), batch):
+                y = module(xd[lo:lo + batch])
+                if y.numel() != min(batch, len(x) - lo):
+                    raise GhostError(f"model output has shape {tuple(y.shape)} for "
+                                     f"{min(batch, len(x) - lo)} tracks; expected one "
+                                     "probability per track")
+                out[lo:lo + batch] = y.reshape(-1)
+            return out.cpu().numpy()
+    return score
 
 
 def batched(run, batch):

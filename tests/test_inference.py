@@ -330,6 +330,24 @@ def test_auto_backend_cross_check_and_no_torch_import(trained, matching_file, re
     assert check["cross_check"]["max_abs_diff"] < 1e-5
 
 
+def test_device_resident_scorer_equals_batched(trained, root_features):
+    """The GPU path (one transfer in, batches on the device, one transfer out),
+    run on the CPU device: the same probabilities as the CPU batches, and a wrong
+    output shape is a clear error."""
+    import torch
+
+    import scoring
+    data, _ = root_features
+    x = np.nan_to_num(data[:5000])
+    model = scoring.load_model_file(trained["net1_pth"], trained["net1_pkl"])
+    cpu, _ = scoring.make_scorer(model, "torch", nocuda=True, batch=777)
+    on_device = scoring.resident(model.module.eval(), torch.device("cpu"), 777)
+    np.testing.assert_array_equal(on_device(x), cpu(x))
+    wrong = scoring.resident(torch.nn.Linear(x.shape[1], 2), torch.device("cpu"), 777)
+    with pytest.raises(GhostError, match="expected one probability per track"):
+        wrong(x)
+
+
 def test_backends_agree_and_pth_equals_onnx(trained, matching_file, reference, tmp_path,
                                             capsys):
     a, b = tmp_path / "ort.npy", tmp_path / "pth.npy"
