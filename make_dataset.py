@@ -26,7 +26,7 @@ from features import (
 )
 from outputs import AtomicOutputs, check_output_file, prepare_folder
 from plots import add_format_option, parse_formats
-from rootio import add_threads_option, expand_inputs, read_root
+from rootio import MATRIX, add_threads_option, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log, run_cli
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
@@ -92,15 +92,15 @@ def clean(columns, names):
     return rows, labels, dropped
 
 
-def split_arrays(columns, names, take, keep=False):
+def split_arrays(columns, names, take):
     """{split: float32 [its rows, names]} for the row numbers `take` {split: rows},
-    filled column by column; unless `keep`, each column leaves `columns` once every
-    split has its values, so the input and the splits are never whole at once."""
+    filled column by column; each column leaves `columns` once every split has its
+    values, so the input and the splits are never whole at once."""
     out = {s: np.empty((len(r), len(names)), dtype=np.float32) for s, r in take.items()}
-    for j, name in enumerate(names):
-        column = columns[name] if keep else columns.pop(name)
+    for name in names:
+        column = columns.pop(name)
         for s, r in take.items():
-            out[s][:, j] = column[r]
+            out[s][:, names.index(name)] = column[r]
         del column
     return out
 
@@ -142,7 +142,10 @@ def class_weights(train_labels):
 def read_tracks(files, tree, track, names, threads):
     """The feature and label columns of every input file; the wrong track type (its
     features 0 for every track) or no tracks at all is an error."""
-    columns = read_root(files, tree, names + [LABEL], threads=threads, optional=SPECTATORS)
+    columns = read_root(files, tree, names + [LABEL], threads=threads, optional=SPECTATORS,
+                        matrix=names)
+    features = columns[MATRIX]  # [tracks, features]; each feature as a column view too
+    columns.update({name: features[:, j] for j, name in enumerate(names)})
     if len(columns[LABEL]) == 0:
         raise GhostError(f"no tracks to read: tree {tree} is empty in every input file")
     if zero := unfilled(columns, names):
@@ -191,9 +194,11 @@ def main(argv=None):
                               np.random.default_rng(args.seed))
     take = {s: rows[i] for s, i in index.items()}  # each split's rows of the input
     spectators = [c for c in SPECTATORS if c in columns]
-    arrays = split_arrays(columns, names, take, keep=args.plot)  # --plot draws the columns
-    splits = {s: (arrays.pop(s), labels[index[s]].reshape(-1, 1)) for s in take}
+    splits = {s: (np.take(columns[MATRIX], r, axis=0), labels[index[s]].reshape(-1, 1))
+              for s, r in take.items()}  # whole rows gathered: one cache line per track
     extra = split_arrays(columns, spectators, take) if spectators else None
+    if not args.plot:  # every track is in the splits now; --plot draws the columns
+        del columns
     scalings = (MinMax.fit(splits["train"][0], names),
                 Standardize.fit(splits["train"][0], names))
     if args.normalize:

@@ -164,9 +164,10 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     each with its own types, then converted.  threads > 1: ROOT's implicit
     multi-threading reads clusters in parallel and in any order; each row is stored
     at its entry number (_entry_counter), so the result is the serial read's, row
-    for row.  threads None: auto_threads.  matrix: `columns` come as one float32
-    [entries, len(columns)] array under MATRIX (ROOT stores each value straight into
-    its row and column: no stacking copy), the optional ones as arrays."""
+    for row.  threads None: auto_threads.  matrix: `columns` (True) or the columns
+    listed come as one float32 [entries, len(them)] array under MATRIX (ROOT stores
+    each value straight into its row and column: no stacking copy), the others as
+    arrays."""
     ROOT = import_root()
     infos = [inspect_tree(path, tree) for path in files]
     for info in infos:
@@ -192,8 +193,9 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     if threads:
         ROOT.EnableImplicitMT(threads)
     total = sum(info.entries for group in groups for info in group)
-    stacked = np.empty((total, len(columns)), dtype=np.float32) if matrix else None
-    out = {c: stacked[:, list(columns).index(c)] if matrix and c in columns else
+    stack = list(columns) if matrix is True else list(matrix or ())
+    stacked = np.empty((total, len(stack)), dtype=np.float32) if stack else None
+    out = {c: stacked[:, stack.index(c)] if c in stack else
            np.empty(total, dtype=np.float32) for c in wanted}
     try:
         start = 0
@@ -205,9 +207,9 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     finally:
         if threads:  # later reads and writes in this process stay serial
             ROOT.DisableImplicitMT()
-    if not matrix:
+    if not stack:
         return out
-    return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in columns}}
+    return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in stack}}
 
 
 # Below this many entries a parallel read does not win: ROOT's start of the event
