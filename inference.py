@@ -87,7 +87,7 @@ def add_model_options(p):
                         "the largest difference")
     p.add_argument("--batch", type=int,
                    help="tracks per scoring batch (default: from the model's size on the "
-                        f"CPU, 4,096-131,072; {GPU_BATCH:,} on a GPU)")
+                        f"CPU, 4,096-65,536; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     add_threads_option(p)
 

@@ -14,10 +14,12 @@ from artifacts import INPUT_NAME, OUTPUT_NAME, SavedConfig, load_config, onnx_by
 from utils import GhostError, Stopwatch, one_line, pick_device
 
 GPU_BATCH = 1_000_000
-# CPU batches: about 2^28 / (multiply-adds per track) tracks, so a batch's hidden
-# activations stay near the caches (measured on 2 cores: 16,384 for the 18k-MAC
-# 13-128-128-1 network, 65,536-131,072 for the 450-MAC 13-32-1 one).
-CPU_BATCH_RANGE = (4096, 131072)
+# CPU batches: about 2^28 / (multiply-adds per track) tracks, at most 65,536, so a
+# batch's hidden activations stay near the caches.  Measured on 2 cores (bench/
+# bench_inference.py): the 18k-MAC 13-128-128-1 network 2.8 M tracks/s at 16,384
+# (onnxruntime; 1.9 M at 65,536), the 450-MAC 13-32-1 one 25-27 M/s at 65,536-131,072
+# (torch drops to 10 M/s at 131,072).
+CPU_BATCH_RANGE = (4096, 65536)
 BACKENDS = ("auto", "torch", "onnxruntime")
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
              "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger"}

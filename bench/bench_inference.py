@@ -1,9 +1,11 @@
 """Benchmark inference.py on 1,000,000 matching tracks (not a test).
 
     .venv/bin/python -m bench.bench_inference [--tracks N] [--cache DIR] [--repeat K]
+                                              [--model FILE.onnx]
 
 Makes (once, cached) a synthetic matching file with make_sample and a quick l0=32
-network-1 model (briefly trained, exported to ONNX), then times
+network-1 model (briefly trained, exported to ONNX; --model: another one, e.g. the
+default search's), then times
   (a) the full `inference.py` command end to end (subprocess, wall clock: read, score,
       every threshold and metric, all plots, --output), best of --repeat runs;
   (b) the scoring pass alone, tracks/s, for the torch and onnxruntime scorers that
@@ -84,7 +86,8 @@ def time_cli(sample, model_path, cache, repeat):
 
 
 def time_scoring(sample, model_path, repeat):
-    """tracks/s of the scoring pass alone, per backend and batch (data in memory)."""
+    """tracks/s of the scoring pass alone, per backend and batch (data in memory);
+    "auto" is the batch inference.py picks for the model."""
     from features import DEFAULT_TREE, features_for
     from rootio import read_root, stack_columns
     from scoring import load_model_file, make_scorer
@@ -94,7 +97,7 @@ def time_scoring(sample, model_path, repeat):
     model = load_model_file(model_path)
     rates = {}
     for backend in ("torch", "onnxruntime"):
-        for batch in (8192, 32768, 131072):
+        for batch in (None, 4096, 16384, 65536):
             score, desc = make_scorer(model, backend, nocuda=True, batch=batch)
             score(data[:100_000])  # warm up
             best = float("inf")
@@ -102,7 +105,7 @@ def time_scoring(sample, model_path, repeat):
                 t0 = time.perf_counter()
                 score(data)
                 best = min(best, time.perf_counter() - t0)
-            rates[f"{desc}, batch {batch}"] = len(data) / best
+            rates[f"{desc}{' (auto)' if batch is None else ''}"] = len(data) / best
     return rates
 
 
@@ -113,9 +116,12 @@ def main():
     p.add_argument("--cache", default="/tmp/ghost_bench",
                    help="cache folder for the sample and model (default /tmp/ghost_bench)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--model", help="an .onnx model to time instead of the quick l0=32 one")
     args = p.parse_args()
     args.cache = os.path.abspath(args.cache)  # the CLI runs with the cache as its folder
     sample, model_path = prepare(args.cache, args.tracks)
+    if args.model:
+        model_path = os.path.abspath(args.model)
     import torch
     print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f} before")
