@@ -233,6 +233,14 @@ def score_input(args, model, settings, inp, finite):
     return scores, train_scores, desc, seconds, check
 
 
+def release_features(inp):
+    """Once scored, the features are needed only by --compare and --ranking: keep the
+    kinematics columns (copies, where they are views of the features) and let the
+    [tracks, features] array go before the analysis allocates its own."""
+    inp.columns = {k: np.ascontiguousarray(v) for k, v in (inp.columns or {}).items()}
+    inp.data = None
+
+
 def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
     """The metrics.Analysis of the finite, labelled scores, or None (said why);
     `scores`, `labels`: the finite tracks' (finite_part); `cuts`: (thresholds,
@@ -428,6 +436,8 @@ def main(argv=None):
     inp, finite = load_input(args, source, settings, model)
     scores, train_scores, desc, seconds, check = score_input(args, model, settings, inp,
                                                              finite)
+    if not (args.compare or args.ranking):
+        release_features(inp)
     analysis, extra, plot_input = analyse_input(args, model, source, settings, inp, finite,
                                                 (scores, train_scores),
                                                 (thresholds, efficiencies))
