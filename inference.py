@@ -209,8 +209,7 @@ def score_input(args, model, settings, inp, finite):
         f"({desc})")
     check = None
     if args.cross_check:
-        check = cross_check(model, inp.data, finite, scores,
-                            "onnxruntime" if desc.startswith("onnxruntime") else "torch",
+        check = cross_check(model, inp.data, finite, scores, args.backend,
                             settings.normalization, args.nocuda)
         if check is None:
             log("cross-check: no second engine runs an INT8 .onnx model (onnx2torch cannot "

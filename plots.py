@@ -3,7 +3,7 @@ LHCb's style (mplhep) where it is installed, as PNG and optionally PDF.
 
 The analysis figures take a PlotInput and return a Figure; FIGURES is their
 registry (file stem -> figure, whether the input has what it needs, a one-line
-caption for index.html).  Every file is written through save_figure.  Feature,
+caption for index.html).  Every file is written through write_figure.  Feature,
 kinematics and training-report figures are in diagnostic_plots.py.
 """
 import contextlib
@@ -69,17 +69,21 @@ def save_figure(out, path, fig, keep=False, formats=("png",)):
     """Write `fig` as path's stem in each format through `out`
     (outputs.AtomicOutputs); close it unless it is kept to be shown.  Returns the
     file names written."""
+    stem = os.path.splitext(path)[0]
+    write_figure(fig, [out.tmp(f"{stem}.{fmt}") for fmt in formats], keep)
+    return [os.path.basename(f"{stem}.{fmt}") for fmt in formats]
+
+
+def write_figure(fig, files, keep=False):
+    """Lay `fig` out, write it to each of `files` (a format each, by extension) and
+    close it unless it is kept to be shown."""
     with warnings.catch_warnings():  # axes tight_layout cannot place (a colorbar)
         warnings.simplefilter("ignore")
         fig.tight_layout()
-    stem = os.path.splitext(path)[0]
-    names = []
-    for fmt in formats:
-        fig.savefig(out.tmp(f"{stem}.{fmt}"), dpi=100)
-        names.append(os.path.basename(f"{stem}.{fmt}"))
+    for path in files:
+        fig.savefig(path, dpi=100)
     if not keep:
         pyplot().close(fig)
-    return names
 
 
 def decorate(ax, what, title, xlabel, ylabel, logy=False, loc="best"):
@@ -303,25 +307,12 @@ def figure_jobs(p):
     return jobs
 
 
-def write_analysis_figures(p, plots_dir, out, show=False, formats=("png",)):
-    """Every figure of figure_jobs(p), drawn and written by draw_figures; returns
-    ([(file names, caption)], figures kept open to be shown)."""
-    pending = draw_figures(figure_jobs(p), plots_dir, out, show, formats)
-    return pending.wait()
-
-
 def _draw_job(job, targets, keep=False):
     """Draw one job and write it to its temporary files; the Figure if kept."""
     stem, draw, _ = job
     with style() as plt:
         fig = draw(plt)
-        with warnings.catch_warnings():  # axes tight_layout cannot place (a colorbar)
-            warnings.simplefilter("ignore")
-            fig.tight_layout()
-        for tmp in targets:
-            fig.savefig(tmp, dpi=100)
-        if not keep:
-            plt.close(fig)
+        write_figure(fig, targets, keep)
     return fig if keep else None
 
 

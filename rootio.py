@@ -356,16 +356,6 @@ def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):
             ROOT.EnableImplicitMT(threads)
 
 
-def stack_columns(columns, names, rows=None):
-    """Columns {name: array} -> one float32 [n, len(names)] array in that order,
-    of the given rows (all by default), built column by column."""
-    n = len(columns[names[0]]) if rows is None else len(rows)
-    data = np.empty((n, len(names)), dtype=np.float32)
-    for j, name in enumerate(names):
-        data[:, j] = columns[name] if rows is None else columns[name][rows]
-    return data
-
-
 def write_results(path, histograms, graphs, table, shown=None):
     """Results for ROOT users, as TMVA writes them: `histograms` {name: (counts,
     edges, title)} as TH1D, `graphs` {name: (x, y, title)} as TGraph, and `table`

@@ -309,10 +309,11 @@ def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
 CROSS_CHECK_TRACKS = 100_000
 
 
-def cross_check(model, data, finite, scores, used, scaling=None, nocuda=False):
-    """Up to CROSS_CHECK_TRACKS finite tracks scored again with the other engine:
-    {"engine", "tracks", "max_abs_diff"}, or None where there is no other engine."""
-    other = other_backend(model, used)
+def cross_check(model, data, finite, scores, backend="auto", scaling=None, nocuda=False):
+    """Up to CROSS_CHECK_TRACKS finite tracks scored again with the engine other than
+    the one `backend` chose (choose_backend): {"engine", "tracks", "max_abs_diff"},
+    or None where there is no other engine."""
+    other = other_backend(model, choose_backend(model, backend, nocuda)[0])
     if other is None:
         return None
     rows = np.flatnonzero(finite)[:CROSS_CHECK_TRACKS]

@@ -89,10 +89,10 @@ def time_scoring(sample, model_path, repeat):
     """tracks/s of the scoring pass alone, per backend and batch (data in memory);
     "auto" is the batch inference.py picks for the model."""
     from features import DEFAULT_TREE, features_for
-    from rootio import read_root, stack_columns
+    from rootio import MATRIX, read_root
     from scoring import load_model_file, make_scorer
     names = features_for("matching")
-    data = stack_columns(read_root([sample], DEFAULT_TREE, names), names)
+    data = read_root([sample], DEFAULT_TREE, names, matrix=True)[MATRIX]
     data[~np.isfinite(data).all(axis=1)] = 0.0
     model = load_model_file(model_path)
     rates = {}

@@ -172,9 +172,9 @@ def test_kinematic_efficiencies_add_up_to_the_global_ones(report_run, matching_f
 def _forward_model(path, forward_file):
     """A forward model with the training ranges of a forward file (weights random:
     the guard rails look at the inputs only)."""
-    from rootio import read_root, stack_columns
+    from rootio import MATRIX, read_root
     names = features_for("forward")
-    x = stack_columns(read_root([forward_file], DEFAULT_TREE, names), names)
+    x = read_root([forward_file], DEFAULT_TREE, names, matrix=True)[MATRIX]
     x = x[np.isfinite(x).all(axis=1)]
     config = ModelConfig(network=1, n_features=8, hidden=(8,), inputs="standard",
                          standardization=Standardize.fit(x, names))
