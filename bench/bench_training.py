@@ -128,40 +128,48 @@ def tree_memory(pid):
     return pss, rss, parts
 
 
+def run_measured(cmd, cwd=None, interval=0.1):
+    """Run `cmd` to its end, sampling its process tree's memory: (wall seconds,
+    peak PSS bytes, peak RSS bytes, PSS per command at the PSS peak, output,
+    exit code)."""
+    peak = [0, 0, {}]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=cwd)
+
+    def sample():
+        while proc.poll() is None:
+            pss, rss, parts = tree_memory(proc.pid)
+            if pss > peak[0]:
+                peak[0], peak[2] = pss, parts
+            peak[1] = max(peak[1], rss)
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - t
+    sampler.join()
+    return wall, peak[0], peak[1], peak[2], output, proc.returncode
+
+
 def bench_search(args):
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, os.path.join(ROOT_DIR, "training.py"), "-f", args.prefix,
                "-n", "4", "--epochs", "10", "--path", os.path.join(tmp, "ray"), "--save",
                "--output-dir", os.path.join(tmp, "models"), "--nocuda"]
-        peak = [0, 0, {}]
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-
-        def sample():
-            while proc.poll() is None:
-                pss, rss, parts = tree_memory(proc.pid)
-                if pss > peak[0]:
-                    peak[0], peak[2] = pss, parts
-                peak[1] = max(peak[1], rss)
-                time.sleep(0.1)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        output = proc.communicate()[0]
-        wall = time.perf_counter() - t
-        sampler.join()
-        if proc.returncode:
+        wall, pss, rss, parts, output, code = run_measured(cmd)
+        if code:
             print(output)
-            raise SystemExit(f"search failed with exit code {proc.returncode}")
+            raise SystemExit(f"search failed with exit code {code}")
         written = sum(os.path.getsize(os.path.join(d, f))
                       for d, _, files in os.walk(os.path.join(tmp, "ray")) for f in files)
     print(output.rstrip())
     print("at the peak (PSS, MB): " + ", ".join(
         f"{name.strip()}: {b / 2**20:.0f}" for name, b in
-        sorted(peak[2].items(), key=lambda kv: -kv[1])[:6]))
+        sorted(parts.items(), key=lambda kv: -kv[1])[:6]))
     print(f"search -n 4 --epochs 10: wall {wall:.1f} s (target < 40 s), peak memory "
-          f"{peak[0] / 2**30:.2f} GB PSS / {peak[1] / 2**30:.2f} GB RSS summed over the "
+          f"{pss / 2**30:.2f} GB PSS / {rss / 2**30:.2f} GB RSS summed over the "
           f"process tree (target < 2 GB), written under --path {written / 2**20:.2f} MB "
           f"(target < 50 MB)")
 

@@ -19,39 +19,23 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
-import time
 
-from bench.bench_training import tree_memory
+from bench.bench_training import run_measured
 
 NOTES = ("read ", "scored ", "bare ", "dataset ", "search done", "wrote ")
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(cmd, log):
-    """(wall seconds, peak PSS bytes, peak RSS bytes, output) of a command."""
-    peak = [0, 0]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT_DIR)
-
-    def sample():
-        while proc.poll() is None:
-            pss, rss, _ = tree_memory(proc.pid)
-            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    output = proc.communicate()[0]
-    wall = time.perf_counter() - t
-    sampler.join()
+    """(wall seconds, peak PSS bytes, peak RSS bytes, output) of a command; its
+    output saved to `log`."""
+    wall, pss, rss, _, output, code = run_measured(cmd, cwd=ROOT_DIR, interval=0.05)
     with open(log, "w") as f:
         f.write(output)
-    if proc.returncode:
+    if code:
         print(output[-3000:])
-        raise SystemExit(f"{' '.join(cmd[:3])} failed with exit code {proc.returncode}")
-    return wall, peak[0], peak[1], output
+        raise SystemExit(f"{' '.join(cmd[:3])} failed with exit code {code}")
+    return wall, pss, rss, output
 
 
 def main():
@@ -70,6 +54,10 @@ def main():
                         "--track", "matching", "--seed", "7"], cwd=ROOT_DIR, check=True)
     ds = os.path.join(args.cache, f"ds_{args.tracks}")
     models = os.path.join(args.cache, f"model_{args.tracks}")
+    model = os.path.join(models, "ghost_model.onnx")
+    if "training" in args.skip and "inference" not in args.skip and not os.path.exists(model):
+        p.error(f"--skip training times inference with an earlier run's model: {model} "
+                "is missing (add --skip inference, or run the training once)")
     steps = [("bare read", [py, "-m", "bench.bare_read", sample])]
     if "make_dataset" not in args.skip:
         steps.append(("make_dataset", [py, "make_dataset.py", "-f", sample, "--output", ds,
@@ -84,8 +72,8 @@ def main():
                                    "--output-dir", models, "--path",
                                    os.path.join(args.cache, "ray_results")]))
     if "inference" not in args.skip:
-        steps.append(("inference", [py, "inference.py", "-f", sample, "--model",
-                                    os.path.join(models, "ghost_model.onnx"), "--output",
+        steps.append(("inference", [py, "inference.py", "-f", sample, "--model", model,
+                                    "--output",
                                     os.path.join(args.cache, "scores.npy"), "--plots-dir",
                                     os.path.join(args.cache, "plots")]))
     print(f"{os.cpu_count()} CPUs, {args.tracks:,} tracks, load average "
