@@ -35,10 +35,11 @@ from cpp_export import write_header
 from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
 from inputs import describe_source, guard, read_input, resolve_settings
 from kinematics import performance
+from make_dataset import dataset_files
 from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
-from outputs import AtomicOutputs, check_output_file, prepare_folder
+from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
 from plots import PlotInput, add_format_option, parse_formats, pyplot, style
-from report import print_summary, write_analysis
+from report import analysis_files, print_summary, write_analysis
 from rootio import add_threads_option, write_root
 from scoring import BACKENDS, GPU_BATCH, cross_check, load_model_file, score_model
 from utils import GhostError, Stopwatch, log, parse_numbers, run_cli, warn
@@ -136,11 +137,7 @@ def check_args(args):
     formats and the --calibrate ghost fraction ("model", a number or None)."""
     if args.filename is None and args.export_cpp is None:
         raise GhostError("-f/--filename is required (or --export-cpp alone)")
-    if args.export_cpp is not None:
-        if not args.export_cpp.endswith((".hpp", ".h", ".hh")):
-            raise GhostError(f"--export-cpp {args.export_cpp}: the extension must be .hpp "
-                             "(or .h, .hh)")
-        check_output_file(args.export_cpp)
+    check_output_file(args.export_cpp, "--export-cpp", (".hpp", ".h", ".hh"))  # if given
     if args.batch is not None and args.batch < 1:
         raise GhostError(f"--batch must be at least 1, got {args.batch}")
     thresholds = list(DEFAULT_THRESHOLDS)
@@ -159,11 +156,14 @@ def check_args(args):
     calibrate = args.calibrate
     if calibrate not in (None, "model"):
         calibrate = parse_numbers(calibrate, "--calibrate", 0.0, 1.0, open_=True)[0]
-    if args.output is not None:
-        if os.path.splitext(args.output)[1].lower() not in (".npy", ".root"):
-            raise GhostError(f"--output {args.output}: the extension must be .npy or .root")
-        check_output_file(args.output)
+    check_output_file(args.output, "--output", (".npy", ".root"))
     prepare_folder(args.plots_dir, "--plots-dir", create=False)  # made once there are metrics
+    sources = [] if args.filename is None else [args.filename, *dataset_files(args.filename)]
+    refuse_overwriting_inputs(  # the plots folder's files too; --compare's configs: *_config.*
+        [("--output", args.output), ("--export-cpp", args.export_cpp)]
+        + [("--plots-dir", path) for path in analysis_files(args.plots_dir)],
+        [("-f", path) for path in sources] + [("--model", args.model), ("--config", args.config)]
+        + [("--compare", model) for model in args.compare or []])
     return thresholds, efficiencies, features, () if args.no_plots else formats, calibrate
 
 

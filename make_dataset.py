@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from dataset import SPLITS, DatasetMeta, meta_path, write_dataset
+from dataset import SPLITS, DatasetMeta, meta_path, spectators_path, split_paths, write_dataset
 from diagnostic_plots import write_feature_figures
 from features import (
     DEFAULT_TREE,
@@ -24,8 +24,14 @@ from features import (
     track_mismatch,
     unfilled,
 )
-from outputs import AtomicOutputs, check_output_file, prepare_folder
-from plots import add_format_option, parse_formats
+from outputs import (
+    AtomicOutputs,
+    Pattern,
+    check_output_file,
+    prepare_folder,
+    refuse_overwriting_inputs,
+)
+from plots import FORMATS, add_format_option, parse_formats
 from rootio import MATRIX, add_threads_option, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log, run_cli
 
@@ -73,6 +79,29 @@ def parse_args(argv=None):
     except GhostError as e:
         p.error(str(e))
     return args
+
+
+def dataset_files(prefix):
+    """Every file a dataset prefix names: what make_dataset.py writes (the
+    spectators where there are some), what training.py and inference.py read."""
+    return [path for split in SPLITS
+            for path in (*split_paths(prefix, split), spectators_path(prefix, split))
+            ] + [meta_path(prefix)]
+
+
+def check_outputs(args, files):
+    """Every output location before the long read: --output a prefix of files that
+    can be written, --plots-dir (with --plot) a folder, and no output replaces one of
+    the input `files`."""
+    check_output_file(args.output, "--output")
+    outputs = [("--output", path) for path in dataset_files(args.output)]
+    if args.plot:
+        prepare_folder(args.plots_dir, "--plots-dir", create=False)
+        outputs += [("--plots-dir", os.path.join(args.plots_dir, "index.html"))] + [
+            ("--plots-dir", Pattern(os.path.join(args.plots_dir, f"*.{fmt}"))) for fmt in FORMATS]
+    refuse_overwriting_inputs(outputs, [("-f", path) for path in files])
+    if args.plot:
+        prepare_folder(args.plots_dir, "--plots-dir")
 
 
 def clean(columns, names):
@@ -177,9 +206,7 @@ def main(argv=None):
     clock = Stopwatch()
     names = features_for(args.track)
     files = expand_inputs(args.filename)
-    check_output_file(args.output)  # every output location before the long read
-    if args.plot:
-        prepare_folder(args.plots_dir, "--plots-dir")
+    check_outputs(args, files)
 
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
     columns = read_tracks(files, args.tree, args.track, names, args.threads)

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import betaln, gammaln, logsumexp, ndtr
 
 from features import DEFAULT_TREE, TRACK_TYPES, features_for, own_branches
-from outputs import AtomicOutputs
+from outputs import AtomicOutputs, check_output_file
 from rootio import write_root
 from utils import GhostError, log, run_cli
 
@@ -381,6 +381,7 @@ def main(argv=None):
         fail(f"--ghost-rate must be in (0, 1), got {args.ghost_rate}")
     if not 0 <= args.nonfinite < 1:
         fail(f"--nonfinite must be in [0, 1), got {args.nonfinite}")
+    check_output_file(args.output, "-o", (".root",))
     s = make_sample(args.output, args.tracks, args.track, args.ghost_rate, args.seed,
                     args.fmt, args.nonfinite)
     log(f"wrote {s['tracks']} {args.track} tracks ({s['ghosts']} ghosts, "

@@ -3,6 +3,7 @@ written under temporary names and renamed together at the end, temporaries of
 killed runs removed, and a lock so that one run at a time writes to a folder.
 """
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -10,12 +11,33 @@ import tempfile
 
 import numpy as np
 
-from utils import GhostError, plain
+from utils import GhostError, at_failure, plain
+
+
+def check_name(value, what):
+    """The value of the path option `what` is a name: not empty, not blank."""
+    if value is None or not str(value).strip():
+        raise GhostError(f"{what} is empty: give a name")
+    return value
+
+
+def plain_name(value, what):
+    """The value of the option `what` (--name, ...) as a plain name, one folder
+    entry: not empty, no path separator, not . or .., so that joined to a folder
+    it stays inside it.  Returns it; a one-line error otherwise."""
+    check_name(value, what)
+    separators = {os.sep, os.altsep or os.sep, "/"}
+    if value in (".", "..") or any(s in value for s in separators) or os.path.isabs(value):
+        raise GhostError(f"{what} must be a plain name (no folder, not . or ..), "
+                         f"got {value!r}")
+    return value
 
 
 def check_writable_folder(folder, what="output folder"):
     """`folder` exists and a file can really be created in it (os.access says yes
     to root in /proc, for instance, so try it)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise GhostError(f"{what} {folder} is a file, not a folder")
     if not os.path.isdir(folder):
         raise GhostError(f"{what} {folder} does not exist")
     try:
@@ -27,35 +49,123 @@ def check_writable_folder(folder, what="output folder"):
     return folder
 
 
-def check_output_file(path):
-    """The file `path` can be written: its folder exists and is writable, and the
-    name is not taken by a folder."""
-    folder = check_writable_folder(os.path.dirname(os.path.abspath(path)))
-    if os.path.isdir(path):
-        raise GhostError(f"output {path} is a folder, not a file name")
-    return folder
+def check_output_file(path, what="output", extensions=None):
+    """The file `path` (the value of the option `what`) can be written: a name, with
+    one of `extensions` (lower case, e.g. (".npy", ".root")) where given, not a
+    folder's name, in a folder that exists and is writable.  Returns that folder;
+    None for path None (an optional output not asked for)."""
+    if path is None:
+        return None
+    check_name(path, what)
+    if extensions and not path.lower().endswith(tuple(extensions)):
+        *others, last = extensions
+        raise GhostError(f"{what} {path}: the extension must be "
+                         f"{', '.join(others)}{' or ' if others else ''}{last}")
+    if path.endswith((os.sep, "/")) or os.path.isdir(path):
+        raise GhostError(f"{what} {path} is a folder, not a file name")
+    return check_writable_folder(os.path.dirname(os.path.abspath(path)), f"{what} folder")
+
+
+# Folders this process created (real paths), removed again if still empty when
+# the run fails (utils.run_cli calls remove_created_folders).
+_created = []
 
 
 def prepare_folder(path, what, create=True):
     """Create the output folder `path` (an option named by `what`) if needed and
     check that it is writable: before any long work, never after it.  With
     create=False, only check that it could be created (its first existing parent
-    is a writable folder)."""
+    is a writable folder).  Each level it creates is recorded: if the run then
+    fails, those still empty are removed (remove_created_folders)."""
+    check_name(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
         raise GhostError(f"{what} {path} is a file, not a folder")
-    if not create and not os.path.isdir(path):
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            raise GhostError(f"cannot create {what} {path}: {parent} is a file")
-        check_writable_folder(parent, f"cannot create {what} {path}: folder")
+    missing, parent = [], path.rstrip(os.sep + "/") or path
+    while parent and not os.path.exists(parent):  # the levels to make, deepest first
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise GhostError(f"cannot create {what} {path}: {parent} is a file")
+    if not create:
+        if missing:
+            check_writable_folder(parent or ".", f"cannot create {what} {path}: folder")
         return path
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise GhostError(f"cannot create {what} {path} ({e.strerror or e})")
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not this run's
+        except OSError as e:
+            raise GhostError(f"cannot create {what} {path} ({e.strerror or e})")
+        _created.append(os.path.realpath(folder))
+        at_failure(remove_created_folders)
     return check_writable_folder(path, what)
+
+
+def remove_created_folders():
+    """Remove the folders this run created (prepare_folder) that are still empty,
+    deepest first; a folder it did not create, or one holding anything, stays.
+    utils.run_cli calls it when a run ends in an error."""
+    for folder in sorted(set(_created), key=lambda f: f.count(os.sep), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    _created.clear()
+
+
+class Pattern(str):
+    """An output path whose file name is a glob pattern ("plots/*.png"): it stands
+    for every file of its folder that the pattern matches (refuse_overwriting_inputs)."""
+
+
+def _entries(path):
+    """The files that writing or reading `path` touches: its folder entry (its
+    folder's symlinks resolved) and the file its own symlinks lead to."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return {os.path.join(os.path.realpath(folder), name), os.path.realpath(path)}
+
+
+def _same_file(output, path):
+    """Whether writing `output` (a path or a Pattern) replaces `path`."""
+    if isinstance(output, Pattern):
+        folder, name = os.path.split(os.path.abspath(output))
+        folder = os.path.realpath(folder)
+        return any(os.path.dirname(p) == folder and fnmatch.fnmatchcase(os.path.basename(p), name)
+                   for p in _entries(path))
+    if _entries(output) & _entries(path):
+        return True
+    try:
+        return os.path.samefile(output, path)  # hard links
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(outputs, inputs):
+    """Refuse, before any work, a run that would replace one of its own inputs, write
+    two of its outputs to one file, or write a file where a folder is.
+
+    outputs: (option, path) pairs, every file the run may write, `option` the
+        command-line option it comes from ("--output", "--plots-dir"); a Pattern
+        ("plots/*.png") stands for every file it matches.
+    inputs: (option, path) pairs, every file the run reads (globs already
+        expanded, e.g. by rootio.expand_inputs); missing files are fine.
+    Pairs whose path is None are skipped.  Paths are compared as the files they
+    reach: realpath (symlinks, `./`, `a/../a` spellings) and, for existing
+    files, os.path.samefile (hard links).  Raises GhostError naming both."""
+    outputs = [(o, p) for o, p in outputs if p is not None]
+    inputs = [(o, p) for o, p in inputs if p is not None]
+    for i, (option, out) in enumerate(outputs):
+        if not isinstance(out, Pattern) and os.path.isdir(out):
+            raise GhostError(f"{option}: {out} is a folder, not a file name")
+        for in_option, path in inputs:
+            if _same_file(out, path):
+                shown = (os.path.join(os.path.dirname(out), os.path.basename(path))
+                         if isinstance(out, Pattern) else out)
+                raise GhostError(f"{option}: writing {shown} would replace the input "
+                                 f"{in_option} {path}; choose another {option}")
+        for other_option, other in outputs[i + 1:]:
+            if _same_file(other, out) if isinstance(other, Pattern) else _same_file(out, other):
+                raise GhostError(f"{option} {out} and {other_option} {other} are the same "
+                                 f"file; choose another {option}")
 
 
 def pid_alive(pid):

@@ -202,6 +202,19 @@ def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",),
     return [n for names, _ in figures for n in names] + files, kept
 
 
+def analysis_files(folder):
+    """Every file write_analysis and inference.py's --ranking may write in `folder`,
+    the figures as outputs.Pattern: checked before any work (none is an input)."""
+    import os
+
+    from outputs import Pattern
+    from plots import FORMATS
+    names = ("metrics.json", "thresholds.csv", "comparison.csv", "ranking.csv",
+             "results.root", "index.html")
+    return ([os.path.join(folder, name) for name in names]
+            + [Pattern(os.path.join(folder, f"*.{fmt}")) for fmt in FORMATS])
+
+
 def write_tables(out, folder, a, extra, plot_input, context, scores_by_split):
     """metrics.json, thresholds.csv, comparison.csv (with several classifiers) and
     results.root (where ROOT is installed): the names written after the first two."""

@@ -16,19 +16,52 @@ class GhostError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
+# What run_cli calls when a run ends in an error (see at_failure).
+_at_failure = []
+
+
+def at_failure(hook):
+    """Have run_cli call hook() if the run ends in an error: a GhostError, an
+    interrupt, a non-zero exit, any exception.  For a room's undo of what the run
+    began (outputs removes the empty folders it made); each hook once."""
+    if hook not in _at_failure:
+        _at_failure.append(hook)
+
+
+def _failed():
+    while _at_failure:
+        try:
+            _at_failure.pop()()
+        except Exception:  # an undo that fails must not hide the run's own error
+            pass
+
+
 def run_cli(main, argv=None):
-    """Run a script's main(argv); bad input ends as `error: ...` and exit 2."""
+    """Run a script's main(argv); bad input ends as `error: ...` and exit 2.  Any
+    error (a non-zero exit too) first calls the at_failure hooks."""
     try:
         rc = main(argv)
     except GhostError as e:
+        _failed()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _failed()
         print("error: interrupted; no output was written", file=sys.stderr)
         sys.exit(130)
     except MemoryError:
+        _failed()
         print("error: out of memory; try a smaller --fraction or --batch", file=sys.stderr)
         sys.exit(2)
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            _failed()
+        raise
+    except BaseException:
+        _failed()
+        raise
+    if rc:
+        _failed()
     # Every output is written and closed by now; skip the interpreter's teardown of
     # ROOT and torch (about 0.6 s of destructors, nothing left to flush).
     sys.stdout.flush()
