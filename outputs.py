@@ -37,7 +37,7 @@ def check_writable_folder(folder, what="output folder"):
     """`folder` exists and a file can really be created in it (os.access says yes
     to root in /proc, for instance, so try it)."""
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise GhostError(f"{what} {folder} is a file, not a folder")
+        raise GhostError(f"{what} {folder} does not exist as a folder: it is a file")
     if not os.path.isdir(folder):
         raise GhostError(f"{what} {folder} does not exist")
     try:
