@@ -147,8 +147,7 @@ def train_trial(params, setup, data):
 
 
 class Stopped(BaseException):
-    """The run was ended by a signal (a BaseException, as KeyboardInterrupt: no
-    `except Exception` swallows it)."""
+    """A signal ended the run (BaseException: no `except Exception` swallows it)."""
 
     def __init__(self, signum):
         super().__init__(signal.Signals(signum).name)
@@ -164,8 +163,7 @@ class Signals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signum, self.searching, self.started = None, False, False
-        self.previous = {}
+        self.signum, self.searching, self.started, self.previous = None, False, False, {}
 
     def install(self):
         """Called again after ray.init, whose SIGTERM handler exits with a dump."""
@@ -208,9 +206,14 @@ class Signals:
             raise Stopped(self.signum)
 
 
-def check_gpu_flags(args):
-    """--gpu needs CUDA here (unless the cluster at --address has it); --cuda K
-    must name a device.  Imports torch, so only called when a GPU flag is given."""
+def check_machines(args):
+    """Before any folder is made: the cluster at --address answers; --gpu needs CUDA
+    here (unless that cluster has it); --cuda K must name a device (torch is
+    imported only when a GPU flag is given)."""
+    if args.address:
+        check_reachable(args.address)
+    if not (args.gpu or args.cuda is not None):
+        return
     import torch
     if args.gpu and not args.address and not torch.cuda.is_available():
         raise GhostError(f"--gpu {args.gpu} asked, but CUDA is not available here")
@@ -251,7 +254,6 @@ def init_ray(args):
     kw = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     try:
         if args.address:
-            check_reachable(args.address)
             # the toolkit's code travels to every node with the search (the nodes need
             # the same Python packages, not a checkout)
             ray.init(address=args.address, runtime_env={
@@ -313,11 +315,9 @@ def trial_line_callback(total, setup):
 
 def trial_error(trial):
     """The last line of a failed trial's error (Ray writes the whole traceback)."""
-    try:
-        with open(trial.error_file) as f:
-            return one_line(f.read())
-    except (OSError, TypeError):
-        return "see its error.txt"
+    with contextlib.suppress(OSError, TypeError), open(trial.error_file) as f:
+        return one_line(f.read())
+    return "see its error.txt"
 
 
 def run_search(args, data, setup, record):
@@ -369,7 +369,9 @@ def run_search(args, data, setup, record):
     try:
         return tuner.fit()
     except (OSError, EOFError) as e:  # Ray's storage: a full disk, mostly
-        free = shutil.disk_usage(storage).free
+        free = 2**20
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(storage).free
         why = f"its disk is full ({free:,} bytes free)" if free < 2**20 else one_line(e)
         raise GhostError(f"the search could not write or read its files in {folder}: "
                          f"{why}; free some space or choose another --path")

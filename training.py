@@ -23,7 +23,16 @@ from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
 from outputs import AtomicOutputs, FolderLock, prepare_folder, remove_stale_temporaries
 from plots import add_format_option, parse_formats
-from search import SELECT, SPACES, Signals, Stopped, TrialSetup, architectures, describe_params
+from search import (
+    SELECT,
+    SPACES,
+    Signals,
+    Stopped,
+    TrialSetup,
+    architectures,
+    check_machines,
+    describe_params,
+)
 from trainer import SCHEDULES
 from utils import GhostError, Stopwatch, log, pick_device, run_cli
 
@@ -130,9 +139,12 @@ def add_output_options(p):
     p.add_argument("--path", default="ray_results",
                    help="folder for Ray's output: metrics and checkpoints (default ray_results)")
     p.add_argument("--name", default="ghost_search",
-                   help="name of the search under --path (default ghost_search)")
+                   help="name of the search's folder under --path; a new search replaces "
+                        "an earlier search of this toolkit there, never another folder "
+                        "(default ghost_search)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search stored under --path/--name")
+                   help="continue the interrupted search stored under --path/--name "
+                        "(with the same search options and dataset)")
 
 
 def load_data(prefix, batch):
@@ -365,9 +377,7 @@ def run(args, signals):
     splits, meta, spectators = load_data(args.filename, args.batch)
     setup = make_setup(args, meta, splits)
     check_learnable(args, splits, setup.n_features)
-    if args.gpu or args.cuda is not None:  # check GPU flags before a long search
-        from search import check_gpu_flags
-        check_gpu_flags(args)
+    check_machines(args)
     record = search_folder.check(args, setup.network, splits)
     with contextlib.ExitStack() as locks:
         prepare_outputs(args, locks)
