@@ -271,8 +271,11 @@ def test_a_failing_trial_is_one_line_and_its_log_stays(raw_dataset, tmp_path):
 def test_a_full_disk_under_path_is_one_line(raw_dataset, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(disk)],
-                             capture_output=True).returncode == 0
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs",
+                                  str(disk)], capture_output=True).returncode == 0
+    except OSError:  # no mount command
+        mounted = False
     args = ["-f", raw_dataset, "-n", "1", "--epochs", "1", "--cpu", "1",
             "--path", disk / "ray"]
     try:
