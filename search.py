@@ -2,15 +2,19 @@
 whose trials train with trainer.py on arrays shared through Ray's object store,
 and restore the best trial.  Ray is imported inside the functions.
 """
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from functools import partial
 
+import search_folder
 from architecture import ModelConfig, macs_and_params
 from metrics import EFFICIENCIES
+from search_folder import CHECKPOINT
 from trainer import (
     Trainer,
     TrainSettings,
@@ -22,7 +26,6 @@ from trainer import (
 )
 from utils import GhostError, log, one_line, pick_device
 
-CHECKPOINT = "checkpoint.pt"
 TOOLKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -143,9 +146,74 @@ def train_trial(params, setup, data):
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def check_gpu_flags(args):
-    """--gpu needs CUDA here (unless the cluster at --address has it); --cuda K
-    must name a device.  Imports torch, so only called when a GPU flag is given."""
+class Stopped(BaseException):
+    """A signal ended the run (BaseException: no `except Exception` swallows it)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Signals:
+    """SIGINT and SIGTERM end the run with exit 128 + the signal.  During the search
+    the first one asks Tune to stop and save its state (as Tune does on Ctrl-C: its
+    SIGUSR1 handler), so that --resume continues it; elsewhere, or on a second one,
+    Stopped is raised at once (and temporary outputs go, as on any error)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.searching, self.started, self.previous = None, False, False, {}
+
+    def install(self):
+        """Called again after ray.init, whose SIGTERM handler exits with a dump."""
+        for signum in self.SIGNALS:
+            self.previous.setdefault(signum, signal.signal(signum, self.handler))
+        return self
+
+    def __enter__(self):
+        return self.install()
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def handler(self, signum, frame):
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.searching and self.signum is None and callable(tune_stop):
+            self.signum = signum
+            tune_stop(signum, frame)
+            return
+        raise Stopped(signum)
+
+    def outcome(self, stopped, folder):
+        """What a run ended by `stopped` leaves, in words."""
+        if self.started and search_folder.is_search(folder):
+            return (f"stopped by {stopped}; no model was written; the search so far is "
+                    f"kept in {folder}: continue it with --resume")
+        return f"stopped by {stopped}; nothing was written"
+
+    @contextlib.contextmanager
+    def search(self):
+        """Around Tuner.fit: a signal received meanwhile is raised when it returns."""
+        self.searching = self.started = True
+        try:
+            yield
+        finally:
+            self.searching = False
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+
+def check_machines(args):
+    """Before any folder is made: the cluster at --address answers; --gpu needs CUDA
+    here (unless that cluster has it); --cuda K must name a device (torch is
+    imported only when a GPU flag is given)."""
+    if args.address:
+        check_reachable(args.address)
+    if not (args.gpu or args.cuda is not None):
+        return
     import torch
     if args.gpu and not args.address and not torch.cuda.is_available():
         raise GhostError(f"--gpu {args.gpu} asked, but CUDA is not available here")
@@ -176,6 +244,8 @@ def init_ray(args):
         # clusters started by `ray start` (Ray >= 2.52) want their token; Ray reads
         # this before it is imported
         os.environ["RAY_AUTH_MODE"] = "token"
+    # SIGINT and SIGTERM go to Signals, which asks Tune to stop (Tune's SIGUSR1)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # JSON and CSV metrics only (added in run_search): Ray's TensorBoard logger would
@@ -184,7 +254,6 @@ def init_ray(args):
     kw = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     try:
         if args.address:
-            check_reachable(args.address)
             # the toolkit's code travels to every node with the search (the nodes need
             # the same Python packages, not a checkout)
             ray.init(address=args.address, runtime_env={
@@ -196,6 +265,9 @@ def init_ray(args):
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         where = f"the Ray cluster at {args.address}" if args.address else "a local Ray"
         raise GhostError(f"cannot start or reach {where}: {one_line(e, last=False)}")
+    # a failed trial is one line of TrialLine; Tune's traceback stays in its log
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     have = ray.cluster_resources().get("GPU", 0)
     if args.gpu and have < args.gpu:
         raise GhostError(f"--gpu {args.gpu} asked, but the Ray cluster has {have:g} GPU(s)")
@@ -235,14 +307,23 @@ def trial_line_callback(total, setup):
                 f"{stop}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"[{self.finished(trials, trial)}/{total}] trial {trial.trial_id} failed; "
-                f"error in {trial.error_file or 'the Ray logs'}")
+            log(f"[{self.finished(trials, trial)}/{total}] trial {trial.trial_id} failed: "
+                f"{trial_error(trial)} (its log: {trial.path})")
 
     return TrialLine()
 
 
-def run_search(args, data, setup):
-    """Run (or resume) the ASHA search; returns Ray's ResultGrid."""
+def trial_error(trial):
+    """The last line of a failed trial's error (Ray writes the whole traceback)."""
+    with contextlib.suppress(OSError, TypeError), open(trial.error_file) as f:
+        return one_line(f.read())
+    return "see its error.txt"
+
+
+def run_search(args, data, setup, record):
+    """Run (or resume) the ASHA search in --path/--name, a folder that
+    search_folder.start marks with `record` (its manifest); returns Ray's
+    ResultGrid."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -253,17 +334,20 @@ def run_search(args, data, setup):
         resources["gpu"] = 1.0 / args.trials_per_gpu
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, setup=setup, data=data), resources)
-    storage = os.path.abspath(args.path)
-    folder = os.path.join(storage, args.name)
+    folder = search_folder.folder_of(args)
+    storage = os.path.dirname(folder)
     if args.resume:
         if not tune.Tuner.can_restore(folder):
             raise GhostError(f"no search to resume in {folder}")
         log(f"resuming the search in {folder}")
-        tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        except Exception as e:  # Ray's restore reads the stored state: any failure
+            raise GhostError(f"--resume: cannot restore the search in {folder} "
+                             f"({one_line(e)}); {search_folder.NEW_SEARCH}")
     else:
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)  # a new search replaces the previous one of that name
+        search_folder.start(folder, record)  # replaces only a search of this toolkit
         metric, mode = setup.select, SELECT[setup.select]
         scheduler = ASHAScheduler(max_t=args.epochs, grace_period=min(3, args.epochs),
                                   reduction_factor=2)
@@ -282,7 +366,15 @@ def run_search(args, data, setup):
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=metric,
                     checkpoint_score_order=mode)))
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    except (OSError, EOFError) as e:  # Ray's storage: a full disk, mostly
+        free = 2**20
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(storage).free
+        why = f"its disk is full ({free:,} bytes free)" if free < 2**20 else one_line(e)
+        raise GhostError(f"the search could not write or read its files in {folder}: "
+                         f"{why}; free some space or choose another --path")
 
 
 def best_trial(results, select="loss"):

@@ -9,11 +9,13 @@ ghost_model.pth, ghost_model_config.pkl (+ .json) and ghost_model.onnx
 import argparse
 import contextlib
 import os
+import sys
 from dataclasses import replace
 
 import numpy as np
 
 import provenance
+import search_folder
 from architecture import INPUT_LAYERS, default_network, normalizes_inside
 from artifacts import ARTIFACT, SavedConfig, save_model_files
 from dataset import load_dataset, load_meta, load_spectators
@@ -21,7 +23,16 @@ from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
 from outputs import AtomicOutputs, FolderLock, prepare_folder, remove_stale_temporaries
 from plots import add_format_option, parse_formats
-from search import SELECT, SPACES, TrialSetup, describe_params
+from search import (
+    SELECT,
+    SPACES,
+    Signals,
+    Stopped,
+    TrialSetup,
+    architectures,
+    check_machines,
+    describe_params,
+)
 from trainer import SCHEDULES
 from utils import GhostError, Stopwatch, log, pick_device, run_cli
 
@@ -51,7 +62,18 @@ def parse_args(argv=None):
         args.formats = parse_formats(args.format)
     except GhostError as e:
         p.error(str(e))
+    if not args.path:
+        raise GhostError("--path must name a folder, got ''")
+    plain_name(args.name, "--name")
     return args
+
+
+def plain_name(value, option):  # TODO use outputs.plain_name
+    """`value` names one entry of a folder: not empty, no '/', not '.' or '..'."""
+    if not value or value in (".", "..") or "/" in value or os.sep in value or "\0" in value:
+        raise GhostError(f"{option} must be a plain name (not empty, no '/', not '.' or "
+                         f"'..'), got {value!r}")
+    return value
 
 
 def add_search_options(p):
@@ -117,9 +139,12 @@ def add_output_options(p):
     p.add_argument("--path", default="ray_results",
                    help="folder for Ray's output: metrics and checkpoints (default ray_results)")
     p.add_argument("--name", default="ghost_search",
-                   help="name of the search under --path (default ghost_search)")
+                   help="name of the search's folder under --path; a new search replaces "
+                        "an earlier search of this toolkit there, never another folder "
+                        "(default ghost_search)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search stored under --path/--name")
+                   help="continue the interrupted search stored under --path/--name "
+                        "(with the same search options and dataset)")
 
 
 def load_data(prefix, batch):
@@ -135,6 +160,24 @@ def load_data(prefix, batch):
     if not meta.features:
         meta.features = [f"f{i}" for i in range(width)]
     return splits, meta, load_spectators(prefix, "test", meta)
+
+
+def check_learnable(args, splits, n_features):
+    """A search never trains on what cannot be learned, checked before Ray starts:
+    both classes in every split, a feature that varies in the training split, and
+    an architecture within --max-macs."""
+    for split, (_, labels) in splits.items():
+        ghosts, n = int(labels.sum()), len(labels)
+        if 0 < ghosts < n:
+            continue
+        what = "no tracks" if n == 0 else f"only {'ghost' if ghosts else 'real'} tracks"
+        raise GhostError(f"the {split} split of {args.filename} holds {what}: a search needs "
+                         "ghost and real tracks in every split; remake the dataset")
+    train = splits["train"][0]
+    if (train.min(axis=0) == train.max(axis=0)).all():
+        raise GhostError(f"every feature of the training split of {args.filename} is "
+                         "constant: there is nothing to learn from")
+    architectures(n_features, args.max_macs)
 
 
 def resolve_network(requested, inputs, meta):
@@ -181,14 +224,17 @@ def prepare_outputs(args, locks):
         remove_stale_temporaries(args.output_dir)
 
 
-def search(args, splits, setup):
+def search(args, splits, setup, record, signals):
     """The Ray Tune search: the best trial's hyperparameters, weights and epoch, and
     every trial's summary.  Ray runs only here; torch is not imported in this process
     before."""
     from search import best_trial, init_ray, run_search, trial_table
-    init_ray(args)
     try:
-        results = run_search(args, {s: splits[s] for s in ("train", "valid")}, setup)
+        init_ray(args)
+        signals.install()  # ray.init put its own SIGTERM handler
+        with signals.search():
+            results = run_search(args, {s: splits[s] for s in ("train", "valid")}, setup,
+                                 record)
         return (*best_trial(results, setup.select), trial_table(results))
     finally:
         import ray
@@ -317,20 +363,30 @@ def save(args, artifacts, report, trials, best):
 
 def main(argv=None):
     args = parse_args(argv)
+    with Signals() as signals:
+        try:
+            run(args, signals)
+        except Stopped as e:
+            print(f"error: {signals.outcome(e, search_folder.folder_of(args))}",
+                  file=sys.stderr, flush=True)
+            return 128 + e.signum
+
+
+def run(args, signals):
     clock = Stopwatch()
+    splits, meta, spectators = load_data(args.filename, args.batch)
+    setup = make_setup(args, meta, splits)
+    check_learnable(args, splits, setup.n_features)
+    check_machines(args)
+    record = search_folder.check(args, setup.network, splits)
     with contextlib.ExitStack() as locks:
-        splits, meta, spectators = load_data(args.filename, args.batch)
-        setup = make_setup(args, meta, splits)
         prepare_outputs(args, locks)
-        if args.gpu or args.cuda is not None:  # check GPU flags before a long search
-            from search import check_gpu_flags
-            check_gpu_flags(args)
         log(f"dataset {args.filename}: {setup.n_features} features, "
             + ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
             + f" ({meta.mix()}); network {setup.network}"
             + (f" ({setup.inputs} inputs)" if normalizes_inside(setup.network) else "")
             + f"; {args.num_samples} trials x {args.epochs} epochs, select by {args.select}")
-        params, state, epoch, trials = search(args, splits, setup)
+        params, state, epoch, trials = search(args, splits, setup, record, signals)
         log(f"search done in {clock():.1f} s; best: "
             f"{describe_params(params, setup.n_features)} (epoch {epoch})")
         artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
