@@ -27,7 +27,8 @@ def plain_name(value, what):
     it stays inside it.  Returns it; a one-line error otherwise."""
     check_name(value, what)
     separators = {os.sep, os.altsep or os.sep, "/"}
-    if value in (".", "..") or any(s in value for s in separators) or os.path.isabs(value):
+    if (value in (".", "..") or any(s in value for s in separators) or "\0" in value
+            or os.path.isabs(value)):
         raise GhostError(f"{what} must be a plain name (no folder, not . or ..), "
                          f"got {value!r}")
     return value

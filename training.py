@@ -21,7 +21,7 @@ from artifacts import ARTIFACT, SavedConfig, save_model_files
 from dataset import load_dataset, load_meta, load_spectators
 from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
-from outputs import AtomicOutputs, FolderLock, prepare_folder, remove_stale_temporaries
+from outputs import AtomicOutputs, FolderLock, plain_name, prepare_folder, remove_stale_temporaries
 from plots import add_format_option, parse_formats
 from search import (
     SELECT,
@@ -66,14 +66,6 @@ def parse_args(argv=None):
         raise GhostError("--path must name a folder, got ''")
     plain_name(args.name, "--name")
     return args
-
-
-def plain_name(value, option):  # TODO use outputs.plain_name
-    """`value` names one entry of a folder: not empty, no '/', not '.' or '..'."""
-    if not value or value in (".", "..") or "/" in value or os.sep in value or "\0" in value:
-        raise GhostError(f"{option} must be a plain name (not empty, no '/', not '.' or "
-                         f"'..'), got {value!r}")
-    return value
 
 
 def add_search_options(p):
