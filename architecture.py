@@ -5,7 +5,7 @@ network to its inputs.
 from dataclasses import dataclass
 
 from features import MinMax, Standardize
-from records import check_fields, is_int
+from records import check_fields, is_int, is_text
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid")
 NETWORKS = (0, 1)
@@ -38,12 +38,12 @@ def _widths(v):
 
 # What each architecture field of a saved record must hold (null: the default).
 FIELD_TYPES = {
-    "network": (lambda v: is_int(v) and v in NETWORKS, f"one of {list(NETWORKS)}"),
+    "network": (is_int, "a whole number"),  # the values: __post_init__
     "n_features": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
     "hidden": (_widths, "a list of layer widths (whole numbers >= 1)"),
     "l0": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
-    "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
-    "inputs": (lambda v: v in INPUT_LAYERS, f"one of {', '.join(INPUT_LAYERS)}"),
+    "activation": (is_text, "a string"),
+    "inputs": (is_text, "a string"),
     "int8": (lambda v: isinstance(v, bool), "true or false"),
     "normalization": (lambda v: isinstance(v, dict), "an object"),
     "standardization": (lambda v: isinstance(v, dict), "an object"),
@@ -83,8 +83,8 @@ class ModelConfig:
         for key in ("normalization", "standardization"):
             scaling = getattr(self, key)
             if scaling is not None and len(scaling) != self.n_features:
-                raise ValueError(f"the {key} has {len(scaling)} entries, but n_features is "
-                                 f"{self.n_features}")
+                raise ValueError(f"the {key}'s {len(scaling)} entries do not match "
+                                 f"n_features {self.n_features}")
 
     def input_layer(self):
         """The scaling network 1 embeds (MinMax or Standardize), None for network 0."""

@@ -1,16 +1,26 @@
 """The fault corpus's machinery: run a script's main() as a user would, but in a
-forked child of the test process (its imports paid once, not per case), corrupt
-files byte by byte, and check that nothing was left behind.
+forked child (its imports paid once, not per case), corrupt files byte by byte,
+and check that nothing was left behind.
 
-Fork only before Ray starts and while ROOT's implicit multi-threading is off: a
-child inherits the parent's memory but not its threads.
+A child inherits its parent's memory but not its threads, so the parent that
+forks must have none running: no Ray, no ROOT implicit multi-threading, no torch
+thread pool.  The test process may have started all three (other test modules run
+searches in-process), so the forks come from a fork server (ForkServer): a clean
+process started for the corpus, which imports the scripts and their heavy
+libraries once, warms ROOT's just-in-time compiler with one serial read, and then
+forks one child per case.
 """
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ("make_dataset", "training", "inference")
 
 
 @dataclass
@@ -47,6 +57,9 @@ def _child(main, argv, paths, setup):
     code = 1
     try:
         os.setpgid(0, 0)
+        stdin = os.open(os.devnull, os.O_RDONLY)  # not the server's requests
+        os.dup2(stdin, 0)
+        os.close(stdin)
         for fd, path in zip((1, 2), paths):
             target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(target, fd)
@@ -176,7 +189,91 @@ def make_models(prefix, folder):
         save_model_files(out, folder, ARTIFACT, build_model(config).eval(), saved)
 
 
-if __name__ == "__main__":  # python tests/faultlib.py models PREFIX FOLDER
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# ---------------------------------------------------------------------------
+# the fork server
+# ---------------------------------------------------------------------------
+
+def no_search():
+    """In a training.py child: reaching the Ray search fails the case (exit 99)."""
+    def refuse(*args, **kwargs):
+        print("reached the Ray search: the corrupted input was not refused", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(99)
+    sys.modules["training"].search = refuse
+
+
+SETUPS = {"no_search": no_search}
+
+
+class ForkServer:
+    """A clean process that runs cases in forked children: run(script, argv,
+    workdir, timeout, setup) -> Result; `warm_root`: a .root file it reads once
+    first, so that its children find ROOT's compiler warm."""
+
+    def __init__(self, log_path, warm_root=None):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "serve", warm_root or ""],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            cwd=ROOT_DIR)
+        assert self._reply() == "ready\n"
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            with open(self.log_path) as f:
+                raise RuntimeError(f"the fork server ended: {f.read()[-3000:]}")
+        return line
+
+    def run(self, script, argv, workdir, timeout=120, setup=None):
+        request = {"script": script, "argv": [str(a) for a in argv], "workdir": str(workdir),
+                   "timeout": timeout, "setup": setup}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return Result(**json.loads(self._reply()))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def serve(warm_root):
+    """The server's loop: one JSON request a line on stdin, one Result a line back."""
+    import importlib
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the libraries print goes to the log, not into the replies
+    sys.stdout = sys.stderr
+    modules = {name: importlib.import_module(name) for name in SCRIPTS}
+    import onnx  # noqa: F401  (what the children need, imported once)
+    import onnxruntime  # noqa: F401
+    import torch  # noqa: F401
+
+    import rootio
+    from features import DEFAULT_TREE, features_for
+    rootio.import_root()
+    if warm_root:
+        rootio.read_root([warm_root], DEFAULT_TREE, features_for("matching"), threads=1,
+                         matrix=True)
+    print("ready", file=replies, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        result = run_forked(modules[request["script"]].main, request["argv"],
+                            request["workdir"], request["timeout"],
+                            SETUPS.get(request["setup"]))
+        print(json.dumps(asdict(result)), file=replies, flush=True)
+
+
+if __name__ == "__main__":  # python tests/faultlib.py models PREFIX FOLDER | serve [ROOT]
+    sys.path[:0] = [ROOT_DIR, os.path.dirname(os.path.abspath(__file__))]
     if sys.argv[1] == "models":
         make_models(*sys.argv[2:4])
+    elif sys.argv[1] == "serve":
+        serve(sys.argv[2] if len(sys.argv) > 2 else None)

@@ -11,7 +11,7 @@ no temporary, no folder.
     .pth state dicts   inference.py --model X.pth
     .onnx models       inference.py --model X.onnx
 
-The cases run in forked children of the test process (faultlib.run_forked): the
+The cases run in forked children of a fork server (faultlib.ForkServer): the
 imports are paid once; a handful run as real subprocesses too (test_real_exit_path).
 """
 import json
@@ -24,11 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from faultlib import assert_refused, assert_unchanged, flipped, run_forked, snapshot, truncated
+from faultlib import ForkServer, assert_refused, assert_unchanged, flipped, snapshot, truncated
 
-import inference
 import make_dataset
-import training
 from conftest import ROOT_DIR, assert_clean_error, run_script
 from dataset import load_dataset, load_split
 from features import DEFAULT_TREE, LABEL, MinMax, Standardize, features_for
@@ -36,7 +34,6 @@ from utils import GhostError
 
 NAMES = features_for("matching")
 QOP = NAMES.index("qop")
-F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -68,46 +65,45 @@ def base(tmp_path_factory):
     columns = {k: columns[k] for k in NAMES + [LABEL]}
     _, err = models.communicate(timeout=300)
     assert models.returncode == 0, err
-    import onnx  # noqa: F401  (what the children need, imported once here)
-    import onnxruntime  # noqa: F401
-    import torch  # noqa: F401
     return Base(str(d), root, columns, str(d / "raw"), str(d / "norm"),
                 str(d / "ghost_model.onnx"), str(d / "ghost_model.pth"),
                 str(d / "ghost_model_config.pkl"), str(d / "ghost_model_config.json"))
 
 
-# ---------------------------------------------------------------------------
-# how each script is run on a case's file; `w` is the case's own folder
-# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(base, tmp_path_factory):
+    """The fork server, its ROOT compiler warmed on the base file."""
+    log = tmp_path_factory.mktemp("fork_server") / "server.log"
+    forks = ForkServer(str(log), warm_root=base.root)
+    yield forks
+    forks.close()
 
-def _no_search():
-    """In a training.py child: reaching the Ray search is a failure of the case."""
-    def refuse(*args, **kwargs):
-        print("reached the Ray search: the corrupted input was not refused", file=sys.stderr)
-        os._exit(99)
-    training.search = refuse
 
+# ---------------------------------------------------------------------------
+# how each script is run on a case's file (script, argv, setup in the child);
+# `w` is the case's own folder
+# ---------------------------------------------------------------------------
 
 def run_make_dataset(b, w, path, *extra):
-    return make_dataset.main, ["-f", path, "--output", f"{w}/ds", "--track", "matching",
-                               "--threads", "1", *extra], None
+    return "make_dataset", ["-f", path, "--output", f"{w}/ds", "--track", "matching",
+                            "--threads", "1", *extra], None
 
 
 def run_inference_root(b, w, path):
-    return inference.main, ["-f", path, "--model", b.onnx, "--output", f"{w}/s.npy",
-                            "--plots-dir", f"{w}/plots", "--no-plots", "--threads", "1"], None
+    return "inference", ["-f", path, "--model", b.onnx, "--output", f"{w}/s.npy",
+                         "--plots-dir", f"{w}/plots", "--no-plots", "--threads", "1"], None
 
 
 def run_training(b, w, prefix):
-    return training.main, ["-f", prefix, "--batch", "256", "-n", "1", "--epochs", "1",
-                           "--cpu", "1", "--path", f"{w}/ray", "--save",
-                           "--output-dir", f"{w}/models"], _no_search
+    return "training", ["-f", prefix, "--batch", "256", "-n", "1", "--epochs", "1",
+                        "--cpu", "1", "--path", f"{w}/ray", "--save",
+                        "--output-dir", f"{w}/models"], "no_search"
 
 
 def run_inference(b, w, prefix, model=None, config=None):
     model_args = ["--model", model or b.onnx] + (["--config", config] if config else [])
-    return inference.main, ["-f", prefix, *model_args, "--output", f"{w}/s.npy",
-                            "--plots-dir", f"{w}/plots", "--no-plots"], None
+    return "inference", ["-f", prefix, *model_args, "--output", f"{w}/s.npy",
+                         "--plots-dir", f"{w}/plots", "--no-plots"], None
 
 
 # ---------------------------------------------------------------------------
@@ -721,12 +717,12 @@ def _command(b, w, kind, script, build, extra):
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
-def test_corpus(base, tmp_path, case):
+def test_corpus(base, server, tmp_path, case):
     kind, name, script, build, named, needles, extra = case
     w = str(tmp_path)
-    main, argv, setup = _command(base, w, kind, script, build, extra)
+    script, argv, setup = _command(base, w, kind, script, build, extra)
     before = snapshot(w, base.dir)
-    result = run_forked(main, argv, w, timeout=120, setup=setup)
+    result = server.run(script, argv, w, timeout=120, setup=setup)
     after = snapshot(w, base.dir)
     named = named or os.path.basename(next(a for a in argv if str(a).startswith(f"{w}/bad")))
     assert_refused(result, named, *needles)
@@ -755,11 +751,9 @@ def test_corpus_size():
 def test_real_exit_path(base, tmp_path, kind, name, script):
     case = next(c for c in CASES if c[:3] == (kind, name, script))
     w = str(tmp_path)
-    main, argv, _ = _command(base, w, kind, script, case[3], case[6])
-    script_file = {make_dataset.main: "make_dataset.py", training.main: "training.py",
-                   inference.main: "inference.py"}[main]
+    script, argv, _ = _command(base, w, kind, script, case[3], case[6])
     before = snapshot(w, base.dir)
-    proc = run_script(script_file, *argv)
+    proc = run_script(f"{script}.py", *argv)
     assert_clean_error(proc, *case[5])
     assert_unchanged(before, snapshot(w, base.dir))
 
@@ -776,23 +770,23 @@ def _huge_qop_file(path, value, n=20_000, bad=200):
     return _write_root(path, columns)
 
 
-def test_normalize_near_float32_max_is_refused_by_name(tmp_path):
+def test_normalize_near_float32_max_is_refused_by_name(server, tmp_path):
     """qop = +-3e38 on 200 of 20,000 tracks: the min-max scale of that range is not
     representable in float32, and --normalize wrote NaN into the arrays (exit 0)."""
     path = _huge_qop_file(str(tmp_path / "huge.root"), 3e38)
     before = snapshot(str(tmp_path))
-    result = run_forked(*run_make_dataset(None, str(tmp_path), path, "--normalize")[:2],
+    result = server.run(*run_make_dataset(None, str(tmp_path), path, "--normalize")[:2],
                         str(tmp_path))
     assert_refused(result, "qop", "float32")
     assert_unchanged(before, snapshot(str(tmp_path)))
 
 
-def test_finite_inputs_stay_finite_within_float32(tmp_path):
+def test_finite_inputs_stay_finite_within_float32(server, tmp_path):
     """+-1.5e38: a range float32 still holds; every array finite, normalized in [0, 1]."""
     path = _huge_qop_file(str(tmp_path / "large.root"), 1.5e38)
     for extra in ([], ["--normalize"]):
-        argv = run_make_dataset(None, str(tmp_path), path, *extra)[1]
-        result = run_forked(make_dataset.main, argv, str(tmp_path))
+        result = server.run(*run_make_dataset(None, str(tmp_path), path, *extra)[:2],
+                            str(tmp_path))
         assert result.rc == 0, result.stderr
         splits = load_dataset(f"{tmp_path}/ds")  # the validating reader agrees
         for data, _ in splits.values():
