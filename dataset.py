@@ -94,11 +94,11 @@ class DatasetMeta:
     spectators: list = field(default_factory=list)  # columns of the spectator arrays
 
     @classmethod
-    def from_dict(cls, d, path, width=None):
+    def from_dict(cls, d, path, width=None, arrays=None):
         """Checked where it is read: every field's type, the normalization and the
         standardization (one finite offset and one positive scale per feature, all
         float32 can hold), the balance and its class weights, and as many features
-        as the arrays have columns (`width`, when known)."""
+        as the arrays (the file `arrays`) have columns (`width`, when known)."""
         if not isinstance(d, dict):
             raise GhostError(f"{path} holds a JSON {type(d).__name__}, not an object")
         try:
@@ -107,6 +107,11 @@ class DatasetMeta:
             raise GhostError(f"{path}: {e}")
         known = {f.name for f in fields(cls)}
         meta = cls(**{k: v for k, v in d.items() if k in known and v is not None})
+        n = len(meta.features) if meta.features is not None else width
+        if n != width and arrays:
+            raise GhostError(f"{arrays} has {width} columns, but {path} lists {n} features")
+        if n != width and width is not None:
+            raise GhostError(f"{path} lists {n} features, but the arrays have {width} columns")
         for key, kind in (("normalization", MinMax), ("standardization", Standardize)):
             scaling = getattr(meta, key)
             if scaling is None:
@@ -130,23 +135,7 @@ class DatasetMeta:
         if meta.balance == "subsample" and meta.class_weights is not None:
             raise GhostError(f"{path}: class_weights are recorded, but the balance is "
                              "'subsample' (classes balanced by subsampling, no weights)")
-        if width is not None:
-            meta.check_width(width, path)
         return meta
-
-    def check_width(self, width, path, arrays=None):
-        """The features, the normalization and the standardization recorded in
-        `path` are one per column of the arrays (`arrays`: their file)."""
-        n = len(self.features) if self.features is not None else width
-        if n != width and arrays:
-            raise GhostError(f"{arrays} has {width} columns, but {path} lists {n} features")
-        if n != width:
-            raise GhostError(f"{path} lists {n} features, but the arrays have {width} columns")
-        for key in ("normalization", "standardization"):
-            scaling = getattr(self, key)
-            if scaling is not None and len(scaling) != width:
-                raise GhostError(f"{path}: the {key} has {len(scaling)} entries, but the "
-                                 f"arrays have {width} columns")
 
     def mix(self, split="test"):
         """Which class mix a split holds, in words: accuracy and thresholds depend on it."""
@@ -163,9 +152,9 @@ class DatasetMeta:
         return d
 
 
-def load_meta(prefix, width=None):
+def load_meta(prefix, width=None, arrays=None):
     """The DatasetMeta of `{prefix}_features.json` (all defaults if there is none),
-    checked against the arrays' `width` when given."""
+    checked against the arrays' `width` (of the file `arrays`) when given."""
     path = meta_path(prefix)
     if not os.path.isfile(path):
         return DatasetMeta()
@@ -174,7 +163,7 @@ def load_meta(prefix, width=None):
             d = json.load(f)
     except (ValueError, OSError, RecursionError) as e:
         raise GhostError(f"cannot read {path}: {one_line(e)}")
-    return DatasetMeta.from_dict(d, path, width)
+    return DatasetMeta.from_dict(d, path, width, arrays)
 
 
 KINDS = {"b": "booleans", "O": "Python objects", "U": "text", "S": "bytes",
@@ -219,8 +208,7 @@ def load_split(prefix, split):
     if odd.any():
         raise GhostError(f"{label_path} holds {int(odd.sum())} labels other than 0 and 1 "
                          f"(such as {labels[odd][0]:g})")
-    meta = load_meta(prefix)
-    meta.check_width(data.shape[1], meta_path(prefix), data_path)
+    meta = load_meta(prefix, data.shape[1], data_path)
     if len(data):
         lo, hi = data.min(axis=0), data.max(axis=0)  # NaN and inf show here
         _check_values(meta, prefix, data_path, data, lo, hi)
