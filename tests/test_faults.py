@@ -313,7 +313,12 @@ ARRAY_CASES = {  # name: (build(b, w) -> prefix, the file named, needles)
     "labels_half": (_array(LAB, _labels(0.5)), LAB, ["0 and 1"]),
     "raw_qop_near_float32_max": (_array(DATA, _qop_outside), DATA, ["qop"]),
     "labels_missing": (_bytes_of(LAB, lambda s, d: os.remove(d)), LAB, ["missing"]),
+    "spectators_empty_file": (_array(SPEC, lambda s: b""), SPEC, []),
     "spectators_truncated": (_bytes_of(SPEC, lambda s, d: truncated(s, d, 100)), SPEC, []),
+    "spectators_truncated_half": (_bytes_of(SPEC, lambda s, d: truncated(s, d, os.path.getsize(
+        s) // 2)), SPEC, []),
+    "spectators_bool": (_array(SPEC, lambda s: s > 0), SPEC, ["bool"]),
+    "spectators_3d": (_array(SPEC, lambda s: s[:, :, None]), SPEC, ["shape"]),
     "spectators_2_columns": (_array(SPEC, lambda s: s[:, :2]), SPEC, ["shape"]),
     "spectators_one_short": (_array(SPEC, lambda s: s[:-1]), SPEC, []),
     "spectators_1d": (_array(SPEC, lambda s: s[:, 0]), SPEC, ["shape"]),
