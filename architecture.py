@@ -5,6 +5,7 @@ network to its inputs.
 from dataclasses import dataclass
 
 from features import MinMax, Standardize
+from records import check_fields, is_int, is_text
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid")
 NETWORKS = (0, 1)
@@ -29,6 +30,24 @@ def macs_and_params(n_features, hidden):
     widths = (n_features, *hidden, 1)
     macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     return macs, macs + sum(widths[1:])
+
+
+def _widths(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(is_int(w) and w >= 1 for w in v)
+
+
+# What each architecture field of a saved record must hold (null: the default).
+FIELD_TYPES = {
+    "network": (is_int, "a whole number"),  # the values: __post_init__
+    "n_features": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "hidden": (_widths, "a list of layer widths (whole numbers >= 1)"),
+    "l0": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "activation": (is_text, "a string"),
+    "inputs": (is_text, "a string"),
+    "int8": (lambda v: isinstance(v, bool), "true or false"),
+    "normalization": (lambda v: isinstance(v, dict), "an object"),
+    "standardization": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,11 @@ class ModelConfig:
             if self.inputs == "standard" and self.standardization is None:
                 raise ValueError("network 1 with standardized inputs needs the "
                                  "standardization (transforms, means, stds)")
-        for scaling in (self.normalization, self.standardization):
+        for key in ("normalization", "standardization"):
+            scaling = getattr(self, key)
             if scaling is not None and len(scaling) != self.n_features:
-                raise ValueError("normalization offsets/scales do not match n_features")
+                raise ValueError(f"the {key}'s {len(scaling)} entries do not match "
+                                 f"n_features {self.n_features}")
 
     def input_layer(self):
         """The scaling network 1 embeds (MinMax or Standardize), None for network 0."""
@@ -77,16 +98,22 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d):
-        """From a saved config record; ValueError/KeyError/TypeError if it holds none.
+        """From a saved config record, every field's type checked; ValueError naming
+        the field if it is malformed, or if the record holds no architecture.
         Records of the one-hidden-layer toolkit (l0, min-max) read back as such."""
-        hidden = d.get("hidden") or [d["l0"]]
-        norm, std = d.get("normalization"), d.get("standardization")
-        return cls(network=int(d.get("network", 0)), n_features=int(d["n_features"]),
-                   hidden=tuple(int(w) for w in hidden), activation=d.get("activation", "relu"),
-                   inputs=d.get("inputs", "minmax"),
-                   normalization=MinMax.from_dict(norm) if norm else None,
-                   standardization=Standardize.from_dict(std) if std else None,
-                   int8=bool(d.get("int8", False)))
+        check_fields(d, FIELD_TYPES)
+        hidden = d.get("hidden") or ([d["l0"]] if d.get("l0") is not None else None)
+        if d.get("n_features") is None or not hidden:
+            raise ValueError("the record has no architecture (n_features and hidden)")
+        scalings = {}
+        for key, kind in (("normalization", MinMax), ("standardization", Standardize)):
+            try:
+                scalings[key] = kind.from_dict(d[key]) if d.get(key) else None
+            except ValueError as e:
+                raise ValueError(f"'{key}': {e}")
+        return cls(network=d.get("network", 0), n_features=d["n_features"],
+                   hidden=tuple(hidden), activation=d.get("activation", "relu"),
+                   inputs=d.get("inputs", "minmax"), int8=d.get("int8", False), **scalings)
 
     def to_dict(self):
         macs, params = self.cost()

@@ -8,17 +8,52 @@ torch and onnx are imported inside the functions that need them.
 """
 import io
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
 
 from architecture import ModelConfig
+from records import check_fields, in_range, is_distinct_names, is_int, is_real, is_text
 from utils import GhostError, one_line, plain
 
 ARTIFACT = "ghost_model"
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 METADATA_KEY = "ghost_tracks_config"  # the whole record, as JSON: what the toolkit reads
 TRAINING_KEYS = ("optimizer", "lr", "batch", "epochs", "seed", "weight_decay", "schedule")
+
+
+def _ranges(v):
+    return isinstance(v, dict) and all(
+        isinstance(r, list) and len(r) == 2 and all(map(is_real, r)) and r[0] <= r[1]
+        for r in v.values())
+
+
+def _working_point(v):
+    return isinstance(v, dict) and in_range(0, 1, True, True)(v.get("efficiency")) and \
+        in_range(0, 1)(v.get("threshold"))
+
+
+# What each field of a saved record must hold beside the architecture (null: not
+# recorded); architecture.FIELD_TYPES checks the architecture's own.
+FIELD_TYPES = {
+    "track": (is_text, "a string"),
+    "features": (is_distinct_names, "a list of distinct branch names"),
+    "threshold": (in_range(0, 1), "a number in [0, 1]"),
+    "optimizer": (is_text, "a string"),
+    "lr": (in_range(0, math.inf, open_lo=True, open_hi=True), "a positive number"),
+    "batch": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "epochs": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "seed": (is_int, "a whole number"),
+    "weight_decay": (in_range(0, math.inf, open_hi=True), "a number >= 0"),
+    "schedule": (is_text, "a string"),
+    "metrics": (lambda v: isinstance(v, dict), "an object"),
+    "working_point": (_working_point, '{"efficiency": e in (0, 1), "threshold": t in [0, 1]}'),
+    "training_prior": (in_range(0, 1, True, True), "a number in (0, 1)"),
+    "ghost_fraction": (in_range(0, 1), "a number in [0, 1]"),
+    "training_ranges": (_ranges, "an object {feature: [min, max]}"),
+    "provenance": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 @dataclass
@@ -57,10 +92,16 @@ class SavedConfig:
 
     @classmethod
     def from_dict(cls, d):
-        """ValueError where the architecture part is present but malformed."""
+        """Every field's type checked: ValueError naming the field that is malformed
+        (the architecture part too, where it is present)."""
+        check_fields(d, FIELD_TYPES)
         has_model = "n_features" in d and ("hidden" in d or "l0" in d)
-        return cls(model=ModelConfig.from_dict(d) if has_model else None,
-                   track=d.get("track") or None, features=d.get("features") or None,
+        model = ModelConfig.from_dict(d) if has_model else None
+        features = d.get("features") or None
+        if model is not None and features is not None and len(features) != model.n_features:
+            raise ValueError(f"the record lists {len(features)} features for a network of "
+                             f"{model.n_features} inputs")
+        return cls(model=model, track=d.get("track") or None, features=features,
                    threshold=d.get("threshold"),
                    training={k: d[k] for k in TRAINING_KEYS if k in d},
                    metrics=d.get("metrics") or {},
@@ -84,13 +125,32 @@ def load_config(path):
                 config = json.load(f)
             else:
                 config = _PlainUnpickler(f).load()
-    except GhostError:
-        raise
+    except GhostError as e:
+        raise GhostError(f"config {path}: {e}")
     except Exception as e:
         raise GhostError(f"cannot read config {path}: {one_line(e)}")
     if not isinstance(config, dict):
         raise GhostError(f"config {path} is a {type(config).__name__}, not a dict")
     return config
+
+
+def state_problem(expected, state):
+    """What keeps `state` (a .pth state dict) from loading into a model whose own
+    state dict is `expected`, in words, or None: missing or unexpected names,
+    shapes, integer tensors where weights are floats."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        return "; ".join(f"{what} {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                         for what, keys in (("missing", missing), ("unexpected", extra)) if keys)
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"{key} has shape {list(got.shape)} where the model needs {list(want.shape)}"
+        if got.is_floating_point() != want.is_floating_point() or (
+                not want.is_floating_point() and got.dtype != want.dtype):
+            return f"{key} holds {got.dtype} where the model needs {want.dtype}"
+    return None
 
 
 def save_model_files(out, folder, stem, model, saved):
@@ -175,9 +235,16 @@ def onnx_metadata(saved):
 
 
 def onnx_record(proto):
-    """The record stored in an ONNX model's metadata by onnx_bytes, or {}."""
+    """The record stored in an ONNX model's metadata by onnx_bytes, or {} where
+    there is none; ValueError where it is there but no JSON object."""
     props = {p.key: p.value for p in proto.metadata_props}
-    try:
-        return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
-    except ValueError:
+    if METADATA_KEY not in props:
         return {}
+    try:
+        record = json.loads(props[METADATA_KEY])
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"its metadata {METADATA_KEY} is not JSON ({one_line(e)})")
+    if not isinstance(record, dict):
+        raise ValueError(f"its metadata {METADATA_KEY} holds a JSON "
+                         f"{type(record).__name__}, not an object")
+    return record

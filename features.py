@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+F32_MAX = float(np.finfo(np.float32).max)  # what a scaled feature must stay within
+
 # Default location of the tracks in an Allen kalman_validator file.
 DEFAULT_TREE = "kalman_validator/kalman_ip_tree"
 
@@ -122,13 +124,17 @@ class MinMax:
                 raise ValueError(f"normalization {key} must be finite numbers")
         if any(v <= 0 for v in self.scales):
             raise ValueError("normalization scales must be positive")
+        _check_float32(self.offsets, self.scales, "normalization offsets and scales")
 
     def __len__(self):
         return len(self.offsets)
 
     @classmethod
     def fit(cls, train, names):
-        """From the training split only (never validation or test statistics)."""
+        """From the training split only (never validation or test statistics).
+        The span is taken in float64; a feature whose span or its inverse float32
+        cannot hold (values near float32's maximum: min-max scaling would turn
+        tracks into NaN) is refused by name (ValueError)."""
         offsets, scales = [], []
         for i, name in enumerate(names):
             if name in FIXED_BOUNDS:
@@ -136,7 +142,13 @@ class MinMax:
             else:
                 lo, hi = float(train[:, i].min()), float(train[:, i].max())
             offsets.append(float(lo))
-            scales.append(float(hi - lo) if hi > lo else 1.0)
+            scales.append(float(hi) - float(lo) if hi > lo else 1.0)
+        bad = _not_float32(offsets, scales)
+        if bad:
+            raise ValueError("; ".join(
+                f"feature {names[i]} spans [{offsets[i]:.4g}, {offsets[i] + scales[i]:.4g}] "
+                f"on the train split, a range float32 cannot scale (its largest number is "
+                f"{F32_MAX:.4g})" for i in bad) + ": min-max scaling would turn tracks into NaN")
         return cls(tuple(offsets), tuple(scales))
 
     @classmethod
@@ -164,8 +176,27 @@ class MinMax:
 def _affine_float32(shifts, scales):
     """(shift, 1 / scale) in float32, the reciprocal taken in float32 as torch does:
     x -> (x - shift) * inv_scale gives the same bits in numpy and in a model layer."""
-    return (np.asarray(shifts, dtype=np.float32),
-            (np.float32(1.0) / np.asarray(scales, dtype=np.float32)).astype(np.float32))
+    with np.errstate(over="ignore", divide="ignore"):
+        return (np.asarray(shifts, dtype=np.float64).astype(np.float32),
+                (np.float32(1.0) / np.asarray(scales, dtype=np.float64).astype(np.float32))
+                .astype(np.float32))
+
+
+def _not_float32(shifts, scales):
+    """The features whose shift, scale or inverse scale float32 cannot hold (a
+    finite shift, a finite positive inverse): scaling them would give inf or NaN."""
+    shift, inv = _affine_float32(shifts, scales)
+    with np.errstate(over="ignore"):
+        scale = np.asarray(scales, dtype=np.float64).astype(np.float32)
+    ok = np.isfinite(shift) & np.isfinite(scale) & np.isfinite(inv) & (inv > 0)
+    return [int(i) for i in np.flatnonzero(~ok)]
+
+
+def _check_float32(shifts, scales, what):
+    bad = _not_float32(shifts, scales)
+    if bad:
+        raise ValueError(f"{what} of feature(s) {', '.join(str(i) for i in bad)} "
+                         f"(counted from 0) are not representable in float32")
 
 
 def _is_number(v):
@@ -198,6 +229,7 @@ class Standardize:
             raise ValueError(f"standardization transforms must be one of {TRANSFORMS}")
         if not all(_is_number(v) for v in self.means + self.stds) or min(self.stds) <= 0:
             raise ValueError("standardization means must be finite and stds positive")
+        _check_float32(self.means, self.stds, "standardization means and stds")
 
     def __len__(self):
         return len(self.means)
@@ -205,7 +237,9 @@ class Standardize:
     @classmethod
     def fit(cls, train, names):
         """Means and standard deviations of the transformed training split, column by
-        column in float64 (one column's copy at a time, not the whole split's)."""
+        column in float64 (one column's copy at a time, not the whole split's).  A
+        feature whose constants float32 cannot hold, or whose training values would
+        overflow float32 once standardized, is refused by name (ValueError)."""
         transforms = tuple(transform_of(n) for n in names)
         means, stds = [], []
         for i, transform in enumerate(transforms):
@@ -214,7 +248,15 @@ class Standardize:
                 t = signed_log1p(t)
             means.append(float(t.mean()))
             stds.append(float(t.std()))
-        return cls(transforms, tuple(means), tuple(s if s > 0 else 1.0 for s in stds))
+        stds = [s if s > 0 else 1.0 for s in stds]
+        bad = _not_float32(means, stds)
+        if bad:
+            raise ValueError("; ".join(f"feature {names[i]} has a spread of {stds[i]:.4g} on "
+                                       "the train split, too small for float32 to standardize"
+                                       for i in bad))
+        scaling = cls(transforms, tuple(means), tuple(stds))
+        scaling.check_range(train.min(axis=0), train.max(axis=0), names, "the train split")
+        return scaling
 
     @classmethod
     def from_dict(cls, d):
@@ -234,6 +276,18 @@ class Standardize:
     def float32_arrays(self):
         """(means, inv_stds) as float32 arrays: the constants of the arithmetic."""
         return _affine_float32(self.means, self.stds)
+
+    def check_range(self, lo, hi, names, where):
+        """ValueError naming the features whose values in [lo, hi] (per feature)
+        overflow float32 once standardized, as the model's first layer computes."""
+        with np.errstate(all="ignore"):
+            extremes = self.apply(np.array([lo, hi], dtype=np.float32))
+        bad = np.flatnonzero(~np.isfinite(extremes).all(axis=0))
+        if len(bad):
+            raise ValueError("; ".join(
+                f"feature {names[i]} reaches {max(abs(lo[i]), abs(hi[i])):.4g} in {where}, "
+                f"which overflows float32 once standardized (mean {self.means[i]:.4g}, std "
+                f"{self.stds[i]:.4g})" for i in bad))
 
     def apply(self, data):
         """float32 [n, features], standardized."""

@@ -104,9 +104,9 @@ def check_outputs(args, files):
         prepare_folder(args.plots_dir, "--plots-dir")
 
 
-def clean(columns, names):
+def clean(columns, names, where):
     """Tracks whose features and label are all finite: (row numbers, their labels,
-    dropped tracks per feature)."""
+    dropped tracks per feature); `where`: the inputs, in words, for errors."""
     finite = np.ones(len(columns[LABEL]), dtype=bool)
     dropped = {}
     for name in names + [LABEL]:
@@ -117,7 +117,7 @@ def clean(columns, names):
     rows = np.flatnonzero(finite)
     labels = columns[LABEL][rows]
     if not np.isin(labels, (0.0, 1.0)).all():
-        raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1")
+        raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1 in {where}")
     return rows, labels, dropped
 
 
@@ -134,15 +134,15 @@ def split_arrays(columns, names, take):
     return out
 
 
-def balance_and_split(labels, fraction, balance, rng):
+def balance_and_split(labels, fraction, balance, rng, where):
     """Row indices of each split.  subsample: the ghosts (times fraction) and as many
     real tracks drawn at random; weights: every track of each class (times
     fraction).  Each class is split 60/20/20, each split shuffled."""
     ghosts, reals = np.flatnonzero(labels == 1.0), np.flatnonzero(labels == 0.0)
     if len(ghosts) == 0:
-        raise GhostError("no ghost tracks left after cleaning: cannot make a dataset")
+        raise GhostError(f"no ghost tracks left after cleaning {where}: cannot make a dataset")
     if len(reals) == 0:
-        raise GhostError("no real tracks left after cleaning: cannot make a dataset")
+        raise GhostError(f"no real tracks left after cleaning {where}: cannot make a dataset")
     n_ghost = int(round(len(ghosts) * fraction))
     if balance == "subsample":
         sizes = [min(n_ghost, len(reals))] * 2
@@ -168,15 +168,41 @@ def class_weights(train_labels):
     return {"ghost": n / (2 * n_ghost), "real": n / (2 * (n - n_ghost))}
 
 
+def in_words(files):
+    """The input files for an error message: `a.root`, or `a.root and 3 more files`."""
+    return files[0] + (f" and {len(files) - 1} more files" if len(files) > 1 else "")
+
+
+def fit_scalings(splits, names, where):
+    """(MinMax, Standardize) of the train split, both recorded (network 1 embeds
+    either); a feature float32 cannot scale in some split (values near its
+    maximum) is refused by name: such tracks would turn into NaN or inf."""
+    train = splits["train"][0]
+    try:
+        scalings = MinMax.fit(train, names), Standardize.fit(train, names)
+        for split in ("valid", "test"):
+            x = splits[split][0]
+            scalings[1].check_range(x.min(axis=0), x.max(axis=0), names, f"the {split} split")
+    except ValueError as e:
+        raise GhostError(f"{e}; values this large are no measurement (like NaN): remove "
+                         f"those tracks from {where}")
+    return scalings
+
+
 def read_tracks(files, tree, track, names, threads):
     """The feature and label columns of every input file; the wrong track type (its
-    features 0 for every track) or no tracks at all is an error."""
+    features 0 for every track), a feature never finite or no tracks at all is an
+    error."""
     columns = read_root(files, tree, names + [LABEL], threads=threads, optional=SPECTATORS,
                         matrix=names)
     features = columns[MATRIX]  # [tracks, features]; each feature as a column view too
     columns.update({name: features[:, j] for j, name in enumerate(names)})
     if len(columns[LABEL]) == 0:
-        raise GhostError(f"no tracks to read: tree {tree} is empty in every input file")
+        raise GhostError(f"no tracks to read: tree {tree} is empty in {in_words(files)}")
+    never = [n for n in names if not np.isfinite(columns[n]).any()]
+    if never:
+        raise GhostError(f"features {', '.join(never)} are NaN or inf for every track in "
+                         f"{in_words(files)}: no track can be used")
     if zero := unfilled(columns, names):
         others = read_root(files, tree, [], optional=other_track_branches(track))
         raise GhostError(track_mismatch(track, zero, others))
@@ -211,14 +237,14 @@ def main(argv=None):
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
     columns = read_tracks(files, args.tree, args.track, names, args.threads)
     n_read = len(columns[LABEL])
-    rows, labels, dropped = clean(columns, names)
+    rows, labels, dropped = clean(columns, names, in_words(files))
     log(f"read {n_read:,} tracks in {clock():.1f} s; "
         f"dropped {n_read - len(rows):,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
         + f"; {int((labels == 1.0).sum()):,} ghosts, {int((labels == 0.0).sum()):,} real")
 
     index = balance_and_split(labels, args.fraction, args.balance,
-                              np.random.default_rng(args.seed))
+                              np.random.default_rng(args.seed), in_words(files))
     take = {s: rows[i] for s, i in index.items()}  # each split's rows of the input
     spectators = [c for c in SPECTATORS if c in columns]
     splits = {s: (np.take(columns[MATRIX], r, axis=0), labels[index[s]].reshape(-1, 1))
@@ -226,8 +252,7 @@ def main(argv=None):
     extra = split_arrays(columns, spectators, take) if spectators else None
     if not args.plot:  # every track is in the splits now; --plot draws the columns
         del columns
-    scalings = (MinMax.fit(splits["train"][0], names),
-                Standardize.fit(splits["train"][0], names))
+    scalings = fit_scalings(splits, names, in_words(files))
     if args.normalize:
         splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
     meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators)

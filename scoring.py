@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from artifacts import INPUT_NAME, OUTPUT_NAME, SavedConfig, load_config, onnx_bytes, onnx_record
+from artifacts import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SavedConfig,
+    load_config,
+    onnx_bytes,
+    onnx_record,
+    state_problem,
+)
 from utils import GhostError, Stopwatch, one_line, pick_device
 
 GPU_BATCH = 1_000_000
@@ -42,7 +50,8 @@ class LoadedModel:
 
 def load_model_file(path, config_path=None, network=None, int8=False):
     """An .onnx file, or a .pth state dict with its config; `network` and `int8`
-    override what the config says."""
+    override what the config says.  Each file is validated where it is read: one
+    line naming the file and what is wrong with it."""
     if not os.path.isfile(path):
         raise GhostError(f"model file {path} does not exist")
     config = load_config(config_path) if config_path else {}
@@ -68,17 +77,44 @@ def _load_onnx(path, file_config, int8_asked):
         onnx.checker.check_model(proto)
     except Exception as e:  # protobuf DecodeError, ValidationError, OSError...
         raise GhostError(f"{path} is not a readable ONNX model: {one_line(e, last=False)}")
+    inp, out = _classifier_io(proto, path)
+    dims = list(inp.type.tensor_type.shape.dim)
+    width = dims[1].dim_value if dims[1].HasField("dim_value") else None
+    try:
+        meta = onnx_record(proto)
+    except ValueError as e:
+        raise GhostError(f"{path}: {e}")
+    saved = _saved_config({**file_config, **meta}, path)  # the model's own record wins
+    recorded = {"n_features": saved.model.n_features if saved.model else None,
+                "features": len(saved.features) if saved.features else None}
+    for key, n in recorded.items():
+        if width is not None and n is not None and n != width:
+            raise GhostError(f"{path}: its record's {key} gives {n} inputs, but the graph "
+                             f"takes {width} features")
+    int8 = any(n.op_type in QUANT_OPS for n in proto.graph.node)
+    if int8_asked and not int8:
+        raise GhostError(f"--int8: {path} has no QuantizeLinear/DequantizeLinear nodes "
+                         "(a float model); drop --int8 or pass the _int8.onnx model")
+    return LoadedModel("onnx", path, saved, bool(meta), width, int8, proto=proto,
+                       input_name=inp.name, output_name=out.name)
+
+
+def _classifier_io(proto, path):
+    """The graph's input and output, checked: one float input [batch, features],
+    one float output [batch, 1] (or [batch]), finite weights."""
+    import onnx
+    from onnx import numpy_helper
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
-    if not graph.node or len(inputs) != 1 or not graph.output:
+    if not graph.node or len(inputs) != 1 or len(graph.output) != 1:
         raise GhostError(f"{path} is not a classifier with one input and one output "
                          f"({len(inputs)} inputs, {len(graph.output)} outputs)")
     inp, out = inputs[0], graph.output[0]
-    tensor = inp.type.tensor_type
-    if tensor.elem_type != onnx.TensorProto.FLOAT:
-        raise GhostError(f"{path}: input {inp.name!r} is not float32")
-    dims = list(tensor.shape.dim)
+    for value, what in ((inp, "input"), (out, "output")):
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise GhostError(f"{path}: {what} {value.name!r} is not float32")
+    dims = list(inp.type.tensor_type.shape.dim)
     if len(dims) != 2:
         raise GhostError(f"{path}: input {inp.name!r} has {len(dims)} dimensions; "
                          "expected [batch, features]")
@@ -88,27 +124,26 @@ def _load_onnx(path, file_config, int8_asked):
         raise GhostError(f"{path}: output {out.name!r} has shape "
                          f"{[d.dim_value or d.dim_param for d in out_dims]}; "
                          "expected one probability per track")
-    meta = onnx_record(proto)
-    saved = _saved_config({**file_config, **meta}, path)  # the model's own record wins
-    int8 = any(n.op_type in QUANT_OPS for n in graph.node)
-    if int8_asked and not int8:
-        raise GhostError(f"--int8: {path} has no QuantizeLinear/DequantizeLinear nodes "
-                         "(a float model); drop --int8 or pass the _int8.onnx model")
-    width = dims[1].dim_value if dims[1].HasField("dim_value") else None
-    return LoadedModel("onnx", path, saved, bool(meta), width, int8, proto=proto,
-                       input_name=inp.name, output_name=out.name)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    for tensor in graph.initializer:
+        if tensor.data_type in floats and not np.isfinite(numpy_helper.to_array(tensor)).all():
+            raise GhostError(f"{path}: the weights {tensor.name!r} hold non-finite values "
+                             "(NaN or inf)")
+    return inp, out
 
 
 def _load_pth(path, config, config_path, network, int8):
     import torch
 
-    from models import load_model, n_inputs
+    from models import build_model, load_model, n_inputs
     try:
+        _check_archive(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise GhostError(f"{path} is not a readable PyTorch state dict: {one_line(e, last=False)}")
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise GhostError(f"{path} is not a state dict of tensors")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise GhostError(f"{path} is not a state dict of tensors (names to tensors)")
     overrides = {"network": network} if network is not None else {}
     if int8:
         overrides["int8"] = True
@@ -116,6 +151,14 @@ def _load_pth(path, config, config_path, network, int8):
     if saved.model is None:
         raise GhostError(f"config {config_path} does not describe the weights in {path}: "
                          "it records no architecture (n_features, hidden)")
+    problem = state_problem(build_model(saved.model).state_dict(), state)
+    if problem:
+        raise GhostError(f"config {config_path} does not describe the weights in {path}: "
+                         f"{problem}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise GhostError(f"{path}: the weights {', '.join(bad)} hold non-finite values "
+                         "(NaN or inf)")
     if saved.model.int8:
         seen = [k for k in state if k.endswith(".seen")]
         if seen and not any(int(state[k]) > 0 for k in seen):
@@ -128,6 +171,17 @@ def _load_pth(path, config, config_path, network, int8):
                          f"{one_line(e, last=False, count=2)[:300]}")
     return LoadedModel("pth", path, saved, True, n_inputs(module),
                        saved.model.int8, module=module)
+
+
+def _check_archive(path):
+    """A .pth of torch's zip format has a CRC-32 per member, which torch.load does
+    not check: a flipped byte in the weights would load silently."""
+    import zipfile
+    if zipfile.is_zipfile(path):  # else torch's legacy format: torch.load reads it
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise ValueError(f"its member {bad} fails its CRC-32 check (the file is corrupt)")
 
 
 def cuda_present():
