@@ -31,6 +31,14 @@ def meta_path(prefix):
     return f"{prefix}_features.json"
 
 
+def dataset_files(prefix):
+    """Every file a dataset prefix names: what make_dataset.py writes (the
+    spectators where there are some), what training.py and inference.py read."""
+    return [path for split in SPLITS
+            for path in (*split_paths(prefix, split), spectators_path(prefix, split))
+            ] + [meta_path(prefix)]
+
+
 def has_dataset(prefix):
     return os.path.isfile(split_paths(prefix, "test")[0])
 

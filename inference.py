@@ -32,10 +32,10 @@ from compare import (
     model_macs,
 )
 from cpp_export import write_header
+from dataset import dataset_files
 from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
 from inputs import describe_source, guard, read_input, resolve_settings
 from kinematics import performance
-from make_dataset import dataset_files
 from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
 from plots import PlotInput, add_format_option, parse_formats, pyplot, style

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from dataset import SPLITS, DatasetMeta, meta_path, spectators_path, split_paths, write_dataset
+from dataset import SPLITS, DatasetMeta, dataset_files, meta_path, write_dataset
 from diagnostic_plots import write_feature_figures
 from features import (
     DEFAULT_TREE,
@@ -79,14 +79,6 @@ def parse_args(argv=None):
     except GhostError as e:
         p.error(str(e))
     return args
-
-
-def dataset_files(prefix):
-    """Every file a dataset prefix names: what make_dataset.py writes (the
-    spectators where there are some), what training.py and inference.py read."""
-    return [path for split in SPLITS
-            for path in (*split_paths(prefix, split), spectators_path(prefix, split))
-            ] + [meta_path(prefix)]
 
 
 def check_outputs(args, files):
