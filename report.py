@@ -218,15 +218,18 @@ def write_tables(out, folder, a, extra, plot_input, context, scores_by_split):
                        comparison_csv(plot_input.curves).encode())
         files.append("comparison.csv")
     if scores_by_split:
+        from rootio import import_root
+        from rootwrite import write_results
+        try:
+            import_root()
+        except GhostError as e:  # no ROOT here: a note; a failed write is an error
+            log(f"note: no results.root ({e})")
+            return files
         rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
         rows += [{**w, "target_efficiency_wp": w["target_efficiency"]}
                  for w in a.working_points]
-        try:
-            from rootio import write_results
-            write_results(out.tmp(os.path.join(folder, "results.root")),
-                          *results_root(a, scores_by_split, rows),
-                          shown=os.path.join(folder, "results.root"))
-            files.append("results.root")
-        except GhostError as e:
-            log(f"note: no results.root ({e})")
+        write_results(out.tmp(os.path.join(folder, "results.root")),
+                      *results_root(a, scores_by_split, rows),
+                      shown=os.path.join(folder, "results.root"))
+        files.append("results.root")
     return files
