@@ -15,8 +15,8 @@ predicted and true ghost/real fractions; ROC AUC, the full ROC, ghost rejection 
 metrics.json, accuracy.png, ghost_real.png, confusion.png, ssfnfp.png, roc.png,
 scores.png, rejection.png (and overtraining.png on a dataset prefix).
 --output FILE.npy|FILE.root: the ghost probability of every input track (NaN where a
-track has a non-finite feature); the .root tree `ghost_probability` (branch
-`ghost_prob`) can be a friend of the input tree.
+track has a non-finite feature, or values the model cannot compute in float32); the
+.root tree `ghost_probability` (branch `ghost_prob`) can be a friend of the input tree.
 """
 import argparse
 import os
