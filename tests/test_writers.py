@@ -118,7 +118,7 @@ def _lines(text, prefix):
 class SmallDisk:
     """A folder on a small tmpfs that the test mounts, filled up to leave `free`
     bytes; where mounting is not allowed, a plain folder, and each run gets a limit
-    of `free` bytes per written file instead (RLIMIT_FSIZE: writes beyond it fail
+    on the size of every file it writes instead (RLIMIT_FSIZE: writes beyond it fail
     with EFBIG, as on a full disk they fail with ENOSPC)."""
 
     def __init__(self, path):
@@ -130,10 +130,11 @@ class SmallDisk:
         self.limit = None
         self.filler = path / ".filler"
 
-    def fill(self, free):
-        """Leave `free` bytes (a multiple of PAGE) on the tmpfs, or limit each file."""
+    def fill(self, free, limit=None):
+        """Leave `free` bytes (a multiple of PAGE) on the tmpfs; without one, limit
+        each file to `limit` bytes (default `free`)."""
         if not self.mounted:
-            self.limit = max(free, PAGE // 2)
+            self.limit = max(limit or free, PAGE // 2)
             return
         st = os.statvfs(self.path)
         with open(self.filler, "wb") as f:
@@ -221,7 +222,8 @@ def test_full_disk_inference_output(disk, models, small_file, tmp_path, ext):
 def test_full_disk_at_each_file_of_the_plots_folder(disk, models, small_file, plots_sizes,
                                                     target):
     before = PLOTS_ORDER[:PLOTS_ORDER.index(target)]
-    disk.fill(sum(_pages(plots_sizes[name]) for name in before))
+    disk.fill(sum(_pages(plots_sizes[name]) for name in before),
+              limit=plots_sizes[target] // 2)
     plots = disk.path / "plots"
     proc = disk.run("inference.py", "-f", small_file, "--model", models["net1"],
                     "--plots-dir", plots, "--no-plots")
@@ -230,7 +232,7 @@ def test_full_disk_at_each_file_of_the_plots_folder(disk, models, small_file, pl
 
 
 def test_full_disk_while_drawing_the_figures(disk, models, small_file, plots_sizes):
-    disk.fill(sum(_pages(size) for size in plots_sizes.values()))
+    disk.fill(sum(_pages(size) for size in plots_sizes.values()), limit=2 * PAGE)
     plots = disk.path / "plots"
     proc = disk.run("inference.py", "-f", small_file, "--model", models["net1"],
                     "--plots-dir", plots)
