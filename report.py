@@ -143,7 +143,7 @@ def index_html(title, figures, summary, working_points):
         f"<figure><img src=\"{escape(names[0])}\" alt=\"{escape(names[0])}\">"
         f"<figcaption>{escape(caption)} "
         + " ".join(f"<a href=\"{escape(n)}\">{escape(n)}</a>" for n in names)
-        + "</figcaption></figure>" for names, caption in figures if names)
+        + "</figcaption></figure>" for names, caption in figures if names)  # no files: not drawn
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}
@@ -214,7 +214,7 @@ def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",),
             pending.cancel()
         raise
     figures, kept = pending.wait() if pending else ([], [])
-    for stem, fig, caption in extra_figures if formats else ():
+    for stem, fig, caption in extra_figures:
         figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
                                     formats=formats), caption))
     out.save_bytes(os.path.join(folder, "index.html"),
