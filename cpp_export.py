@@ -12,6 +12,7 @@ onnxruntime's fused integer kernels (sum x (input scale x weight scale / output
 scale), clamp, round), and the last layer's logit as a float.
 """
 import datetime
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -130,9 +131,43 @@ def _int8_layers(model):
     return lines, "logit"
 
 
+# C++ keywords (to C++23), and names a namespace at file scope must not take: std,
+# the macros GNU compilers predefine outside strict modes, and the functions <cmath>
+# declares at file scope
+CPP_RESERVED = frozenset("""
+    alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t
+    char16_t char32_t class compl concept const consteval constexpr constinit const_cast
+    continue co_await co_return co_yield decltype default delete do double dynamic_cast
+    else enum explicit export extern false float for friend goto if inline int long
+    mutable namespace new noexcept not not_eq nullptr operator or or_eq private protected
+    public register reinterpret_cast requires return short signed sizeof static
+    static_assert static_cast struct switch template this thread_local throw true try
+    typedef typeid typename union unsigned using virtual void volatile wchar_t while xor
+    xor_eq std linux unix i386
+    abs acos acosh asin asinh atan atan2 atanh cbrt ceil copysign cos cosh erf erfc exp
+    exp2 expf expm1 fabs fdim floor fma fmax fmin fmod frexp hypot ilogb ldexp lgamma
+    llrint llround log log10 log1p log2 logb lrint lround modf nan nearbyint nearbyintf
+    nextafter pow remainder remquo rint round scalbn sin sinh sqrt tan tanh tgamma trunc
+    j0 j1 jn y0 y1 yn gamma signbit isnan isinf isfinite""".split())
+
+
+def cpp_identifier(name):
+    """`name` (a file stem) as a C++ namespace name: letters, digits and single
+    underscores, starting with a letter, no keyword; "ghost_" put in front where
+    the name would not be one (1model -> ghost_1model, class -> ghost_class)."""
+    ident = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_]", "_", name)).strip("_")
+    if not ident:
+        return "ghost_model"
+    if not ident[0].isalpha() or ident in CPP_RESERVED:
+        return f"ghost_{ident}"
+    return ident
+
+
 def export_header(model, saved, namespace="ghost_model"):
     """The C++ header of a models.GhostNet in eval mode (frozen if INT8) and its
-    artifacts.SavedConfig."""
+    artifacts.SavedConfig, in the C++ namespace made of `namespace`
+    (cpp_identifier)."""
+    namespace = cpp_identifier(namespace)
     config = saved.model
     names = saved.features or [f"f{i}" for i in range(config.n_features)]
     scaling = config.input_layer() or config.normalization
@@ -148,7 +183,8 @@ def export_header(model, saved, namespace="ghost_model"):
             "// Usage: float p = " + namespace + "::ghost_probability(features);",
             "//   features: the raw branch values of one track, in feature_names order;",
             "//   p: the ghost probability (a track is a ghost when p > threshold);",
-            "//   a NaN feature gives a NaN probability (drop such tracks, as the toolkit does)."]
+            "//   a NaN or infinite feature gives a NaN probability (drop such tracks, as the",
+            "//   toolkit does)."]
     from provenance import comment_lines
     head += [f"// {line}" for line in comment_lines(saved.provenance or {})]
     wp = saved.working_point
@@ -184,8 +220,8 @@ def export_header(model, saved, namespace="ghost_model"):
              "}",
              "}  // namespace detail", "",
              "GHOST_HD inline float ghost_probability(const float* features) {",
-             "    for (int i = 0; i < n_features; ++i)",
-             "        if (features[i] != features[i]) return NAN;  // NaN in, NaN out"]
+             "    for (int i = 0; i < n_features; ++i)  // NaN or +-inf in, NaN out: x - x is",
+             "        if (!(features[i] - features[i] == 0.0f)) return NAN;  // NaN just then"]
     # INT8: float32 scaling, exactly as the ONNX graph feeds its first QuantizeLinear
     lines += _scaling_code(scaling, "float" if int8 else "detail::sum_t")
     if int8:
@@ -246,14 +282,13 @@ def model_from_onnx(proto, saved):
     return model
 
 
-def write_header(model, path):
-    """inference.py --export-cpp: the header training.py --save writes, from a loaded
-    .pth or .onnx file of this toolkit (scoring.LoadedModel), written atomically."""
+def model_header(model, path):
+    """inference.py --export-cpp: (the header training.py --save writes, as bytes, and
+    its C++ namespace, from the file name `path`) of a loaded .pth or .onnx file of
+    this toolkit (scoring.LoadedModel); a one-line error for any other model."""
     import os
-    import re
 
-    from outputs import AtomicOutputs
-    from utils import GhostError, log
+    from utils import GhostError
     if model.saved.model is None:
         raise GhostError(f"--export-cpp: {model.path} records no architecture of this toolkit")
     try:
@@ -261,7 +296,5 @@ def write_header(model, path):
                                                                           model.saved)
     except ValueError as e:
         raise GhostError(f"--export-cpp: {model.path} is not a model this toolkit wrote: {e}")
-    name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-    with AtomicOutputs() as out:
-        out.save_bytes(path, export_header(module, model.saved, namespace=name).encode())
-    log(f"wrote {path}: C++ namespace {name}, ghost_probability(const float* features)")
+    namespace = cpp_identifier(os.path.splitext(os.path.basename(path))[0])
+    return export_header(module, model.saved, namespace).encode(), namespace

@@ -15,8 +15,8 @@ predicted and true ghost/real fractions; ROC AUC, the full ROC, ghost rejection 
 metrics.json, accuracy.png, ghost_real.png, confusion.png, ssfnfp.png, roc.png,
 scores.png, rejection.png (and overtraining.png on a dataset prefix).
 --output FILE.npy|FILE.root: the ghost probability of every input track (NaN where a
-track has a non-finite feature); the .root tree `ghost_probability` (branch
-`ghost_prob`) can be a friend of the input tree.
+track has a non-finite feature, or values the model cannot compute in float32); the
+.root tree `ghost_probability` (branch `ghost_prob`) can be a friend of the input tree.
 """
 import argparse
 import os
@@ -31,17 +31,33 @@ from compare import (
     gap_to_limit,
     model_macs,
 )
-from cpp_export import write_header
+from cpp_export import model_header
 from dataset import dataset_files
 from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
-from inputs import describe_source, guard, read_input, resolve_settings
+from inputs import (
+    describe_source,
+    finite_part,
+    load_input,
+    overflow_warning,
+    release_features,
+    resolve_settings,
+)
 from kinematics import performance
 from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
 from plots import PlotInput, add_format_option, parse_formats, pyplot, style
-from report import analysis_files, print_summary, write_analysis
-from rootio import add_threads_option, write_root
-from scoring import BACKENDS, GPU_BATCH, cross_check, load_model_file, score_model
+from report import analysis_files, print_summary, run_record, write_analysis
+from rootio import add_threads_option
+from rootwrite import write_root
+from scoring import (
+    BACKENDS,
+    GPU_BATCH,
+    calibrated,
+    calibration,
+    cross_check,
+    load_model_file,
+    score_model,
+)
 from utils import GhostError, Stopwatch, log, parse_numbers, run_cli, warn
 
 CROSS_CHECK_TOLERANCE = 1e-5  # float32 engines agree to ~1e-7 on a probability
@@ -154,8 +170,14 @@ def check_args(args):
             raise GhostError(f"--features repeats a name: {','.join(features)}")
     formats = parse_formats(args.format)
     calibrate = args.calibrate
+    if calibrate is not None and args.output is None:
+        raise GhostError("--calibrate needs --output: it calibrates the probabilities "
+                         "--output writes (the analysis uses the model's own)")
     if calibrate not in (None, "model"):
-        calibrate = parse_numbers(calibrate, "--calibrate", 0.0, 1.0, open_=True)[0]
+        calibrate = parse_numbers(calibrate, "--calibrate", 0.0, 1.0, open_=True)
+        if len(calibrate) != 1:
+            raise GhostError(f"--calibrate takes one ghost fraction, got {args.calibrate!r}")
+        calibrate = calibrate[0]
     check_output_file(args.output, "--output", (".npy", ".root"))
     prepare_folder(args.plots_dir, "--plots-dir", create=False)  # made once there are metrics
     sources = [] if args.filename is None else [args.filename, *dataset_files(args.filename)]
@@ -181,27 +203,15 @@ def describe_run(args, features_flag):
     return model, source, settings
 
 
-def load_input(args, source, settings, model):
-    """The inputs.Input read from -f, and which tracks have every feature finite;
-    the guard rails checked."""
-    clock = Stopwatch()
-    inp = read_input(source, settings.features, args.tree, args.threads)
-    if len(inp.data) == 0:
-        raise GhostError(f"{args.filename} holds no tracks")
-    finite = np.isfinite(inp.data).all(axis=1)
-    log(f"read {len(inp.data):,} tracks from {args.filename} in {clock():.1f} s"
-        + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
-    guard(source, args.tree, settings.track, model, settings.features, inp.data, finite)
-    if settings.normalization is not None:
-        log(f"normalized with the transform recorded in {settings.normalization_origin}")
-    return inp, finite
-
-
 def score_input(args, model, settings, inp, finite):
     """Scores of every track (NaN where a feature is not finite) and of the train
     split if there is one; the scorer's description and the pass's seconds."""
-    scores, desc, seconds, note = score_model(model, inp.data, finite, settings.normalization,
-                                              args.backend, args.nocuda, args.batch)
+    scores, desc, seconds, note, overflow = score_model(
+        model, inp.data, finite, settings.normalization, args.backend, args.nocuda, args.batch)
+    n_bad = int((~finite).sum())
+    if overflow.any():  # from now on, like tracks with a non-finite feature
+        finite &= ~overflow
+        warn(overflow_warning(inp.data, overflow, finite, settings.features))
     if note:
         log(f"note: {note}")
     rate = len(inp.data) / seconds if seconds > 0 else float("inf")
@@ -220,7 +230,6 @@ def score_input(args, model, settings, inp, finite):
             if check["max_abs_diff"] > CROSS_CHECK_TOLERANCE:
                 warn(f"the two engines differ by {check['max_abs_diff']:.2e} (more than "
                      f"{CROSS_CHECK_TOLERANCE:g}): the model does not compute the same in both")
-    n_bad = int((~finite).sum())
     if n_bad:
         log(f"{n_bad:,} tracks have a non-finite feature: their probability is NaN "
             f"and they are left out of the metrics")
@@ -230,14 +239,6 @@ def score_input(args, model, settings, inp, finite):
         train_scores = score_model(model, inp.train[0], train_finite, settings.normalization,
                                    args.backend, args.nocuda, args.batch)[0]
     return scores, train_scores, desc, seconds, check
-
-
-def release_features(inp):
-    """Once scored, the features are needed only by --compare and --ranking: keep the
-    kinematics columns (copies, where they are views of the features) and let the
-    [tracks, features] array go before the analysis allocates its own."""
-    inp.columns = {k: np.ascontiguousarray(v) for k, v in (inp.columns or {}).items()}
-    inp.data = None
 
 
 def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
@@ -265,39 +266,45 @@ def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
                    efficiencies=cuts[1], model_point=model.saved.working_point)
 
 
-def finite_part(values, finite):
-    """values of the tracks with every feature finite (None stays None): a view,
-    not a copy, where every track is."""
-    if values is None:
-        return None
-    return values if finite.all() else values[finite]
-
-
-def compare_curves(args, model, source, settings, inp, finite, analysis, limit=None):
-    """The analysed model, each --compare model and the limit (where the input has
-    it; `limit`: its Curve, already computed) on the same finite, labelled tracks:
-    a list of compare.Curve."""
-    names = curve_names([args.model] + (args.compare or []))
-    curves = [Curve.from_analysis(names[0], analysis, model_macs(model))]
-    labels = finite_part(inp.labels, finite)
-    for name, (path, config) in zip(names[1:], compared_model_paths(args.compare or [])):
+def compared_models(args, source, settings):
+    """--compare's models, loaded and checked against the input before any track is
+    read: [(curve name, scoring.LoadedModel, inputs.Settings)]."""
+    names = curve_names([args.model] + (args.compare or []))[1:]
+    out = []
+    for name, (path, config) in zip(names, compared_model_paths(args.compare or [])):
         other = load_model_file(path, config)
         theirs = resolve_settings(other, source)
         if theirs.features != settings.features:
             raise GhostError(f"--compare {path} reads features {','.join(theirs.features)}, "
                              f"not the {','.join(settings.features)} of {args.model}")
-        scores = score_model(other, inp.data, finite, theirs.normalization, args.backend,
-                             args.nocuda, args.batch)[0]
-        curves.append(Curve.of(name, finite_part(scores, finite), labels, model_macs(other)))
+        out.append((name, other, theirs))
+    return out
+
+
+def compare_curves(args, model, others, inp, finite, analysis, limit=None):
+    """The analysed model, each --compare model (`others`, compared_models) and the
+    limit (where the input has it; `limit`: its Curve, already computed) on the same
+    finite, labelled tracks: a list of compare.Curve."""
+    name = curve_names([args.model] + (args.compare or []))[0]
+    curves = [Curve.from_analysis(name, analysis, model_macs(model))]
+    labels = finite_part(inp.labels, finite)
+    for name, other, theirs in others:
+        scores = finite_part(score_model(other, inp.data, finite, theirs.normalization,
+                                         args.backend, args.nocuda, args.batch)[0], finite)
+        ok = np.isfinite(scores)
+        if not ok.all():
+            warn(f"--compare {other.path} cannot compute {int((~ok).sum()):,} of the "
+                 "tracks in float32: its curve leaves them out")
+        curves.append(Curve.of(name, scores[ok], labels[ok], model_macs(other)))
     if inp.limit is not None:
         curves.append(limit or Curve.of(f"limit ({LIMIT})", finite_part(inp.limit, finite),
                                         labels))
     return curves
 
 
-def feature_ranking(args, model, settings, inp, finite, title, seed):
+def feature_ranking(args, model, settings, inp, finite, title, draw):
     """--ranking: the permutation ranking on (up to 200,000 of) the finite, labelled
-    tracks, as a table and a figure."""
+    tracks, as a table and (with `draw`) a figure."""
     from diagnostic_plots import ranking
     from diagnostics import permutation_ranking, ranking_csv
     rows = np.flatnonzero(finite)[:200_000]
@@ -306,16 +313,18 @@ def feature_ranking(args, model, settings, inp, finite, title, seed):
     def score(data):
         return score_model(model, data, np.ones(len(data), bool), settings.normalization,
                            args.backend, args.nocuda, args.batch)[0]
-    reference, ranked = permutation_ranking(score, x, y, settings.features, seed)
+    reference, ranked = permutation_ranking(score, x, y, settings.features, args.seed)
     log("feature ranking (drop in AUC when shuffled): " + ", ".join(
         f"{r['feature']} {r['auc_drop']:.4f}" for r in ranked))
+    if not draw:
+        return ranked, [], ranking_csv(ranked)
     with style() as plt:
         fig = ranking(plt, reference, ranked, title)
     return ranked, [("ranking", fig, "Features ranked by the drop in AUC and in ghost "
                      "rejection at 99 % when each is shuffled.")], ranking_csv(ranked)
 
 
-def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
+def analyse_input(args, model, others, inp, finite, scored, cuts):
     """The analysis, the overtraining check on a dataset, the comparison with other
     models and the limit, the performance vs kinematics, the console summary, and
     what the figures draw: (Analysis, extra metrics.json entries, PlotInput), or
@@ -337,7 +346,7 @@ def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
     train = inp.train
     over = overtraining(train_scores, train[1], scores, inp.labels) if train else None
     print_summary(analysis, over)
-    curves = compare_curves(args, model, source, settings, inp, finite, analysis, limit)
+    curves = compare_curves(args, model, others, inp, finite, analysis, limit)
     extra = {"overtraining": over}
     if len(curves) > 1:
         log(format_comparison(curves, analysis.n))
@@ -359,27 +368,15 @@ def analyse_input(args, model, source, settings, inp, finite, scored, cuts):
         curves=curves if len(curves) > 1 else None, kinematics=perf)
 
 
-def calibrated(scores, model, fraction):
-    """The probabilities at another ghost fraction: the raw output is calibrated to
-    the training mix (training_prior, 0.5 for a balanced or class-weighted
-    training); shifting the logit by the log ratio of the two priors gives them at
-    `fraction` ("model": the training input's own ghost fraction)."""
-    prior = model.saved.training_prior or 0.5
-    target = model.saved.ghost_fraction if fraction == "model" else fraction
-    if target is None:
-        raise GhostError(f"--calibrate: {model.path} records no ghost fraction of its "
-                         "training input; give one, e.g. --calibrate 0.15")
-    with np.errstate(divide="ignore", over="ignore"):
-        logit = np.log(scores) - np.log1p(-scores)
-        shift = np.log(target / (1 - target)) - np.log(prior / (1 - prior))
-        return (1 / (1 + np.exp(-(logit + shift)))).astype(np.float32), target
-
-
-def write_outputs(args, out, scores, results, context, formats):
-    """--output, then the plots folder (report.write_analysis) with the ranking;
-    returns the figures kept open for --show and what was written."""
+def write_outputs(args, out, scores, results, context, formats, header=None):
+    """--export-cpp (`header`: cpp_export.model_header's), --output, then the plots
+    folder (report.write_analysis) with the ranking; returns the figures kept open
+    for --show and what was written."""
     analysis, extra, plot_input, ranking_files = results
     written, kept = [], []
+    if header is not None:
+        out.save_bytes(args.export_cpp, header[0])
+        written.append(f"{args.export_cpp} (C++ namespace {header[1]})")
     if args.output:
         if args.output.lower().endswith(".npy"):
             out.save_npy(args.output, scores.astype(np.float32))
@@ -405,57 +402,47 @@ def write_outputs(args, out, scores, results, context, formats):
     return kept, written
 
 
-def run_context(args, source, model, settings, scores, finite, desc, seconds):
-    """What metrics.json records about the run before its numbers."""
-    return {
-        "input": os.path.abspath(args.filename), "input_kind": source.kind,
-        "model": os.path.abspath(args.model), "model_kind": model.kind,
-        "int8": model.int8, "scoring": desc, "track": settings.track,
-        "features": settings.features, "network": settings.network,
-        "macs_per_track": model_macs(model),
-        "normalized_by_inference": settings.normalization is not None,
-        "normalization_origin": settings.normalization_origin,
-        "tracks": len(scores), "tracks_nonfinite": int((~finite).sum()),
-        "scoring_seconds": seconds,
-        "tracks_per_second": len(scores) / seconds if seconds > 0 else None,
-    }
-
-
 def main(argv=None):
     args = parse_args(argv)
     thresholds, efficiencies, features_flag, formats, calibrate = check_args(args)
     clock = Stopwatch()
     if args.filename is None:  # --export-cpp alone
-        write_header(load_model_file(args.model, args.config, args.network, args.int8),
-                   args.export_cpp)
+        text, namespace = model_header(load_model_file(args.model, args.config, args.network,
+                                                       args.int8), args.export_cpp)
+        with AtomicOutputs() as out:
+            out.save_bytes(args.export_cpp, text)
+        log(f"wrote {args.export_cpp}: C++ namespace {namespace}, "
+            "ghost_probability(const float* features)")
         return 0
     model, source, settings = describe_run(args, features_flag)
-    if args.export_cpp:
-        write_header(model, args.export_cpp)
-    inp, finite = load_input(args, source, settings, model)
+    # checked now, written with the run's other outputs once it has succeeded
+    header = model_header(model, args.export_cpp) if args.export_cpp else None
+    calibrate = calibration(model, calibrate) if calibrate is not None else None
+    others = compared_models(args, source, settings)
+    inp, finite = load_input(source, settings, model, args.tree, args.threads)
     scores, train_scores, desc, seconds, check = score_input(args, model, settings, inp,
                                                              finite)
     if not (args.compare or args.ranking):
         release_features(inp)
-    analysis, extra, plot_input = analyse_input(args, model, source, settings, inp, finite,
+    analysis, extra, plot_input = analyse_input(args, model, others, inp, finite,
                                                 (scores, train_scores),
                                                 (thresholds, efficiencies))
     ranking_files = None
     if args.ranking and analysis is not None:
         ranked, figures, csv = feature_ranking(args, model, settings, inp, finite,
-                                               plot_input.title, args.seed)
+                                               plot_input.title, bool(formats))
         extra["ranking"], ranking_files = ranked, (figures, csv)
-    context = run_context(args, source, model, settings, scores, finite, desc, seconds)
+    context = run_record(source, model, settings, scores, finite, desc, seconds)
     if check is not None:
         context["cross_check"] = check
     if calibrate is not None:
-        scores, prior = calibrated(scores, model, calibrate)
-        context["output_calibrated_to_ghost_fraction"] = prior
-        log(f"--output: probabilities calibrated to a ghost fraction of {prior:.4f}")
+        scores = calibrated(scores, *calibrate)
+        context["output_calibrated_to_ghost_fraction"] = calibrate[1]
+        log(f"--output: probabilities calibrated to a ghost fraction of {calibrate[1]:.4f}")
     with AtomicOutputs() as out:
         kept, written = write_outputs(args, out, scores,
                                       (analysis, extra, plot_input, ranking_files), context,
-                                      formats)
+                                      formats, header)
     log(f"wrote {', '.join(written) if written else 'nothing'}; total {clock():.1f} s")
     if kept:
         pyplot(True).show()

@@ -21,7 +21,7 @@ from features import (
     unfilled,
 )
 from rootio import MATRIX, read_root
-from utils import GhostError, log, warn
+from utils import GhostError, Stopwatch, log, warn
 
 
 @dataclass
@@ -101,26 +101,52 @@ def read_input(source, names, tree, threads=None):
                  columns=columns)
 
 
+def load_input(source, settings, model, tree, threads=None):
+    """What inference.py scores: the Input read from `source` with `settings`
+    (read_input), and which tracks have every feature finite; the guard rails
+    checked for `model`."""
+    clock = Stopwatch()
+    inp = read_input(source, settings.features, tree, threads)
+    if len(inp.data) == 0:
+        raise GhostError(f"{source.path} holds no tracks")
+    finite = np.isfinite(inp.data).all(axis=1)
+    log(f"read {len(inp.data):,} tracks from {source.path} in {clock():.1f} s"
+        + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
+    guard(source, tree, settings.track, model, settings.features, inp.data, finite)
+    if settings.normalization is not None:
+        log(f"normalized with the transform recorded in {settings.normalization_origin}")
+    return inp, finite
+
+
 OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
+CONSTANT_MIN_TRACKS = 10  # fewer finite tracks: no feature is called constant
 
 
 def guard(source, tree, track, model, names, data, finite=None):
     """Guard rails: does the input look like what the model was trained on?
 
+    - a feature finite on no track (NaN or +-inf everywhere): an error, as nothing
+      can be scored;
     - features constant here but not in training (or, for a model that records no
       training ranges, 0 for every track): the input is of another track type or a
-      branch is empty;
+      branch is empty (from CONSTANT_MIN_TRACKS finite tracks up);
     - features outside the model's training range for more than 1 % of the tracks.
     One warning line names them with their fractions; where half the features or more
     are constant the scores mean nothing, and it is an error.  `finite`: the rows
     with every feature finite (computed if not given)."""
     if finite is None:
         finite = np.isfinite(data).all(axis=1)
+    if not finite.any() and (nowhere := nowhere_finite(data, names)):
+        raise GhostError("; ".join(f"feature {n} is {what} for every track" for n, what in
+                                   nowhere.items()) + ": no track can be scored (is the "
+                         "branch filled in this input?)")
     ranges = model.saved.training_ranges or {}
     lo, hi, outside_fraction = column_stats(data, finite, [ranges.get(n) for n in names])
     if lo is None:
         return
-    if ranges:
+    if finite.sum() < CONSTANT_MIN_TRACKS:  # so few tracks may well agree by chance
+        constant = []
+    elif ranges:
         constant = [n for j, n in enumerate(names)
                     if lo[j] == hi[j] and n in ranges and ranges[n][0] < ranges[n][1]]
     else:
@@ -150,6 +176,49 @@ def guard(source, tree, track, model, names, data, finite=None):
                          "carry no information here, so its scores would mean nothing")
     warn(f"{message}; the model sees inputs unlike its training data, so its scores and "
          "metrics are not meaningful")
+
+
+def nowhere_finite(data, names):
+    """{feature: what it holds} for the features finite on no track: "NaN", "+inf",
+    "-inf" or several of them joined by "or"."""
+    out = {}
+    for j, name in enumerate(names):
+        col = data[:, j]
+        if not np.isfinite(col).any():
+            out[name] = " or ".join(what for what, has in (
+                ("NaN", np.isnan(col)), ("+inf", col == np.inf), ("-inf", col == -np.inf))
+                if has.any())
+    return out
+
+
+def overflow_warning(data, overflow, finite, names):
+    """The warning on the tracks with finite features that the model cannot compute
+    in float32 (scoring.score_model's overflow), naming the features in which they
+    lie beyond every track scored (`finite`)."""
+    lo, hi, _ = column_stats(data, finite, [None] * len(names))
+    x = data[overflow]
+    beyond = [n for j, n in enumerate(names)
+              if lo is None or ((x[:, j] < lo[j]) | (x[:, j] > hi[j])).any()]
+    named = f" ({', '.join(beyond)} beyond the range of the others)" if beyond else ""
+    return (f"{int(overflow.sum()):,} tracks have finite features that the model cannot "
+            f"compute in float32{named}: their probability is NaN and they are left out "
+            "of the analysis, like non-finite tracks")
+
+
+def finite_part(values, finite):
+    """values of the tracks with every feature finite (None stays None): a view,
+    not a copy, where every track is."""
+    if values is None:
+        return None
+    return values if finite.all() else values[finite]
+
+
+def release_features(inp):
+    """Once scored, the features are needed only by --compare and --ranking: keep the
+    kinematics columns (copies, where they are views of the features) and let the
+    [tracks, features] array go before the analysis allocates its own."""
+    inp.columns = {k: np.ascontiguousarray(v) for k, v in (inp.columns or {}).items()}
+    inp.data = None
 
 
 def column_stats(data, finite, ranges, chunk=1 << 18):

@@ -25,7 +25,7 @@ from scipy.special import betaln, gammaln, logsumexp, ndtr
 
 from features import DEFAULT_TREE, TRACK_TYPES, features_for, own_branches
 from outputs import AtomicOutputs, check_output_file
-from rootio import write_root
+from rootwrite import write_root
 from utils import GhostError, log, run_cli
 
 # Every branch of the real tree, in the order written, and the generator's truth.

@@ -70,6 +70,28 @@ def print_summary(a, over):
             f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
 
 
+def run_record(source, model, settings, scores, finite, desc, seconds):
+    """What metrics.json records about an inference.py run before its numbers: the
+    input (inputs.Source), the model (scoring.LoadedModel), the settings it was read
+    with, and the scoring pass (every track's scores, which tracks had every
+    feature finite, the scorer's description, the pass's seconds)."""
+    import os
+
+    from compare import model_macs
+    return {
+        "input": os.path.abspath(source.path), "input_kind": source.kind,
+        "model": os.path.abspath(model.path), "model_kind": model.kind,
+        "int8": model.int8, "scoring": desc, "track": settings.track,
+        "features": settings.features, "network": settings.network,
+        "macs_per_track": model_macs(model),
+        "normalized_by_inference": settings.normalization is not None,
+        "normalization_origin": settings.normalization_origin,
+        "tracks": len(scores), "tracks_nonfinite": int((~finite).sum()),
+        "scoring_seconds": seconds,
+        "tracks_per_second": len(scores) / seconds if seconds > 0 else None,
+    }
+
+
 def metrics_record(a, extra, context):
     """The metrics.json record: `context` (what was scored, with which model and
     how fast), every number of the analysis, then `extra` (overtraining, comparison,
@@ -121,7 +143,7 @@ def index_html(title, figures, summary, working_points):
         f"<figure><img src=\"{escape(names[0])}\" alt=\"{escape(names[0])}\">"
         f"<figcaption>{escape(caption)} "
         + " ".join(f"<a href=\"{escape(n)}\">{escape(n)}</a>" for n in names)
-        + "</figcaption></figure>" for names, caption in figures)
+        + "</figcaption></figure>" for names, caption in figures if names)  # no files: not drawn
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}
@@ -231,15 +253,18 @@ def write_tables(out, folder, a, extra, plot_input, context, scores_by_split):
                        comparison_csv(plot_input.curves).encode())
         files.append("comparison.csv")
     if scores_by_split:
+        from rootio import import_root
+        from rootwrite import write_results
+        try:
+            import_root()
+        except GhostError as e:  # no ROOT here: a note; a failed write is an error
+            log(f"note: no results.root ({e})")
+            return files
         rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
         rows += [{**w, "target_efficiency_wp": w["target_efficiency"]}
                  for w in a.working_points]
-        try:
-            from rootio import write_results
-            write_results(out.tmp(os.path.join(folder, "results.root")),
-                          *results_root(a, scores_by_split, rows),
-                          shown=os.path.join(folder, "results.root"))
-            files.append("results.root")
-        except GhostError as e:
-            log(f"note: no results.root ({e})")
+        write_results(out.tmp(os.path.join(folder, "results.root")),
+                      *results_root(a, scores_by_split, rows),
+                      shown=os.path.join(folder, "results.root"))
+        files.append("results.root")
     return files

@@ -1,5 +1,6 @@
-"""ROOT files in and out: find the inputs, inspect each file's tree, read columns
-with RDataFrame as float32 numpy arrays, write arrays as a TTree or an RNTuple.
+"""ROOT files in: find the inputs, inspect each file's tree, read columns with
+RDataFrame as float32 numpy arrays.  Writing is rootwrite's (write_root and
+write_results, also reachable from here).
 
 ROOT is imported inside the functions (import_root), so the rest of the toolkit
 runs on a machine without it.
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils import GhostError, log, one_line
+from rootwrite import write_results, write_root  # noqa: F401 (rootio.write_root)
+from utils import GhostError, log, one_line, warn
 
 TTREE_CLASSES = ("TTree", "TNtuple")
 RNTUPLE_CLASSES = ("ROOT::RNTuple",)
@@ -29,7 +31,9 @@ NUMBER_TYPES = {
 
 
 def expand_inputs(patterns):
-    """File names and globs -> sorted, de-duplicated list of existing files."""
+    """File names and globs -> the existing files, in the order given (a glob's
+    sorted), each once: the same file named twice (another spelling of its path, a
+    link to it) is read once, with a warning."""
     files = []
     for pattern in patterns:
         if glob.has_magic(pattern):
@@ -41,7 +45,14 @@ def expand_inputs(patterns):
             raise GhostError(f"input file {pattern} does not exist")
         else:
             files.append(pattern)
-    return list(dict.fromkeys(files))
+    first = {}  # real path -> the first name given for it
+    for name in files:
+        first.setdefault(os.path.realpath(name), name)
+    twice = sorted({n for n in files if first[os.path.realpath(n)] != n})
+    if twice:
+        warn("the same file given twice is read once: " + ", ".join(
+            f"{n} is {first[os.path.realpath(n)]}" for n in twice))
+    return list(first.values())
 
 
 def import_root():
@@ -327,69 +338,3 @@ def _read_columns(ROOT, group, tree, out, ordered=False):
     if stored != n:
         raise GhostError(f"reading {tree!r} from {', '.join(files)} gave {stored:,} of "
                          f"its {n:,} entries")
-
-
-def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):
-    """Write {name: array} as `tree` ('dir/name' makes the directory), a TTree or an
-    RNTuple, one entry per row in array order: implicit multi-threading, which
-    would reorder the entries, is paused meanwhile.  `shown`: the name for errors
-    (`path` is often a temporary name)."""
-    ROOT = import_root()
-    opts = ROOT.RDF.RSnapshotOptions()
-    opts.fMode = "RECREATE"
-    if zstd_level is not None:
-        opts.fCompressionAlgorithm = ROOT.RCompressionSetting.EAlgorithm.kZSTD
-        opts.fCompressionLevel = zstd_level
-    if fmt == "rntuple":
-        opts.fOutputFormat = ROOT.RDF.ESnapshotOutputFormat.kRNTuple
-    threads = ROOT.IsImplicitMTEnabled() and ROOT.GetThreadPoolSize()
-    try:
-        if threads:
-            ROOT.DisableImplicitMT()
-        df = ROOT.RDF.FromNumpy(columns)
-        df.Snapshot(tree, path, list(columns), opts)
-        del df
-    except Exception as e:  # cppyy reports a failed Snapshot as a TypeError
-        raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")
-    finally:
-        if threads:
-            ROOT.EnableImplicitMT(threads)
-
-
-def write_results(path, histograms, graphs, table, shown=None):
-    """Results for ROOT users, as TMVA writes them: `histograms` {name: (counts,
-    edges, title)} as TH1D, `graphs` {name: (x, y, title)} as TGraph, and `table`
-    {column: array} as the TTree `thresholds` (filled row by row: a few dozen rows,
-    where RDataFrame's Snapshot would spend seconds compiling)."""
-    ROOT = import_root()
-    try:
-        f = ROOT.TFile.Open(path, "RECREATE")
-        if not f or f.IsZombie():
-            raise OSError("cannot create the file")
-        keep = []
-        for name, (counts, edges, title) in histograms.items():
-            h = ROOT.TH1D(name, title, len(counts), np.asarray(edges, dtype=np.float64))
-            h.SetContent(np.r_[0.0, np.asarray(counts, dtype=np.float64), 0.0])
-            h.SetEntries(float(np.sum(counts)))
-            h.Write()
-            keep.append(h)
-        for name, (x, y, title) in graphs.items():
-            g = ROOT.TGraph(len(x), np.ascontiguousarray(x, dtype=np.float64),
-                            np.ascontiguousarray(y, dtype=np.float64))
-            g.SetNameTitle(name, title)
-            g.Write(name)
-            keep.append(g)
-        columns = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in table.items()}
-        buffers = {k: np.zeros(1, dtype=np.float64) for k in columns}
-        tree = ROOT.TTree("thresholds", "thresholds")
-        for k, buf in buffers.items():
-            tree.Branch(k, buf, f"{k}/D")
-        for i in range(len(next(iter(columns.values()), []))):
-            for k, buf in buffers.items():
-                buf[0] = columns[k][i]
-            tree.Fill()
-        tree.Write()
-        keep.append(tree)
-        f.Close()
-    except Exception as e:  # cppyy turns C++ exceptions into Python ones
-        raise GhostError(f"could not write {shown or path}: {one_line(e, last=False)}")

@@ -331,9 +331,11 @@ def convert_onnx(model):
 
 
 def score_tracks(score, data, finite):
-    """One pass: (probabilities float32 [n], NaN where `finite` is False, and the
-    seconds the pass took).  `data` is not modified: rows with a non-finite
-    feature are scored like the others and their result replaced."""
+    """One pass: (probabilities float32 [n], NaN where `finite` is False, the seconds
+    the pass took, and the tracks with finite inputs the model gave no finite output
+    for: inf or NaN inside the model, from values it cannot compute in float32; NaN
+    too, if the model scores other tracks).  `data` is not modified: rows with a
+    non-finite feature are scored like the others and their result replaced."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         score(data[:1024])  # warm-up (CUDA context, kernels): not part of the timed pass
@@ -341,23 +343,81 @@ def score_tracks(score, data, finite):
         scores = score(data)
         seconds = clock()
     scores[~finite] = np.nan
-    ok = scores[finite]
-    if ok.size and not (np.isfinite(ok).all() and ok.min() >= -1e-6 and ok.max() <= 1 + 1e-6):
-        raise GhostError(f"the model's output is not a probability (min {np.nanmin(ok):.4g}, "
-                         f"max {np.nanmax(ok):.4g}, {int((~np.isfinite(ok)).sum())} non-finite)")
-    return scores, seconds
+    lost = finite & ~np.isfinite(scores)
+    ok = scores[finite & ~lost] if lost.any() else scores[finite]
+    if (lost.any() and not ok.size) or (ok.size and not (ok.min() >= -1e-6
+                                                         and ok.max() <= 1 + 1e-6)):
+        raise GhostError(f"the model's output is not a probability (min "
+                         f"{np.nanmin(ok) if ok.size else np.nan:.4g}, max "
+                         f"{np.nanmax(ok) if ok.size else np.nan:.4g}, "
+                         f"{int(lost.sum())} non-finite)")
+    scores[lost] = np.nan
+    return scores, seconds, lost
+
+
+def overflowing(data, finite, scaling, chunk=1 << 18):
+    """The tracks with every feature finite that `scaling` (the model's input
+    transform, features.MinMax or Standardize, computed in float32 as the model
+    does; None: none) takes beyond float32's range: bool [n].  The transforms are
+    monotone, so only columns whose extremes overflow can; in those, only values
+    beyond half of what their scale allows are candidates, and only the candidates'
+    rows are transformed."""
+    out = np.zeros(len(data), dtype=bool)
+    if scaling is None or not len(data):
+        return out
+    top = np.finfo(np.float32).max
+    with np.errstate(all="ignore"):
+        edges = scaling.apply(np.array([[top], [-top]], np.float32).repeat(len(scaling), 1))
+        risky = np.flatnonzero(~np.isfinite(edges).all(axis=0))
+        if not risky.size:
+            return out
+        shift, inv = scaling.float32_arrays()
+        logs = scaling.log_mask() if hasattr(scaling, "log_mask") else np.zeros(len(inv), bool)
+        bound = np.where(logs, 0, top / 2 / np.maximum(inv, 1) - np.abs(shift))[risky]
+        for lo in range(0, len(data), chunk):
+            out[lo:lo + chunk] = (np.abs(data[lo:lo + chunk, risky]) > bound).any(axis=1)
+        rows = np.flatnonzero(out & finite)
+        out[:] = False
+        out[rows] = ~np.isfinite(scaling.apply(data[rows])[:, risky]).all(axis=1)
+    return out
 
 
 def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
                 batch=None):
     """Scores of every track with one model: `scaling` (features.MinMax, for a
-    network 0 model) applied first.  Returns (scores, description, seconds, note):
-    the note says why the runtime is not the one asked for, or is None."""
+    network 0 model) applied first.  Returns (scores, description, seconds, note,
+    overflow): the note says why the runtime is not the one asked for, or is None;
+    `overflow`: the tracks with every feature finite that the model cannot compute
+    in float32 (inputs scaled beyond its range, by `scaling` or the model's own
+    input layer, or inf/NaN inside it), NaN like the non-finite ones."""
     backend, note = choose_backend(model, backend, nocuda)
     score, desc = make_scorer(model, backend, nocuda, batch)
-    scores, seconds = score_tracks(score, data if scaling is None else scaling.apply(data),
-                                   finite)
-    return scores, desc, seconds, note
+    inside = model.saved.model.input_layer() if model.saved.model is not None else None
+    overflow = overflowing(data, finite, scaling if scaling is not None else inside)
+    scores, seconds, lost = score_tracks(
+        score, data if scaling is None else scaling.apply(data), finite & ~overflow)
+    return scores, desc, seconds, note, overflow | lost
+
+
+def calibration(model, fraction):
+    """--calibrate: (the ghost fraction the model's output is calibrated to, the
+    one asked for: a number, or "model", the training input's own fraction)."""
+    prior = model.saved.training_prior or 0.5
+    target = model.saved.ghost_fraction if fraction == "model" else fraction
+    if target is None:
+        raise GhostError(f"--calibrate: {model.path} records no ghost fraction of its "
+                         "training input; give one, e.g. --calibrate 0.15")
+    return prior, target
+
+
+def calibrated(scores, prior, target):
+    """The probabilities at another ghost fraction: the raw output is calibrated to
+    the training mix (`prior`, 0.5 for a balanced or class-weighted training);
+    shifting the logit by the log ratio of the two priors gives them at `target`."""
+    with np.errstate(divide="ignore", over="ignore"):
+        logit = np.log(scores) - np.log1p(-scores)
+        shift = np.log(target / (1 - target)) - np.log(prior / (1 - prior))
+        return (1 / (1 + np.exp(-(logit + shift)))).astype(np.float32)
 
 
 CROSS_CHECK_TRACKS = 100_000
