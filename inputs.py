@@ -68,8 +68,8 @@ def read_input(source, names, tree, threads=None):
         if labels is not None:
             bad = ~np.isin(labels, (0.0, 1.0))
             if bad.any():
-                raise GhostError(f"branch {LABEL!r} holds {int(bad.sum())} values other "
-                                 "than 0 and 1")
+                raise GhostError(f"{source.path}: branch {LABEL!r} holds {int(bad.sum())} "
+                                 "values other than 0 and 1")
             labels = labels == 1.0
         data = columns.pop(MATRIX)
         kin = {b: data[:, names.index(b)] if b in names else columns[b]

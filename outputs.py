@@ -3,6 +3,7 @@ written under temporary names and renamed together at the end, temporaries of
 killed runs removed, and a lock so that one run at a time writes to a folder.
 """
 import contextlib
+import errno
 import fnmatch
 import json
 import os
@@ -11,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from utils import GhostError, at_failure, plain
+from utils import GhostError, at_failure, one_line, plain
 
 
 def check_name(value, what):
@@ -195,6 +196,18 @@ def remove_stale_temporaries(folder):
                     os.remove(os.path.join(folder, name))
 
 
+def write_failure(e, path):
+    """Why writing `path` failed, in words: the OSError's own reason, or, where it
+    has none (numpy's "N requested and M written"), a full disk when the folder has
+    no space left."""
+    if e.errno is not None:
+        return e.strerror or os.strerror(e.errno)
+    with contextlib.suppress(OSError):
+        if os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0:
+            return os.strerror(errno.ENOSPC)
+    return one_line(e)
+
+
 class AtomicOutputs:
     """Collects outputs under temporary names; commit() renames them all.
 
@@ -219,16 +232,29 @@ class AtomicOutputs:
         self.pending.append((tmp, final))
         return tmp
 
+    @contextlib.contextmanager
+    def writing(self, final):
+        """The temporary of `final` to write; a failed write (OSError) becomes a
+        one-line error naming `final` and the reason (numpy's short writes carry no
+        errno: a full disk is named from the folder's free space)."""
+        tmp = self.tmp(final)
+        try:
+            yield tmp
+        except OSError as e:
+            raise GhostError(f"could not write {final} ({write_failure(e, tmp)}); "
+                             "nothing was written") from e
+
     def save_npy(self, final, array):
-        np.save(self.tmp(final), array)
+        with self.writing(final) as tmp:
+            np.save(tmp, array)
 
     def save_json(self, final, obj):
-        with open(self.tmp(final), "w") as f:
-            json.dump(plain(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
+        text = json.dumps(plain(obj), indent=2, allow_nan=False) + "\n"
+        with self.writing(final) as tmp, open(tmp, "w") as f:
+            f.write(text)
 
     def save_bytes(self, final, data):
-        with open(self.tmp(final), "wb") as f:
+        with self.writing(final) as tmp, open(tmp, "wb") as f:
             f.write(data)
 
     def commit(self):
@@ -256,7 +282,7 @@ class AtomicOutputs:
             self.discard()
             if issubclass(exc_type, OSError):
                 name = finals.get(exc.filename, exc.filename) or "the outputs"
-                raise GhostError(f"could not write {name} ({exc.strerror or exc}); "
+                raise GhostError(f"could not write {name} ({write_failure(exc, name)}); "
                                  "nothing was written") from exc
         return False
 

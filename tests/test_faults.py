@@ -692,19 +692,10 @@ def _cases():
 CASES = _cases()
 # cases that fail because of code outside dataset/artifacts/features/architecture/
 # make_dataset's arrays/scoring's loaders: {test id: the area that owns the fix}
-FOREIGN = {f"root-{name}-inference": "inputs.read_input (the label check of a .root "
-                                     "input does not name the file)"
-           for name in ("labels_2", "labels_minus_1", "labels_half")}
-
-
 def _param(case):
     kind, name, script = case[:3]
     case_id = f"{kind}-{name}-{script}"
-    marks = []
-    if case_id in FOREIGN:
-        marks.append(pytest.mark.xfail(strict=True,
-                                       reason=f"owned by {FOREIGN[case_id]}; fixed at merge"))
-    return pytest.param(case, id=case_id, marks=marks)
+    return pytest.param(case, id=case_id)
 
 
 def _command(b, w, kind, script, build, extra):
