@@ -107,11 +107,11 @@ def test_resume_refuses_other_options(stopped, tmp_path):
 def test_resume_refuses_another_dataset(stopped, tmp_path, raw_dataset):
     _, args = _copy(stopped, tmp_path)
     prefix = str(tmp_path / "other")
-    for name in ("_features.json", "_valid_data.npy", "_valid_labels.npy",
-                 "_test_data.npy", "_test_labels.npy"):
+    for name in ("_valid_data.npy", "_valid_labels.npy", "_test_data.npy", "_test_labels.npy"):
         os.symlink(raw_dataset + name, prefix + name)
     for name in ("_train_data.npy", "_train_labels.npy"):
         np.save(prefix + name, np.load(raw_dataset + name)[:-1000])
+    _consistent_json(raw_dataset, prefix)
     args[args.index("-f") + 1] = prefix
     proc = run_script("training.py", *args, "--resume")
     assert_clean_error(proc, "-f ", "in the stored search", "without --resume")
@@ -188,8 +188,26 @@ def test_empty_path_is_refused(raw_dataset, tmp_path):
 # what cannot be learned: refused before Ray starts, no folder made
 # ---------------------------------------------------------------------------
 
+def _consistent_json(raw_dataset, prefix):
+    """raw_dataset's features JSON with the counts (and class weights) of the arrays
+    under `prefix`: a dataset whose files agree, so that only what is being tested
+    is wrong with it."""
+    with open(raw_dataset + "_features.json") as f:
+        meta = json.load(f)
+    for split in ("train", "valid", "test"):
+        labels = np.load(f"{prefix}_{split}_labels.npy").ravel()
+        ghosts = int(labels.sum())
+        meta["counts"][split] = {"ghost": ghosts, "real": len(labels) - ghosts}
+        if split == "train" and meta.get("class_weights") and 0 < ghosts < len(labels):
+            meta["class_weights"] = {"ghost": len(labels) / (2 * ghosts),
+                                     "real": len(labels) / (2 * (len(labels) - ghosts))}
+    with open(prefix + "_features.json", "w") as f:
+        json.dump(meta, f)
+
+
 def _variant(raw_dataset, prefix, **arrays):
-    """raw_dataset with some arrays replaced ({split}_{data|labels}: array)."""
+    """raw_dataset with some arrays replaced ({split}_{data|labels}: array), its
+    JSON's counts matching them."""
     for split in ("train", "valid", "test"):
         for kind in ("data", "labels"):
             path = f"{prefix}_{split}_{kind}.npy"
@@ -197,7 +215,7 @@ def _variant(raw_dataset, prefix, **arrays):
                 np.save(path, arrays[f"{split}_{kind}"])
             else:
                 os.symlink(f"{raw_dataset}_{split}_{kind}.npy", path)
-    os.symlink(raw_dataset + "_features.json", prefix + "_features.json")
+    _consistent_json(raw_dataset, prefix)
     return prefix
 
 
