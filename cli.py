@@ -5,7 +5,8 @@ Every complaint about the command line is a GhostError: argparse's own (an unkno
 option, a bad number or choice, a missing option) through Parser.error, a bad
 value through the parse_* functions, the scripts' checks raised directly.  run_cli
 prints it as one `error: ...` line and exits with code 2, no usage dump and no
-traceback.  Imports nothing of the toolkit but utils, so that `--help` is instant.
+traceback.  Imports nothing of the toolkit but utils, so every room may import it
+(outputs registers its undo of a failed run with at_failure).
 """
 import argparse
 import os

@@ -225,7 +225,7 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
 # Below this many entries a parallel read does not win: ROOT's start of the event
 # loop (about 2 s of just-in-time compilation) dominates, and on 2 cores 1M tracks
 # read in the same time either way; 10M read 1.6x faster with 2 threads.
-PARALLEL_READ_ENTRIES = 2_000_000  # cli.add_threads_option's help says it
+PARALLEL_READ_ENTRIES = 2_000_000  # --threads' default (the scripts give it to its help)
 
 
 def auto_threads(entries):
