@@ -18,11 +18,11 @@ scores.png, rejection.png (and overtraining.png on a dataset prefix).
 track has a non-finite feature, or values the model cannot compute in float32); the
 .root tree `ghost_probability` (branch `ghost_prob`) can be a friend of the input tree.
 """
-import argparse
 import os
 
 import numpy as np
 
+from cli import Parser, add_format_option, add_threads_option, parse_formats, parse_numbers, run_cli
 from compare import (
     Curve,
     compared_model_paths,
@@ -45,9 +45,9 @@ from inputs import (
 from kinematics import performance
 from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
-from plots import PlotInput, add_format_option, parse_formats, pyplot, style
+from plots import PlotInput, pyplot, style
 from report import analysis_files, print_summary, run_record, write_analysis
-from rootio import add_threads_option
+from rootio import PARALLEL_READ_ENTRIES
 from rootwrite import write_root
 from scoring import (
     BACKENDS,
@@ -58,14 +58,13 @@ from scoring import (
     load_model_file,
     score_model,
 )
-from utils import GhostError, Stopwatch, log, parse_numbers, run_cli, warn
+from utils import GhostError, Stopwatch, log, warn
 
 CROSS_CHECK_TOLERANCE = 1e-5  # float32 engines agree to ~1e-7 on a probability
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("-f", "--filename",
                    help="a .root file, or a dataset prefix from make_dataset.py (required "
                         "unless only --export-cpp)")
@@ -106,7 +105,7 @@ def add_model_options(p):
                    help="tracks per scoring batch (default: from the model's size on the "
                         f"CPU, 4,096-65,536; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
-    add_threads_option(p)
+    add_threads_option(p, PARALLEL_READ_ENTRIES)
 
 
 def add_analysis_options(p):

@@ -4,11 +4,11 @@
 
 writes {output}_{train,valid,test}_{data,labels}.npy and {output}_features.json.
 """
-import argparse
 import os
 
 import numpy as np
 
+from cli import FORMATS, Parser, add_format_option, add_threads_option, parse_formats, run_cli
 from dataset import SPLITS, DatasetMeta, dataset_files, meta_path, write_dataset
 from diagnostic_plots import write_feature_figures
 from features import (
@@ -31,9 +31,8 @@ from outputs import (
     prepare_folder,
     refuse_overwriting_inputs,
 )
-from plots import FORMATS, add_format_option, parse_formats
-from rootio import MATRIX, add_threads_option, expand_inputs, read_root
-from utils import GhostError, Stopwatch, log, run_cli
+from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
+from utils import GhostError, Stopwatch, log
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
 BALANCES = ("weights", "subsample")
@@ -44,8 +43,7 @@ MIN_TRACKS_PER_CLASS = 10
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("-f", "--filename", nargs="+", required=True,
                    help="input ROOT file(s) or glob(s), read as one dataset")
     p.add_argument("--output", required=True, help="prefix of the output files")
@@ -70,14 +68,11 @@ def parse_args(argv=None):
                    help="min-max normalize the features into [0, 1] (for network 0)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    add_threads_option(p)
+    add_threads_option(p, PARALLEL_READ_ENTRIES)
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
-        p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    try:
-        args.formats = parse_formats(args.format)
-    except GhostError as e:
-        p.error(str(e))
+        raise GhostError(f"--fraction must be in (0, 1], got {args.fraction}")
+    args.formats = parse_formats(args.format)
     return args
 
 

@@ -16,17 +16,17 @@ branches are drawn afterwards, from the features and hidden variables.
     python make_sample.py -o sample.root --tracks 200000 --track matching
 """
 
-import argparse
 import os
 import time
 
 import numpy as np
 from scipy.special import betaln, gammaln, logsumexp, ndtr
 
+from cli import Parser, run_cli
 from features import DEFAULT_TREE, TRACK_TYPES, features_for, own_branches
 from outputs import AtomicOutputs, check_output_file
 from rootwrite import write_root
-from utils import GhostError, log, run_cli
+from utils import GhostError, log
 
 # Every branch of the real tree, in the order written, and the generator's truth.
 BRANCHES = [
@@ -357,8 +357,8 @@ def make_sample(path="sample.root", tracks=200000, track="matching", ghost_rate=
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Write a synthetic Allen kalman_validator file "
-                                 "(tree kalman_validator/kalman_ip_tree, all branches float32).")
+    ap = Parser("Write a synthetic Allen kalman_validator file (tree\n"
+                "kalman_validator/kalman_ip_tree, all branches float32).")
     ap.add_argument("-o", "--output", default="sample.root", help="output ROOT file")
     ap.add_argument("--tracks", type=int, default=200000, help="number of tracks")
     ap.add_argument("--track", choices=TRACK_TYPES, default="matching",
@@ -369,18 +369,13 @@ def main(argv=None):
                     help="storage format (same path for both)")
     ap.add_argument("--nonfinite", type=float, default=0.002,
                     help="fraction of tracks with one NaN/inf value, in [0,1)")
-
-    def fail(msg):  # argparse's own complaints: one line too, no usage dump
-        raise GhostError(msg)
-
-    ap.error = fail
     args = ap.parse_args(argv)
     if args.tracks < 1:
-        fail(f"--tracks must be >= 1, got {args.tracks}")
+        raise GhostError(f"--tracks must be >= 1, got {args.tracks}")
     if not 0 < args.ghost_rate < 1:
-        fail(f"--ghost-rate must be in (0, 1), got {args.ghost_rate}")
+        raise GhostError(f"--ghost-rate must be in (0, 1), got {args.ghost_rate}")
     if not 0 <= args.nonfinite < 1:
-        fail(f"--nonfinite must be in [0, 1), got {args.nonfinite}")
+        raise GhostError(f"--nonfinite must be in [0, 1), got {args.nonfinite}")
     check_output_file(args.output, "-o", (".root",))
     s = make_sample(args.output, args.tracks, args.track, args.ghost_rate, args.seed,
                     args.fmt, args.nonfinite)

@@ -12,7 +12,8 @@ import tempfile
 
 import numpy as np
 
-from utils import GhostError, at_failure, one_line, plain
+from cli import at_failure
+from utils import GhostError, one_line, plain
 
 
 def check_name(value, what):
@@ -69,7 +70,7 @@ def check_output_file(path, what="output", extensions=None):
 
 
 # Folders this process created (real paths), removed again if still empty when
-# the run fails (utils.run_cli calls remove_created_folders).
+# the run fails (cli.run_cli calls remove_created_folders).
 _created = []
 
 
@@ -107,7 +108,7 @@ def prepare_folder(path, what, create=True):
 def remove_created_folders():
     """Remove the folders this run created (prepare_folder) that are still empty,
     deepest first; a folder it did not create, or one holding anything, stays.
-    utils.run_cli calls it when a run ends in an error."""
+    cli.run_cli calls it when a run ends in an error."""
     for folder in sorted(set(_created), key=lambda f: f.count(os.sep), reverse=True):
         with contextlib.suppress(OSError):
             os.rmdir(folder)

@@ -19,23 +19,6 @@ THRESHOLD_AXIS = "threshold (ghost when probability > threshold)"
 SCORE_AXIS = "ghost probability (model output)"
 PER_BIN_AXIS = "fraction of the class per bin (0.01 wide)"
 SCORE_BINS = np.linspace(0.0, 1.0, 101)
-FORMATS = ("png", "pdf")
-
-
-def add_format_option(parser, what):
-    """--format, the same in every script: `what` says which figures."""
-    parser.add_argument("--format", default="png",
-                        help=f"{what} formats, comma-separated: png, pdf (default png)")
-
-
-def parse_formats(text):
-    """--format "png,pdf" -> ("png", "pdf"); a one-line error for anything else."""
-    from utils import GhostError
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in str(text).split(",")
-                                  if f.strip()))
-    if not formats or any(f not in FORMATS for f in formats):
-        raise GhostError(f"--format must be png, pdf or both, got {text!r}")
-    return formats
 
 
 def pyplot(show=False):

@@ -229,8 +229,8 @@ def analysis_files(folder):
     the figures as outputs.Pattern: checked before any work (none is an input)."""
     import os
 
+    from cli import FORMATS
     from outputs import Pattern
-    from plots import FORMATS
     names = ("metrics.json", "thresholds.csv", "comparison.csv", "ranking.csv",
              "results.root", "index.html")
     return ([os.path.join(folder, name) for name in names]

@@ -5,7 +5,6 @@ write_results, also reachable from here).
 ROOT is imported inside the functions (import_root), so the rest of the toolkit
 runs on a machine without it.
 """
-import argparse
 import glob
 import os
 import sys
@@ -226,24 +225,7 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
 # Below this many entries a parallel read does not win: ROOT's start of the event
 # loop (about 2 s of just-in-time compilation) dominates, and on 2 cores 1M tracks
 # read in the same time either way; 10M read 1.6x faster with 2 threads.
-PARALLEL_READ_ENTRIES = 2_000_000
-
-
-def add_threads_option(parser):
-    """--threads, the same in every script that reads .root files."""
-    def count(text):
-        try:
-            n = int(text)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number of at least 1, got {text!r}")
-        return n
-    parser.add_argument("--threads", type=count, metavar="N",
-                        help="threads reading the .root input with ROOT's implicit "
-                             "multi-threading, in entry order either way (default: every "
-                             f"core from {PARALLEL_READ_ENTRIES:,} entries up, else 1)")
+PARALLEL_READ_ENTRIES = 2_000_000  # --threads' default (the scripts give it to its help)
 
 
 def auto_threads(entries):

@@ -6,7 +6,6 @@ reads the arrays written by make_dataset.py and, with --save, writes
 ghost_model.pth, ghost_model_config.pkl (+ .json) and ghost_model.onnx
 (+ ghost_model_int8.* with --int8) into --output-dir.
 """
-import argparse
 import contextlib
 import os
 import sys
@@ -18,11 +17,11 @@ import provenance
 import search_folder
 from architecture import INPUT_LAYERS, default_network, normalizes_inside
 from artifacts import ARTIFACT, SavedConfig, save_model_files
+from cli import Parser, add_format_option, parse_formats, run_cli
 from dataset import load_dataset, load_meta, load_spectators
 from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
 from outputs import AtomicOutputs, FolderLock, plain_name, prepare_folder, remove_stale_temporaries
-from plots import add_format_option, parse_formats
 from search import (
     SELECT,
     SPACES,
@@ -34,12 +33,11 @@ from search import (
     describe_params,
 )
 from trainer import SCHEDULES
-from utils import GhostError, Stopwatch, log, pick_device, run_cli
+from utils import GhostError, Stopwatch, log, pick_device
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("-f", "--filename", required=True,
                    help="dataset prefix written by make_dataset.py")
     add_search_options(p.add_argument_group("search and training"))
@@ -49,19 +47,16 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     for name in ("epochs", "num_samples", "cpu", "trials_per_gpu", "max_macs"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+            raise GhostError(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch is not None and args.batch < 1:
-        p.error("--batch must be at least 1")
+        raise GhostError("--batch must be at least 1")
     if args.gpu < 0 or args.int8_epochs < 1:
-        p.error("--gpu must be >= 0 and --int8-epochs >= 1")
+        raise GhostError("--gpu must be >= 0 and --int8-epochs >= 1")
     if not 0.0 <= args.threshold <= 1.0:
-        p.error(f"--threshold must be in [0, 1], got {args.threshold}")
+        raise GhostError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.gpu and args.nocuda:
-        p.error("--gpu and --nocuda contradict each other")
-    try:
-        args.formats = parse_formats(args.format)
-    except GhostError as e:
-        p.error(str(e))
+        raise GhostError("--gpu and --nocuda contradict each other")
+    args.formats = parse_formats(args.format)
     if not args.path:
         raise GhostError("--path must name a folder, got ''")
     plain_name(args.name, "--name")

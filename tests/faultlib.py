@@ -34,7 +34,7 @@ class Result:
 
 
 def run_forked(main, argv, workdir, timeout=120, setup=None):
-    """utils.run_cli(main, argv) in a forked child, its stdout and stderr (fd 1 and
+    """cli.run_cli(main, argv) in a forked child, its stdout and stderr (fd 1 and
     2, so C++ output too) in files under `workdir`: a Result.  `setup`, if given,
     runs in the child first.  A child that outlives `timeout` is killed with its
     process group."""
@@ -71,8 +71,8 @@ def _child(main, argv, paths, setup):
             sys.modules["torch"].set_num_threads(1)
         if setup is not None:
             setup()
-        import utils
-        utils.run_cli(main, argv)
+        import cli
+        cli.run_cli(main, argv)
         code = 0
     except SystemExit as e:  # as the interpreter ends on sys.exit
         if e.code is None or isinstance(e.code, int):

@@ -248,7 +248,8 @@ def test_failed_inference_removes_the_plots_folders_it_made(canaries, monkeypatc
     (here while writing the analysis) takes away every level it created."""
     import inference
     import outputs
-    from utils import GhostError, run_cli
+    from cli import run_cli
+    from utils import GhostError
 
     def fail(*args, **kwargs):
         raise GhostError("disk full (simulated)")
@@ -267,7 +268,8 @@ CLEANUP = """
 import os, sys
 sys.path.insert(0, {root!r})
 from outputs import prepare_folder
-from utils import GhostError, run_cli
+from cli import run_cli
+from utils import GhostError
 def main(argv):
     prepare_folder("old/new/deeper", "--x")
     prepare_folder("old/kept/x", "--y")

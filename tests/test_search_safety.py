@@ -253,11 +253,11 @@ def test_what_cannot_be_learned_is_refused_before_ray(raw_dataset, tmp_path, cas
 
 FAILING = """
 import errno, sys
-import search, training, utils
+import cli, search, training
 def failing_trial(params, setup, data):
     raise {error}
 search.train_trial = failing_trial  # pickled by value: the trials run it
-utils.run_cli(training.main, sys.argv[1:])
+cli.run_cli(training.main, sys.argv[1:])
 """
 
 
