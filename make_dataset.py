@@ -10,7 +10,6 @@ import os
 import numpy as np
 
 from dataset import SPLITS, DatasetMeta, dataset_files, meta_path, write_dataset
-from diagnostic_plots import write_feature_figures
 from features import (
     DEFAULT_TREE,
     HEAVY_TAILED,
@@ -32,6 +31,7 @@ from outputs import (
     refuse_overwriting_inputs,
 )
 from plots import FORMATS, add_format_option, parse_formats
+from report import write_feature_figures
 from rootio import MATRIX, add_threads_option, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log, run_cli
 
