@@ -153,7 +153,7 @@ def summary(e):
 
 
 def results_root(a, scores_by_split, table_rows):
-    """(histograms, graphs, table) for rootio.write_results: score histograms per class
+    """(histograms, graphs, table) for rootwrite.write_results: score histograms per class
     and split, ROC and rejection curves, the threshold table (with the working points,
     working_point = their target efficiency, 0 for the scan)."""
     histograms = {}
