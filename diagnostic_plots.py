@@ -1,12 +1,11 @@
-"""The figures beside the analysis: the features (make_dataset.py --plot), the
-performance vs kinematics, and the training report (the search's front and
-history, the variable ranking, the correlations).  Drawn with plots.style()."""
-import os
-
+"""The figures beside the analysis: the features (make_dataset.py --plot) and what
+a search and a trained model tell (the search's front and history, the variable
+ranking, the correlations).  Each function draws one Figure with a pyplot given
+(plots.style()); report.py writes them and their pages."""
 import numpy as np
 
 from features import axis_label
-from plots import decorate, save_figure, style
+from plots import decorate
 
 # --- features -----------------------------------------------------------------
 
@@ -46,66 +45,7 @@ def feature_figure(plt, name, x, ghost, heavy, transformed=False):
     return fig
 
 
-def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
-                          standardize=None, formats=("png",)):
-    """One figure per feature: the given rows of its column, ghosts vs real tracks;
-    with `standardize` (features.Standardize), as network 1 sees them; and the
-    folder's index.html."""
-    from report import index_html
-    figures = []
-    with style() as plt:
-        if standardize is not None:
-            data = standardize.apply(np.column_stack([columns[n][rows] for n in names]))
-        for j, name in enumerate(names):
-            x = data[:, j] if standardize is not None else columns[name][rows]
-            fig = feature_figure(plt, name, x, ghost, name in heavy_tailed,
-                                 transformed=standardize is not None)
-            figures.append((save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig,
-                                        formats=formats),
-                            f"{name}: ghosts and real tracks, each normalized to unit area."))
-    summary = {"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
-               "features": ", ".join(names)}
-    out.save_bytes(os.path.join(plots_dir, "index.html"),
-                   index_html("The features, ghosts vs real tracks", figures, summary,
-                              []).encode())
-
-
-# --- performance vs kinematics ------------------------------------------------
-
-def kinematics_caption(v):
-    return (f"Real-track efficiency and ghost rejection at the working points vs "
-            f"{v['label']}, binomial uncertainties.")
-
-
-def kinematics_figure(plt, name, v, title):
-    """Real-track efficiency and ghost rejection against one variable of
-    kinematics.performance (`v`), one curve per working point."""
-    edges = np.asarray(v["edges"])
-    width = np.diff(edges).mean()
-    lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
-    hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
-    bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
-    centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
-                                                                         bounds[:-1])
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
-    for wp in v["points"]:
-        label = f"{wp['label']} (p > {wp['threshold']:.3f})"
-        ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
-                    ms=3, label=label)
-        ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
-                     ms=3, label=label)
-    for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
-        if v["log"]:
-            a.set_xscale("log")
-        a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
-        a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
-        decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
-                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
-                 loc="best")
-    return fig
-
-
-# --- the training report ------------------------------------------------------
+# --- the search and the trained model ------------------------------------------
 
 def search_front(plt, trials, best):
     """Validation AUC and ghost rejection at 99 % efficiency against the multiply-adds

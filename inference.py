@@ -19,21 +19,16 @@ track has a non-finite feature, or values the model cannot compute in float32); 
 .root tree `ghost_probability` (branch `ghost_prob`) can be a friend of the input tree.
 """
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from cli import Parser, add_format_option, add_threads_option, parse_formats, parse_numbers, run_cli
-from compare import (
-    Curve,
-    compared_model_paths,
-    curve_names,
-    format_comparison,
-    gap_to_limit,
-    model_macs,
-)
+from compare import compared_model_paths, curve_names, model_macs
 from cpp_export import model_header
 from dataset import dataset_files
-from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
+from evaluation import Sample, evaluate, rank_features, run_context
+from features import DEFAULT_TREE, LABEL, TRACK_TYPES
 from inputs import (
     describe_source,
     finite_part,
@@ -42,11 +37,10 @@ from inputs import (
     release_features,
     resolve_settings,
 )
-from kinematics import performance
-from metrics import DEFAULT_THRESHOLDS, analyse, overtraining
+from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
-from plots import PlotInput, pyplot, style
-from report import analysis_files, print_summary, run_record, write_analysis
+from plots import pyplot, style
+from report import analysis_files, print_summary, write_analysis, write_ranking
 from rootio import PARALLEL_READ_ENTRIES
 from rootwrite import write_root
 from scoring import (
@@ -188,8 +182,39 @@ def check_args(args):
     return thresholds, efficiencies, features, () if args.no_plots else formats, calibrate
 
 
+@dataclass
+class Scorer:
+    """A model, the settings it reads the input with, and how it runs (--backend,
+    --nocuda, --batch): scores any [tracks, features] array."""
+    model: object              # scoring.LoadedModel
+    settings: object           # inputs.Settings
+    args: object               # the parsed command line (argparse.Namespace)
+
+    def run(self, data, finite):
+        """scoring.score_model's (scores, description, seconds, note, overflow)."""
+        return score_model(self.model, data, finite, self.settings.normalization,
+                           self.args.backend, self.args.nocuda, self.args.batch)
+
+    def scores(self, data, finite=None):
+        return self.run(data, np.ones(len(data), bool) if finite is None else finite)[0]
+
+
+@dataclass
+class Scored:
+    """The input read and scored: what the analysis and the outputs are made of."""
+    source: object             # inputs.Source
+    inp: object                # inputs.Input
+    finite: np.ndarray         # tracks with every feature finite (and computable)
+    scores: np.ndarray         # every track's probability, NaN where not finite
+    train_scores: np.ndarray   # the train split's, on a dataset
+    desc: str                  # the scorer's description
+    seconds: float             # the scoring pass's
+    check: dict = None         # --cross-check's result
+
+
 def describe_run(args, features_flag):
-    """The model, the input and the settings to read it with, said on the console."""
+    """The model and the settings to read the input with (a Scorer), and the input
+    (inputs.Source), said on the console."""
     model = load_model_file(args.model, args.config, args.network, args.int8)
     source = describe_source(args.filename)
     settings = resolve_settings(model, source, args.track, features_flag, args.normalize)
@@ -199,14 +224,15 @@ def describe_run(args, features_flag):
         f"track {settings.track or '?'}, network "
         f"{'?' if settings.network is None else settings.network}, "
         f"{len(names)} features {','.join(names)}")
-    return model, source, settings
+    return Scorer(model, settings, args), source
 
 
-def score_input(args, model, settings, inp, finite):
-    """Scores of every track (NaN where a feature is not finite) and of the train
-    split if there is one; the scorer's description and the pass's seconds."""
-    scores, desc, seconds, note, overflow = score_model(
-        model, inp.data, finite, settings.normalization, args.backend, args.nocuda, args.batch)
+def score_input(args, scorer, source):
+    """Read the input and score every track (NaN where a feature is not finite) and
+    the train split if there is one: a Scored."""
+    model, settings = scorer.model, scorer.settings
+    inp, finite = load_input(source, settings, model, args.tree, args.threads)
+    scores, desc, seconds, note, overflow = scorer.run(inp.data, finite)
     n_bad = int((~finite).sum())
     if overflow.any():  # from now on, like tracks with a non-finite feature
         finite &= ~overflow
@@ -234,144 +260,78 @@ def score_input(args, model, settings, inp, finite):
             f"and they are left out of the metrics")
     train_scores = None
     if inp.train is not None:
-        train_finite = np.isfinite(inp.train[0]).all(axis=1)
-        train_scores = score_model(model, inp.train[0], train_finite, settings.normalization,
-                                   args.backend, args.nocuda, args.batch)[0]
-    return scores, train_scores, desc, seconds, check
+        train_scores = scorer.scores(inp.train[0], np.isfinite(inp.train[0]).all(axis=1))
+    return Scored(source, inp, finite, scores, train_scores, desc, seconds, check)
 
 
-def analyse_scores(model, scores, labels, finite, cuts, where, output_asked):
-    """The metrics.Analysis of the finite, labelled scores, or None (said why);
-    `scores`, `labels`: the finite tracks' (finite_part); `cuts`: (thresholds,
-    working points' efficiencies)."""
-    if labels is None:
-        log(f"metrics need labels: {where} has no {LABEL!r} branch, so only the "
-            "probabilities are written" + ("" if output_asked else " (none asked: --output)"))
-        return None
-    if not finite.any():
-        log("no track has all its features finite: nothing to analyse")
-        return None
-    n_ghost = int(labels.sum())
-    if n_ghost in (0, len(labels)):
-        log(f"note: only {'real tracks' if n_ghost == 0 else 'ghosts'} among the scored "
-            "tracks: the rates of the missing class, ROC AUC and ghost rejection are "
-            "undefined (nan)")
-    try:
-        own = float(model.saved.threshold)
-    except (TypeError, ValueError):
-        own = None
-    return analyse(scores, labels, cuts[0],
-                   own if own is not None and 0.0 <= own <= 1.0 else None,
-                   efficiencies=cuts[1], model_point=model.saved.working_point)
-
-
-def compared_models(args, source, settings):
+def compared_models(args, source, scorer):
     """--compare's models, loaded and checked against the input before any track is
-    read: [(curve name, scoring.LoadedModel, inputs.Settings)]."""
+    read: [(curve name, Scorer)]."""
     names = curve_names([args.model] + (args.compare or []))[1:]
     out = []
     for name, (path, config) in zip(names, compared_model_paths(args.compare or [])):
         other = load_model_file(path, config)
         theirs = resolve_settings(other, source)
-        if theirs.features != settings.features:
+        if theirs.features != scorer.settings.features:
             raise GhostError(f"--compare {path} reads features {','.join(theirs.features)}, "
-                             f"not the {','.join(settings.features)} of {args.model}")
-        out.append((name, other, theirs))
+                             f"not the {','.join(scorer.settings.features)} of {args.model}")
+        out.append((name, Scorer(other, theirs, args)))
     return out
 
 
-def compare_curves(args, model, others, inp, finite, analysis, limit=None):
-    """The analysed model, each --compare model (`others`, compared_models) and the
-    limit (where the input has it; `limit`: its Curve, already computed) on the same
-    finite, labelled tracks: a list of compare.Curve."""
-    name = curve_names([args.model] + (args.compare or []))[0]
-    curves = [Curve.from_analysis(name, analysis, model_macs(model))]
-    labels = finite_part(inp.labels, finite)
-    for name, other, theirs in others:
-        scores = finite_part(score_model(other, inp.data, finite, theirs.normalization,
-                                         args.backend, args.nocuda, args.batch)[0], finite)
-        ok = np.isfinite(scores)
-        if not ok.all():
-            warn(f"--compare {other.path} cannot compute {int((~ok).sum()):,} of the "
+def compared_scores(others, s):
+    """Each --compare model's (name, scores of the finite tracks, MACs), on the
+    tracks of `s` (Scored)."""
+    out = []
+    for name, other in others:
+        scores = finite_part(other.scores(s.inp.data, s.finite), s.finite)
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:
+            warn(f"--compare {other.model.path} cannot compute {bad:,} of the "
                  "tracks in float32: its curve leaves them out")
-        curves.append(Curve.of(name, scores[ok], labels[ok], model_macs(other)))
-    if inp.limit is not None:
-        curves.append(limit or Curve.of(f"limit ({LIMIT})", finite_part(inp.limit, finite),
-                                        labels))
-    return curves
+        out.append((name, scores, model_macs(other.model)))
+    return out
 
 
-def feature_ranking(args, model, settings, inp, finite, title, draw):
-    """--ranking: the permutation ranking on (up to 200,000 of) the finite, labelled
-    tracks, as a table and (with `draw`) a figure."""
-    from diagnostic_plots import ranking
-    from diagnostics import permutation_ranking, ranking_csv
-    rows = np.flatnonzero(finite)[:200_000]
-    x, y = inp.data[rows], inp.labels[rows]
-
-    def score(data):
-        return score_model(model, data, np.ones(len(data), bool), settings.normalization,
-                           args.backend, args.nocuda, args.batch)[0]
-    reference, ranked = permutation_ranking(score, x, y, settings.features, args.seed)
-    log("feature ranking (drop in AUC when shuffled): " + ", ".join(
-        f"{r['feature']} {r['auc_drop']:.4f}" for r in ranked))
-    if not draw:
-        return ranked, [], ranking_csv(ranked)
-    with style() as plt:
-        fig = ranking(plt, reference, ranked, title)
-    return ranked, [("ranking", fig, "Features ranked by the drop in AUC and in ghost "
-                     "rejection at 99 % when each is shuffled.")], ranking_csv(ranked)
-
-
-def analyse_input(args, model, others, inp, finite, scored, cuts):
-    """The analysis, the overtraining check on a dataset, the comparison with other
-    models and the limit, the performance vs kinematics, the console summary, and
-    what the figures draw: (Analysis, extra metrics.json entries, PlotInput), or
-    Nones."""
-    from concurrent.futures import ThreadPoolExecutor
-    scores, train_scores = scored
-    labels = finite_part(inp.labels, finite)
-    finite_scores = finite_part(scores, finite)
-    with ThreadPoolExecutor(1) as pool:  # numpy sorts without the GIL: the limit's
-        limit = None                     # curve on the other core meanwhile
-        if inp.limit is not None and labels is not None and finite.any():
-            limit = pool.submit(Curve.of, f"limit ({LIMIT})", finite_part(inp.limit, finite),
-                                labels)
-        analysis = analyse_scores(model, finite_scores, labels, finite, cuts, args.filename,
-                                  bool(args.output))
-        limit = limit.result() if limit is not None else None
-    if analysis is None:
-        return None, {}, None
-    train = inp.train
-    over = overtraining(train_scores, train[1], scores, inp.labels) if train else None
-    print_summary(analysis, over)
-    curves = compare_curves(args, model, others, inp, finite, analysis, limit)
-    extra = {"overtraining": over}
-    if len(curves) > 1:
-        log(format_comparison(curves, analysis.n))
-        extra["comparison"] = [c.record() for c in curves]
-    if inp.limit is not None:
-        extra["limit"] = curves[-1].record()
-        extra["gap_to_limit"] = gap = gap_to_limit(curves[0], curves[-1])
-        log(f"gap to the limit: AUC {gap['auc_gap']:.4f} lower; "
-            f"{gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
-            "99 % real-track efficiency")
-    columns = {k: finite_part(v, finite) for k, v in (inp.columns or {}).items()}
-    perf = performance(columns, finite_scores, labels, analysis.working_points)
-    extra["kinematics"] = perf
+def analyse_input(args, scorer, others, s, cuts):
+    """The evaluation.Evaluation of the scored input `s` (with the --compare models
+    and the limit), said on the console; None (said why) where there is nothing to
+    analyse.  `cuts`: (thresholds, working points' efficiencies)."""
+    inp, model = s.inp, scorer.model
+    if inp.labels is None:
+        log(f"metrics need labels: {args.filename} has no {LABEL!r} branch, so only the "
+            "probabilities are written" + ("" if args.output else " (none asked: --output)"))
+        return None
+    if not s.finite.any():
+        log("no track has all its features finite: nothing to analyse")
+        return None
+    name = curve_names([args.model] + (args.compare or []))[0]
     title = (f"{os.path.basename(args.model)} on {os.path.basename(args.filename)}"
-             f" ({analysis.n:,} tracks)")
-    return analysis, extra, PlotInput(
-        analysis, title, test=(scores, inp.labels), overtraining=over,
-        train=(train_scores, train[1]) if train is not None else None,
-        curves=curves if len(curves) > 1 else None, kinematics=perf)
+             f" ({int(s.finite.sum()):,} tracks)")
+    sample = Sample(name, model.saved, model_macs(model), s.scores, inp.labels, s.finite,
+                    (s.train_scores, inp.train[1]) if inp.train else None, inp.limit,
+                    inp.columns)
+    context = run_context(s.source, model, scorer.settings, s.finite, s)
+    record = evaluate(sample, title, context, compared_scores(others, s), cuts)
+    if record is not None:
+        print_summary(record)
+    return record
 
 
-def write_outputs(args, out, scores, results, context, formats, header=None):
+def feature_ranking(args, scorer, s):
+    """--ranking: the permutation ranking on (up to 200,000 of) the finite, labelled
+    tracks (an evaluation.Ranking), said on the console."""
+    rows = np.flatnonzero(s.finite)[:200_000]
+    ranking = rank_features(scorer.scores, s.inp.data[rows], s.inp.labels[rows],
+                            scorer.settings.features, args.seed)
+    log(ranking.line("feature ranking"))
+    return ranking
+
+
+def write_outputs(args, out, scores, record, formats, header=None):
     """--export-cpp (`header`: cpp_export.model_header's), --output, then the plots
-    folder (report.write_analysis) with the ranking; returns the figures kept open
-    for --show and what was written."""
-    analysis, extra, plot_input, ranking_files = results
+    folder (report.write_analysis of the evaluation `record`) with the ranking;
+    returns the figures kept open for --show and what was written."""
     written, kept = [], []
     if header is not None:
         out.save_bytes(args.export_cpp, header[0])
@@ -384,17 +344,15 @@ def write_outputs(args, out, scores, results, context, formats, header=None):
                        {"ghost_prob": np.ascontiguousarray(scores, np.float32)},
                        shown=args.output)
         written.append(args.output)
-    if analysis is not None:
+    if record is not None:
         prepare_folder(args.plots_dir, "--plots-dir")
-        extra_figures, csv = ranking_files or ([], None)
-        if csv:
-            out.save_bytes(os.path.join(args.plots_dir, "ranking.csv"), csv.encode())
-        splits = {"test": plot_input.test, **({"train": plot_input.train}
-                                              if plot_input.train else {})}
-        if context["input_kind"] == "root":
-            splits = {"input": plot_input.test}
-        files, kept = write_analysis(out, args.plots_dir, analysis, extra, plot_input,
-                                     context, formats, args.show, extra_figures, splits)
+        figures = []
+        if record.ranking is not None:
+            write_ranking(out, args.plots_dir, record.ranking)
+            if formats:
+                with style() as plt:
+                    figures = [record.ranking.figure(plt, record.title)]
+        files, kept = write_analysis(out, args.plots_dir, record, formats, args.show, figures)
         written.append(f"{args.plots_dir}/ ({len(files)} files: "
                        f"{sum(f.endswith(('.png', '.pdf')) for f in files)} figures, the "
                        "tables, metrics.json, results.root, index.html)")
@@ -413,35 +371,25 @@ def main(argv=None):
         log(f"wrote {args.export_cpp}: C++ namespace {namespace}, "
             "ghost_probability(const float* features)")
         return 0
-    model, source, settings = describe_run(args, features_flag)
+    scorer, source = describe_run(args, features_flag)
     # checked now, written with the run's other outputs once it has succeeded
-    header = model_header(model, args.export_cpp) if args.export_cpp else None
-    calibrate = calibration(model, calibrate) if calibrate is not None else None
-    others = compared_models(args, source, settings)
-    inp, finite = load_input(source, settings, model, args.tree, args.threads)
-    scores, train_scores, desc, seconds, check = score_input(args, model, settings, inp,
-                                                             finite)
+    header = model_header(scorer.model, args.export_cpp) if args.export_cpp else None
+    calibrate = calibration(scorer.model, calibrate) if calibrate is not None else None
+    others = compared_models(args, source, scorer)
+    scored = score_input(args, scorer, source)
     if not (args.compare or args.ranking):
-        release_features(inp)
-    analysis, extra, plot_input = analyse_input(args, model, others, inp, finite,
-                                                (scores, train_scores),
-                                                (thresholds, efficiencies))
-    ranking_files = None
-    if args.ranking and analysis is not None:
-        ranked, figures, csv = feature_ranking(args, model, settings, inp, finite,
-                                               plot_input.title, bool(formats))
-        extra["ranking"], ranking_files = ranked, (figures, csv)
-    context = run_record(source, model, settings, scores, finite, desc, seconds)
-    if check is not None:
-        context["cross_check"] = check
+        release_features(scored.inp)
+    record = analyse_input(args, scorer, others, scored, (thresholds, efficiencies))
+    if args.ranking and record is not None:
+        record.ranking = feature_ranking(args, scorer, scored)
+    scores = scored.scores
     if calibrate is not None:
         scores = calibrated(scores, *calibrate)
-        context["output_calibrated_to_ghost_fraction"] = calibrate[1]
+        if record is not None:
+            record.context["output_calibrated_to_ghost_fraction"] = calibrate[1]
         log(f"--output: probabilities calibrated to a ghost fraction of {calibrate[1]:.4f}")
     with AtomicOutputs() as out:
-        kept, written = write_outputs(args, out, scores,
-                                      (analysis, extra, plot_input, ranking_files), context,
-                                      formats, header)
+        kept, written = write_outputs(args, out, scores, record, formats, header)
     log(f"wrote {', '.join(written) if written else 'nothing'}; total {clock():.1f} s")
     if kept:
         pyplot(True).show()

@@ -72,9 +72,8 @@ def read_input(source, names, tree, threads=None):
                                  "values other than 0 and 1")
             labels = labels == 1.0
         data = columns.pop(MATRIX)
-        kin = {b: data[:, names.index(b)] if b in names else columns[b]
-               for b in kinematics.BRANCHES if b in names or b in columns}
-        return Input(data, labels, limit=columns.get(LIMIT), columns=kin)
+        return Input(data, labels, limit=columns.get(LIMIT),
+                     columns=kinematics.columns_of(data, names, columns))
     splits = {}
     stored = source.meta.features
     for split in ("test", "train"):
@@ -94,11 +93,9 @@ def read_input(source, names, tree, threads=None):
         splits[split] = (data, labels.ravel() == 1.0)
     spectators = load_spectators(source.path, "test", source.meta)
     data = splits["test"][0]
-    columns = {} if source.meta.normalized else {  # normalized columns are no kinematics
-        b: data[:, names.index(b)] for b in kinematics.BRANCHES if b in names}
-    columns.update({b: v for b, v in spectators.items() if b in kinematics.BRANCHES})
     return Input(*splits["test"], train=splits.get("train"), limit=spectators.get(LIMIT),
-                 columns=columns)
+                 columns=kinematics.columns_of(data, names, spectators,
+                                               source.meta.normalized))
 
 
 def load_input(source, settings, model, tree, threads=None):

@@ -45,6 +45,16 @@ COMPUTE = {"p": _p, "pt": lambda c: c["best_pt"], "eta": _eta,
            "n_velo": lambda c: c["n_velo"], "n_scifi": lambda c: c["n_scifi"]}
 
 
+def columns_of(data, names, others, normalized=False):
+    """The BRANCHES for performance: the features' own columns of `data` (`names`:
+    its columns; none when normalized: those are no kinematics), and the rest from
+    `others` ({branch: array}, e.g. a dataset's spectators)."""
+    columns = {} if normalized else {
+        b: data[:, names.index(b)] for b in BRANCHES if b in names}
+    columns.update({b: v for b, v in others.items() if b in BRANCHES})
+    return columns
+
+
 def available(columns):
     """The VARIABLES whose branches are all in `columns`."""
     return [v for v in VARIABLES if all(b in columns for b in v.needs)]
@@ -75,12 +85,12 @@ def edges_at_or_below(x, edges):
 def performance(columns, scores, labels, working_points):
     """{variable: {"edges", "n_real", "n_ghost", "points": [{efficiency target,
     threshold, efficiency, efficiency_error, rejection, rejection_error}]}} for the
-    tracks given (finite and labelled); `working_points`: metrics.rejection_at rows.
+    tracks given (finite and labelled); `working_points`: metrics.WorkingPoint.
 
     One pass per variable: each track's bin, class and "level" (how many of the
     working points' cuts its score is above) are counted by one bincount, and every
     working point's counts are sums over levels."""
-    cuts = np.array([wp["threshold"] for wp in working_points], dtype=np.float64)
+    cuts = np.array([wp.threshold for wp in working_points], dtype=np.float64)
     ranks = np.argsort(np.argsort(cuts, kind="stable"), kind="stable")
     levels = len(cuts) + 1
     level = np.zeros(len(scores), dtype=np.intp)  # how many cuts each score is above
@@ -103,8 +113,8 @@ def performance(columns, scores, labels, working_points):
             removed = counts[:, 1, r + 1:].sum(axis=1)
             eff, eff_err = _binomial(kept, n_real)
             rej, rej_err = _binomial(removed, n_ghost)
-            points.append({"label": wp["label"], "target_efficiency": wp["target_efficiency"],
-                           "threshold": wp["threshold"],
+            points.append({"label": wp.label, "target_efficiency": wp.target_efficiency,
+                           "threshold": wp.threshold,
                            "real_kept": kept, "ghosts_removed": removed,
                            "efficiency": eff, "efficiency_error": eff_err,
                            "rejection": rej, "rejection_error": rej_err})

@@ -10,7 +10,6 @@ import numpy as np
 
 from cli import FORMATS, Parser, add_format_option, add_threads_option, parse_formats, run_cli
 from dataset import SPLITS, DatasetMeta, dataset_files, meta_path, write_dataset
-from diagnostic_plots import write_feature_figures
 from features import (
     DEFAULT_TREE,
     HEAVY_TAILED,
@@ -31,6 +30,7 @@ from outputs import (
     prepare_folder,
     refuse_overwriting_inputs,
 )
+from report import write_feature_figures
 from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log
 

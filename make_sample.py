@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import betaln, gammaln, logsumexp, ndtr
 
 from cli import Parser, run_cli
-from features import DEFAULT_TREE, TRACK_TYPES, features_for, own_branches
+from features import DEFAULT_TREE, LIMIT, TRACK_TYPES, features_for, own_branches
 from outputs import AtomicOutputs, check_output_file
 from rootwrite import write_root
 from utils import GhostError, log
@@ -44,9 +44,8 @@ BRANCHES = [
     # simulation truth
     "ghost", "mcp_p", "mcp_x", "mcp_y", "mcp_z",
     # this generator's truth: log p(features | ghost) / p(features | real)
-    "truth_llr",
+    LIMIT,
 ]
-TRUTH_LLR = "truth_llr"
 COUNTERS = ["n_velo", "n_ut", "n_scifi", "ndof", "ndofV", "ndofT"]
 # Branches that may carry a NaN/inf besides the features (never counters or truth).
 NONFINITE_EXTRA = ["tx", "ty", "best_qop", "chi2V", "chi2T", "kalman_ip",
@@ -329,7 +328,7 @@ def generate(tracks=200000, track="matching", ghost_rate=0.15, seed=42, nonfinit
     branches = {**draw_other_branches(rng, ghost, x, hidden), **x}
     for name in (name for other in TRACK_TYPES for name in own_branches(other)):
         branches.setdefault(name, np.zeros(n))  # the other type's pr_* stay 0, as in Allen
-    branches[TRUTH_LLR] = truth_llr(x, track)
+    branches[LIMIT] = truth_llr(x, track)
     cols = {name: np.ascontiguousarray(branches[name], dtype=np.float32) for name in BRANCHES}
     break_some(rng, cols, features, nonfinite)
     return cols

@@ -213,26 +213,57 @@ class Analysis:
     best_f1: dict
     best_youden_j_any_cut: dict
     model_threshold: dict = None
-    working_points: list = None  # working_points(): the asked ones, then the model's
+    working_points: list = None  # [WorkingPoint]: the asked ones, then the model's
+
+
+@dataclass
+class WorkingPoint:
+    """A cut on the score and what it does on the analysed tracks: the threshold that
+    keeps `target_efficiency` of the real tracks here, or the model's own threshold,
+    fixed at training time (`fixed`); `rates`: every metric of the threshold table
+    at it (threshold_table's row, less the threshold)."""
+    label: str
+    origin: str               # where the threshold comes from
+    target_efficiency: float
+    threshold: float
+    rates: dict
+    fixed: bool = False       # the model's own point
+
+    @property
+    def real_efficiency(self):
+        return self.rates["specificity"]
+
+    @property
+    def ghost_rejection(self):
+        return self.rates["sensitivity"]
+
+    def to_dict(self):
+        """The row metrics.json, thresholds.csv and results.root write (keys in the
+        order they have always had)."""
+        cut = {"target_efficiency": self.target_efficiency, "threshold": self.threshold}
+        if self.fixed:
+            return {"label": self.label, **cut, "origin": self.origin, **self.rates,
+                    "real_efficiency": self.real_efficiency,
+                    "ghost_rejection": self.ghost_rejection}
+        return {**cut, "real_efficiency": self.real_efficiency,
+                "ghost_rejection": self.ghost_rejection, "label": self.label,
+                "origin": self.origin, **self.rates}
 
 
 def working_points(ss, efficiencies, model_point=None):
-    """Rows {label, target_efficiency, threshold, real_efficiency, ghost_rejection,
-    origin}: for each asked efficiency the threshold that keeps it on these tracks
-    (the empirical quantile of the real tracks' scores); then the model's own working
-    point, its threshold fixed at training time ({"efficiency", "threshold"})."""
-    rows = [{**r, "label": f"{r['target_efficiency']:.1%} efficiency", "origin": "this input"}
-            for r in rejection_at(ss, efficiencies)]
+    """[WorkingPoint]: for each asked efficiency the threshold that keeps it on these
+    tracks (the empirical quantile of the real tracks' scores); then the model's own
+    working point, its threshold fixed at training time ({"efficiency", "threshold"})."""
+    cuts = [(f"{r['target_efficiency']:.1%} efficiency", "this input", r["target_efficiency"],
+             r["threshold"], False) for r in rejection_at(ss, efficiencies)]
     if model_point:
-        rows.append({"label": f"model's {model_point['efficiency']:.1%} point",
-                     "target_efficiency": model_point["efficiency"],
-                     "threshold": float(model_point["threshold"]),
-                     "origin": "the model (its validation split)"})
-    table = threshold_table(ss, [r["threshold"] for r in rows])
-    for i, r in enumerate(rows):  # every metric of the threshold table at each point
-        r.update({k: v for k, v in row(table, i).items() if k != "threshold"})
-        r["real_efficiency"], r["ghost_rejection"] = r["specificity"], r["sensitivity"]
-    return rows
+        cuts.append((f"model's {model_point['efficiency']:.1%} point",
+                     "the model (its validation split)", model_point["efficiency"],
+                     float(model_point["threshold"]), True))
+    table = threshold_table(ss, [c[3] for c in cuts])
+    return [WorkingPoint(label, origin, eff, t,  # every metric of the table at each point
+                         {k: v for k, v in row(table, i).items() if k != "threshold"}, fixed)
+            for i, (label, origin, eff, t, fixed) in enumerate(cuts)]
 
 
 def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99,),

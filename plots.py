@@ -3,13 +3,18 @@ LHCb's style (mplhep) where it is installed, as PNG and optionally PDF.
 
 The analysis figures take a PlotInput and return a Figure; FIGURES is their
 registry (file stem -> figure, whether the input has what it needs, a one-line
-caption for index.html).  Every file is written through write_figure.  Feature,
-kinematics and training-report figures are in diagnostic_plots.py.
+caption for index.html), the performance vs kinematics one figure per variable
+beside it.  Every file is written through write_figure; draw_figures draws them in
+worker processes.  The features' and the search's figures are in diagnostic_plots.py,
+the pages (index.html) in report.py.
 """
 import contextlib
+import logging
+import multiprocessing
 import os
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -33,7 +38,6 @@ def pyplot(show=False):
 def style():
     """LHCb's plot style (mplhep's LHCb2), a little smaller for panels with titles and
     legends; matplotlib's own where mplhep is not installed."""
-    import logging
     plt = pyplot()
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # style's fallbacks
     try:
@@ -129,7 +133,7 @@ def confusion(plt, p):
     """Confusion matrices at the best-J threshold and at each working point."""
     a = p.analysis
     points = ([("best Youden's J", a.best_youden_j["threshold"])] if a.best_youden_j else [])
-    points += [(wp["label"], wp["threshold"]) for wp in a.working_points]
+    points += [(wp.label, wp.threshold) for wp in a.working_points]
     fig, axes = plt.subplots(1, max(len(points), 1), figsize=(4.2 * max(len(points), 1), 4.3),
                              squeeze=False)
     for ax, (label, cut) in zip(axes[0], points):
@@ -161,8 +165,8 @@ def roc(plt, p):
         ax.plot(a.table["fpr"], a.table["sensitivity"], "o", color="tab:orange", ms=3,
                 label=f"the {len(a.table['threshold'])} thresholds")
         for wp in a.working_points:
-            ax.plot(1 - wp["real_efficiency"], wp["ghost_rejection"], "*", ms=11,
-                    label=f"{wp['label']} (p > {wp['threshold']:.3f})")
+            ax.plot(1 - wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
+                    label=f"{wp.label} (p > {wp.threshold:.3f})")
         if log:
             ax.set_xscale("log")
             ax.set_xlim(max(1.0 / max(a.n_real, 1), 1e-5), 1)
@@ -185,8 +189,8 @@ def scores(plt, p):
         ax.stairs(counts / max(len(arr), 1), SCORE_BINS, color=color, lw=1.5,
                   label=f"{label} ({len(arr):,})")
     for wp in a.working_points:
-        ax.axvline(wp["threshold"], ls=":", color="gray")
-        ax.text(wp["threshold"], 0.5, f" {wp['label']}", rotation=90, va="center",
+        ax.axvline(wp.threshold, ls=":", color="gray")
+        ax.text(wp.threshold, 0.5, f" {wp.label}", rotation=90, va="center",
                 fontsize=8, transform=ax.get_xaxis_transform())
     decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True,
              loc="upper center")
@@ -200,9 +204,9 @@ def rejection(plt, p):
     fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.plot((1 - fpr)[keep], tpr[keep], "-", color="tab:blue", label="all cuts")
     for wp in a.working_points:
-        ax.plot(wp["real_efficiency"], wp["ghost_rejection"], "*", ms=11,
-                label=f"{wp['label']}: rejection {wp['ghost_rejection']:.3f} "
-                      f"(p > {wp['threshold']:.3f})")
+        ax.plot(wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
+                label=f"{wp.label}: rejection {wp.ghost_rejection:.3f} "
+                      f"(p > {wp.threshold:.3f})")
     ax.set_xlim(0.8, 1.002), ax.set_ylim(0, 1.005)
     decorate(ax, "Ghost rejection vs real-track efficiency", p.title,
              "real-track efficiency (fraction of real tracks kept)",
@@ -254,6 +258,39 @@ def comparison(plt, p):
     return fig
 
 
+def kinematics_caption(v):
+    return (f"Real-track efficiency and ghost rejection at the working points vs "
+            f"{v['label']}, binomial uncertainties.")
+
+
+def kinematics_figure(plt, name, v, title):
+    """Real-track efficiency and ghost rejection against one variable of
+    kinematics.performance (`v`), one curve per working point."""
+    edges = np.asarray(v["edges"])
+    width = np.diff(edges).mean()
+    lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
+    hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
+    bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
+    centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
+                                                                         bounds[:-1])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    for wp in v["points"]:
+        label = f"{wp['label']} (p > {wp['threshold']:.3f})"
+        ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
+                    ms=3, label=label)
+        ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
+                     ms=3, label=label)
+    for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
+        if v["log"]:
+            a.set_xscale("log")
+        a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
+        a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
+        decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
+                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
+                 loc="best")
+    return fig
+
+
 def always(p):
     return True
 
@@ -280,9 +317,6 @@ FIGURES = {
 def figure_jobs(p):
     """[(stem, draw(plt) -> Figure, caption)]: every figure of FIGURES and of the
     kinematics that `p` has data for."""
-    from functools import partial
-
-    from diagnostic_plots import kinematics_caption, kinematics_figure
     jobs = [(stem, partial(draw, p=p), caption)
             for stem, (draw, applies, caption) in FIGURES.items() if applies(p)]
     jobs += [(f"kinematics_{name}", partial(kinematics_figure, name=name, v=v, title=p.title),
@@ -336,7 +370,6 @@ def draw_figures(jobs, plots_dir, out, show=False, formats=("png",), workers=Non
     per core, at most one per figure), so the caller can write its other outputs
     meanwhile; here, one by one, when there is one core or the figures are to be
     shown.  Returns a PendingFigures."""
-    import multiprocessing
     written, targets = [], []
     for stem, _, caption in jobs:
         files = [out.tmp(os.path.join(plots_dir, f"{stem}.{fmt}")) for fmt in formats]

@@ -1,9 +1,23 @@
-"""How an analysis is reported: the console summary, thresholds.csv and the
-metrics.json record.  Formatting only; metrics.py computes the numbers."""
+"""How an analysis is reported and every page written: the console summary, the
+tables (thresholds.csv, comparison.csv, search_trials.csv), metrics.json (its record
+from evaluation.Evaluation.metrics), results.root's content, and each plots folder
+with its figures and index.html (the analysis's, the training report's, the
+features').  The numbers come from metrics.py and evaluation.py, the figures from
+plots.py and diagnostic_plots.py."""
+import os
+from html import escape
+
 import numpy as np
 
-from metrics import row
-from utils import log, plain
+from cli import FORMATS
+from compare import comparison_csv, format_comparison
+from diagnostic_plots import feature_figure
+from metrics import downsample_roc, row
+from outputs import Pattern
+from plots import SCORE_BINS, draw_figures, figure_jobs, save_figure, style
+from rootio import import_root
+from rootwrite import write_results
+from utils import GhostError, log
 
 COLUMNS = [("threshold", "thresh"), ("accuracy", "acc"), ("tp", "TP"), ("tn", "TN"),
            ("fp", "FP"), ("fn", "FN"), ("sensitivity", "sens"), ("specificity", "spec"),
@@ -38,12 +52,15 @@ def table_csv(table, working_points=()):
     for i in range(len(table["threshold"])):
         lines.append(",".join([_cell(table[k][i]) for k in CSV_COLUMNS] + [""]))
     for wp in working_points:
-        lines.append(",".join([_cell(wp[k]) for k in CSV_COLUMNS] + [wp["label"]]))
+        cells = wp.to_dict()
+        lines.append(",".join([_cell(cells[k]) for k in CSV_COLUMNS] + [wp.label]))
     return "\n".join(lines) + "\n"
 
 
-def print_summary(a, over):
-    """The analysis `a` (metrics.Analysis) and the overtraining check on the console."""
+def print_summary(e):
+    """An evaluation.Evaluation on the console: the analysis, the overtraining check,
+    the comparison and the gap to the limit."""
+    a, over = e.analysis, e.plot.overtraining
     log(f"{a.n:,} labelled tracks: {a.n_ghost:,} ghosts ({a.true_ghost:.2%}), "
         f"{a.n_real:,} real ({a.true_real:.2%}); ROC AUC {a.auc:.4f}")
     log(format_table(a.table))
@@ -62,52 +79,18 @@ def print_summary(a, over):
             f"{r['ghost_rejection']:.4f} (threshold {r['threshold']:.4f}, "
             f"efficiency {r['real_efficiency']:.4f})")
     for wp in a.working_points:
-        log(f"working point {wp['label']} ({wp['origin']}): threshold {wp['threshold']:.4f}, "
-            f"real-track efficiency {wp['real_efficiency']:.4f}, ghost rejection "
-            f"{wp['ghost_rejection']:.4f}")
+        log(f"working point {wp.label} ({wp.origin}): threshold {wp.threshold:.4f}, "
+            f"real-track efficiency {wp.real_efficiency:.4f}, ghost rejection "
+            f"{wp.ghost_rejection:.4f}")
     if over:
         log("overtraining check (train vs test scores, KS test): " + ", ".join(
             f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
-
-
-def run_record(source, model, settings, scores, finite, desc, seconds):
-    """What metrics.json records about an inference.py run before its numbers: the
-    input (inputs.Source), the model (scoring.LoadedModel), the settings it was read
-    with, and the scoring pass (every track's scores, which tracks had every
-    feature finite, the scorer's description, the pass's seconds)."""
-    import os
-
-    from compare import model_macs
-    return {
-        "input": os.path.abspath(source.path), "input_kind": source.kind,
-        "model": os.path.abspath(model.path), "model_kind": model.kind,
-        "int8": model.int8, "scoring": desc, "track": settings.track,
-        "features": settings.features, "network": settings.network,
-        "macs_per_track": model_macs(model),
-        "normalized_by_inference": settings.normalization is not None,
-        "normalization_origin": settings.normalization_origin,
-        "tracks": len(scores), "tracks_nonfinite": int((~finite).sum()),
-        "scoring_seconds": seconds,
-        "tracks_per_second": len(scores) / seconds if seconds > 0 else None,
-    }
-
-
-def metrics_record(a, extra, context):
-    """The metrics.json record: `context` (what was scored, with which model and
-    how fast), every number of the analysis, then `extra` (overtraining, comparison,
-    limit); plain JSON (NaN -> null)."""
-    return plain({
-        **context,
-        "tracks_labelled": a.n, "ghosts": a.n_ghost, "reals": a.n_real,
-        "true_ghost_fraction": a.true_ghost, "true_real_fraction": a.true_real,
-        "roc_auc": a.auc, "classification": "ghost when probability > threshold",
-        "thresholds": [row(a.table, i) for i in range(len(a.table["threshold"]))],
-        "best_youden_j": a.best_youden_j, "best_f1": a.best_f1,
-        "best_youden_j_any_cut": a.best_youden_j_any_cut,
-        "model_threshold": a.model_threshold, "ghost_rejection": a.rejection,
-        "working_points": a.working_points,
-        **extra,
-    })
+    if e.plot.curves:
+        log(format_comparison(e.plot.curves, a.n))
+    if e.gap is not None:
+        log(f"gap to the limit: AUC {e.gap['auc_gap']:.4f} lower; "
+            f"{e.gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
+            "99 % real-track efficiency")
 
 
 def trials_csv(trials):
@@ -129,13 +112,12 @@ def trials_csv(trials):
 def index_html(title, figures, summary, working_points):
     """One page per plots folder, readable offline: the summary, the working points,
     and every figure with its caption.  `figures`: [(file names, caption)]."""
-    from html import escape
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
                    for k, v in summary.items())
     wps = "".join(
-        f"<tr><td>{escape(w['label'])}</td><td>{escape(w['origin'])}</td>"
-        f"<td>{w['threshold']:.4f}</td><td>{w['real_efficiency']:.4f}</td>"
-        f"<td>{w['ghost_rejection']:.4f}</td></tr>" for w in working_points)
+        f"<tr><td>{escape(w.label)}</td><td>{escape(w.origin)}</td>"
+        f"<td>{w.threshold:.4f}</td><td>{w.real_efficiency:.4f}</td>"
+        f"<td>{w.ghost_rejection:.4f}</td></tr>" for w in working_points)
     points = ("<h2>Working points</h2><table><tr><th>point</th><th>threshold from</th>"
               "<th>threshold</th><th>real-track efficiency</th><th>ghost rejection</th></tr>"
               f"{wps}</table>\n" if working_points else "")
@@ -156,26 +138,25 @@ text-align:left}}img{{max-width:100%}}figure{{margin:2em 0}}</style></head>
 """
 
 
-def summary(a, extra):
-    """The headline numbers of an analysis, for index.html."""
+def summary(e):
+    """The headline numbers of an evaluation.Evaluation, for index.html."""
+    a = e.analysis
     out = {"tracks (finite, labelled)": f"{a.n:,}",
            "ghost fraction": f"{a.true_ghost:.2%}", "ROC AUC": f"{a.auc:.4f}"}
     for r in a.rejection:
         out[f"ghost rejection at {r['target_efficiency']:.1%} efficiency"] = \
             f"{r['ghost_rejection']:.4f}"
-    if extra.get("gap_to_limit"):
-        gap = extra["gap_to_limit"]
+    if e.gap:
+        gap = e.gap
         out["gap to the limit"] = (f"AUC {gap['auc_gap']:.4f}; "
                                    f"{gap['rejection_fraction@0.99']:.1%} of its rejection at 99 %")
     return out
 
 
 def results_root(a, scores_by_split, table_rows):
-    """(histograms, graphs, table) for rootio.write_results: score histograms per class
+    """(histograms, graphs, table) for rootwrite.write_results: score histograms per class
     and split, ROC and rejection curves, the threshold table (with the working points,
     working_point = their target efficiency, 0 for the scan)."""
-    from metrics import downsample_roc
-    from plots import SCORE_BINS
     histograms = {}
     for split, (scores, labels) in scores_by_split.items():
         ok = np.isfinite(scores)
@@ -193,22 +174,18 @@ def results_root(a, scores_by_split, table_rows):
     return histograms, graphs, table
 
 
-def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",), show=False,
-                   extra_figures=(), scores_by_split=None):
-    """A plots folder: metrics.json, thresholds.csv (the scan and the working points),
-    comparison.csv (with several classifiers), every figure plus `extra_figures`
-    ([(stem, figure, caption)]), results.root for ROOT users (where ROOT is
-    installed), and index.html.  Returns (files written, figures kept for --show);
-    with formats=() no figure is drawn."""
-    import os
-
-    from plots import draw_figures, figure_jobs, save_figure
+def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=()):
+    """A plots folder for the evaluation.Evaluation `e`: metrics.json, thresholds.csv
+    (the scan and the working points), comparison.csv (with curves compared), every
+    figure plus `extra_figures` ([(stem, figure, caption)]), results.root for ROOT
+    users (where ROOT is installed), and index.html.  Returns (files written,
+    figures kept for --show); with formats=() no figure is drawn."""
     files = ["metrics.json", "thresholds.csv"]
     pending = None
     if formats:  # drawn meanwhile, in worker processes where there are several cores
-        pending = draw_figures(figure_jobs(plot_input), folder, out, show, formats)
+        pending = draw_figures(figure_jobs(e.plot), folder, out, show, formats)
     try:
-        files += write_tables(out, folder, a, extra, plot_input, context, scores_by_split)
+        files += write_tables(out, folder, e)
     except BaseException:
         if pending:
             pending.cancel()
@@ -218,53 +195,71 @@ def write_analysis(out, folder, a, extra, plot_input, context, formats=("png",),
         figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
                                     formats=formats), caption))
     out.save_bytes(os.path.join(folder, "index.html"),
-                   index_html(plot_input.title, figures, summary(a, extra),
-                              a.working_points).encode())
+                   index_html(e.title, figures, summary(e),
+                              e.analysis.working_points).encode())
     files.append("index.html")
     return [n for names, _ in figures for n in names] + files, kept
+
+
+def write_ranking(out, folder, ranking):
+    """ranking.csv of an evaluation.Ranking."""
+    out.save_bytes(os.path.join(folder, "ranking.csv"), ranking.csv().encode())
 
 
 def analysis_files(folder):
     """Every file write_analysis and inference.py's --ranking may write in `folder`,
     the figures as outputs.Pattern: checked before any work (none is an input)."""
-    import os
-
-    from cli import FORMATS
-    from outputs import Pattern
     names = ("metrics.json", "thresholds.csv", "comparison.csv", "ranking.csv",
              "results.root", "index.html")
     return ([os.path.join(folder, name) for name in names]
             + [Pattern(os.path.join(folder, f"*.{fmt}")) for fmt in FORMATS])
 
 
-def write_tables(out, folder, a, extra, plot_input, context, scores_by_split):
-    """metrics.json, thresholds.csv, comparison.csv (with several classifiers) and
+def write_tables(out, folder, e):
+    """metrics.json, thresholds.csv, comparison.csv (with curves compared) and
     results.root (where ROOT is installed): the names written after the first two."""
-    import os
-
-    from utils import GhostError
+    a = e.analysis
     files = []
-    out.save_json(os.path.join(folder, "metrics.json"), metrics_record(a, extra, context))
+    out.save_json(os.path.join(folder, "metrics.json"), e.metrics())
     out.save_bytes(os.path.join(folder, "thresholds.csv"),
                    table_csv(a.table, a.working_points).encode())
-    if plot_input.curves:
-        from compare import comparison_csv
+    if e.plot.curves:
         out.save_bytes(os.path.join(folder, "comparison.csv"),
-                       comparison_csv(plot_input.curves).encode())
+                       comparison_csv(e.plot.curves).encode())
         files.append("comparison.csv")
-    if scores_by_split:
-        from rootio import import_root
-        from rootwrite import write_results
-        try:
-            import_root()
-        except GhostError as e:  # no ROOT here: a note; a failed write is an error
-            log(f"note: no results.root ({e})")
-            return files
-        rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
-        rows += [{**w, "target_efficiency_wp": w["target_efficiency"]}
-                 for w in a.working_points]
-        write_results(out.tmp(os.path.join(folder, "results.root")),
-                      *results_root(a, scores_by_split, rows),
-                      shown=os.path.join(folder, "results.root"))
-        files.append("results.root")
+    try:
+        import_root()
+    except GhostError as err:  # no ROOT here: a note; a failed write is an error
+        log(f"note: no results.root ({err})")
+        return files
+    rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
+    rows += [{**w.to_dict(), "target_efficiency_wp": w.target_efficiency}
+             for w in a.working_points]
+    write_results(out.tmp(os.path.join(folder, "results.root")),
+                  *results_root(a, e.splits(), rows),
+                  shown=os.path.join(folder, "results.root"))
+    files.append("results.root")
     return files
+
+
+def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
+                          standardize=None, formats=("png",)):
+    """make_dataset.py --plot's folder: one figure per feature (the given rows of its
+    column, ghosts vs real tracks; with `standardize` (features.Standardize), as
+    network 1 sees them) and the folder's index.html."""
+    figures = []
+    with style() as plt:
+        if standardize is not None:
+            data = standardize.apply(np.column_stack([columns[n][rows] for n in names]))
+        for j, name in enumerate(names):
+            x = data[:, j] if standardize is not None else columns[name][rows]
+            fig = feature_figure(plt, name, x, ghost, name in heavy_tailed,
+                                 transformed=standardize is not None)
+            figures.append((save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig,
+                                        formats=formats),
+                            f"{name}: ghosts and real tracks, each normalized to unit area."))
+    headline = {"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
+                "features": ", ".join(names)}
+    out.save_bytes(os.path.join(plots_dir, "index.html"),
+                   index_html("The features, ghosts vs real tracks", figures, headline,
+                              []).encode())

@@ -287,7 +287,7 @@ def model_record(meta, splits, scores):
         name: [float(train[:, j].min()), float(train[:, j].max())]
         for j, name in enumerate(meta.features)}
     return {"working_point": {"efficiency": MODEL_WORKING_POINT,
-                              "threshold": point["threshold"]},
+                              "threshold": point.threshold},
             "training_prior": 0.5, "ghost_fraction": meta.ghost_fraction,
             "training_ranges": ranges}
 

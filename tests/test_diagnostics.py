@@ -16,7 +16,7 @@ from dataset import load_dataset, load_meta
 from diagnostic_plots import _bins
 from diagnostics import permutation_ranking
 from features import DEFAULT_TREE, Standardize, features_for
-from metrics import SortedScores, analyse, working_points
+from metrics import SortedScores, WorkingPoint, analyse, working_points
 from models import build_model
 
 # ---------------------------------------------------------------------------
@@ -31,16 +31,16 @@ def test_working_points_are_the_empirical_quantiles():
     reals = np.sort(scores[~labels])
     for eff in (0.5, 0.9, 0.95, 0.99, 0.995):
         (wp,) = working_points(SortedScores.of(scores, labels), [eff])
-        kept = int((reals <= wp["threshold"]).sum())
+        kept = int((reals <= wp.threshold).sum())
         assert abs(kept - eff * len(reals)) <= 1, (eff, kept)  # within one track
-        assert wp["real_efficiency"] == kept / len(reals)
-        assert wp["ghost_rejection"] == (scores[labels] > wp["threshold"]).mean()
+        assert wp.real_efficiency == kept / len(reals)
+        assert wp.ghost_rejection == (scores[labels] > wp.threshold).mean()
     # the model's own point: its fixed threshold, measured on these tracks
     a = analyse(scores, labels, [0.5], efficiencies=(0.99,),
                 model_point={"efficiency": 0.99, "threshold": 0.7})
     own = a.working_points[-1]
-    assert own["threshold"] == 0.7 and own["origin"].startswith("the model")
-    assert own["real_efficiency"] == (reals <= 0.7).mean()
+    assert own.threshold == 0.7 and own.origin.startswith("the model")
+    assert own.real_efficiency == (reals <= 0.7).mean()
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_kinematic_counts_equal_brute_force_masks():
             "n_scifi": rng.integers(9, 13, n).astype(np.float32)}
     scores = np.round(rng.random(n), 2).astype(np.float32)
     labels = rng.random(n) < 0.2
-    wps = [{"label": k, "target_efficiency": 0.9, "threshold": t}
+    wps = [WorkingPoint(k, "", 0.9, t, {})
            for k, t in (("a", 0.9), ("b", 0.5), ("c", 0.9), ("d", 0.0), ("e", 0.29))]
     out = kinematics.performance(cols, scores, labels, wps)
     for var in kinematics.available(cols):
@@ -137,8 +137,8 @@ def test_kinematic_counts_equal_brute_force_masks():
         size = len(var.edges) + 1
         assert np.array_equal(out[var.name]["n_real"], np.bincount(bins[~labels], minlength=size))
         for wp, point in zip(wps, out[var.name]["points"]):
-            kept = np.bincount(bins[~labels & (scores <= wp["threshold"])], minlength=size)
-            removed = np.bincount(bins[labels & (scores > wp["threshold"])], minlength=size)
+            kept = np.bincount(bins[~labels & (scores <= wp.threshold)], minlength=size)
+            removed = np.bincount(bins[labels & (scores > wp.threshold)], minlength=size)
             assert np.array_equal(point["real_kept"], kept), (var.name, wp)
             assert np.array_equal(point["ghosts_removed"], removed), (var.name, wp)
 
