@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rootwrite import write_results, write_root  # noqa: F401 (rootio.write_root)
 from utils import GhostError, log, one_line, warn
 
 TTREE_CLASSES = ("TTree", "TNtuple")

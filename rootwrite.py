@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from rootio import import_root, inspect_tree
 from utils import GhostError, one_line
 
 # numpy type -> (TTree leaf letter, C++ type of an RNTuple field)
@@ -110,7 +111,6 @@ def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):
     `path` is written in place (give it a temporary name, outputs.AtomicOutputs) and
     read back; on any failure it is removed and the error (a full disk: "No space
     left on device") names `shown`."""
-    from rootio import import_root, inspect_tree
     ROOT = import_root()
     cols = {k: np.ascontiguousarray(v) for k, v in columns.items()}
     odd = [f"{k} ({v.dtype})" for k, v in cols.items() if str(v.dtype) not in ROOT_TYPES]
@@ -199,7 +199,6 @@ def write_results(path, histograms, graphs, table, shown=None):
     edges, title)} as TH1D, `graphs` {name: (x, y, title)} as TGraph, and `table`
     {column: array} as the TTree `thresholds` (filled row by row: a few dozen rows).
     Written and checked as write_root writes a tree."""
-    from rootio import import_root
     ROOT = import_root()
 
     def fill(f):

@@ -203,7 +203,7 @@ def test_guard_rails_fire_on_a_forward_model_with_a_matching_file(tmp_path, forw
 
 def test_guard_rails_name_features_outside_the_training_range(tmp_path, forward_file):
     from make_sample import generate
-    from rootio import write_root
+    from rootwrite import write_root
     model = _forward_model(tmp_path / "forward.onnx", forward_file)
     cols = generate(5000, "forward", seed=9, nonfinite=0)
     cols["chi2"] = cols["chi2"] * 1000.0  # far beyond anything in training

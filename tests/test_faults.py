@@ -111,7 +111,7 @@ def run_inference(b, w, prefix, model=None, config=None):
 # ---------------------------------------------------------------------------
 
 def _write_root(path, columns, tree=DEFAULT_TREE):
-    from rootio import write_root
+    from rootwrite import write_root
     write_root(path, tree, columns)
     return path
 

@@ -300,7 +300,7 @@ def mixed(tmp_path_factory):
     """Small files of one generator: a float TTree, the same tracks with chi2 as
     double and n_velo as int, an RNTuple, one without pr_seed_chi2 and empty ones."""
     from make_sample import generate
-    from rootio import write_root
+    from rootwrite import write_root
     d = tmp_path_factory.mktemp("mixed")
     cols = generate(3000, "matching", seed=7)
     files = {}

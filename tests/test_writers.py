@@ -94,7 +94,7 @@ def models(tmp_path_factory, raw_dataset):
 
 
 def _write(path, cols):
-    from rootio import write_root
+    from rootwrite import write_root
     write_root(str(path), DEFAULT_TREE, cols)
     return str(path)
 
