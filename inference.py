@@ -23,15 +23,8 @@ import os
 
 import numpy as np
 
-from compare import (
-    Curve,
-    compared_model_paths,
-    curve_names,
-    format_comparison,
-    gap_to_limit,
-    model_macs,
-)
-from cpp_export import model_header
+from artifacts import model_header
+from compare import Curve, compared_model_paths, curve_names, format_comparison, gap_to_limit
 from dataset import dataset_files
 from features import DEFAULT_TREE, LABEL, LIMIT, TRACK_TYPES
 from inputs import (
@@ -56,6 +49,7 @@ from scoring import (
     calibration,
     cross_check,
     load_model_file,
+    model_macs,
     score_model,
 )
 from utils import GhostError, Stopwatch, log, parse_numbers, run_cli, warn
@@ -369,7 +363,7 @@ def analyse_input(args, model, others, inp, finite, scored, cuts):
 
 
 def write_outputs(args, out, scores, results, context, formats, header=None):
-    """--export-cpp (`header`: cpp_export.model_header's), --output, then the plots
+    """--export-cpp (`header`: artifacts.model_header's), --output, then the plots
     folder (report.write_analysis) with the ranking; returns the figures kept open
     for --show and what was written."""
     analysis, extra, plot_input, ranking_files = results

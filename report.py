@@ -77,7 +77,7 @@ def run_record(source, model, settings, scores, finite, desc, seconds):
     feature finite, the scorer's description, the pass's seconds)."""
     import os
 
-    from compare import model_macs
+    from scoring import model_macs
     return {
         "input": os.path.abspath(source.path), "input_kind": source.kind,
         "model": os.path.abspath(model.path), "model_kind": model.kind,
