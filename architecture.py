@@ -1,13 +1,33 @@
 """What a network is made of, without torch: the ModelConfig record that
-models.build_model builds from, its cost per track, and the rule that ties a
-network to its inputs.
+models.build_model builds from, its cost per track, its activations, and the rule
+that ties a network to its inputs.
 """
 from dataclasses import dataclass
 
-from features import MinMax, Standardize
+from features import MinMax, Standardize, width_problem
 from records import check_fields, is_int, is_text
+from utils import GhostError
 
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid")
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation, everywhere it appears: the torch.nn module models.py builds,
+    the C++ expression cpp_export.py writes (for any floating type T), and the
+    search spaces (search.SPACES) that try it."""
+    torch: str        # the torch.nn class
+    inplace: bool     # built in place where torch can: one allocation less per step
+    cpp: str
+    spaces: tuple
+
+
+# The one table of activations, in the order the search spaces list them.
+ACTIVATIONS = {
+    "relu": Activation("ReLU", True, "x > T(0) ? x : T(0)", ("default", "original")),
+    "leaky_relu": Activation("LeakyReLU", True, "x > T(0) ? x : T(0.01) * x", ("original",)),
+    "elu": Activation("ELU", True, "x > T(0) ? x : expm1(x)", ("default", "original")),
+    "tanh": Activation("Tanh", False, "tanh(x)", ("original",)),
+    "sigmoid": Activation("Sigmoid", False, "T(1) / (T(1) + exp(-x))", ()),
+}
 NETWORKS = (0, 1)
 INPUT_LAYERS = ("standard", "minmax")  # network 1's first layer: Standardize or MinMax
 
@@ -22,6 +42,20 @@ def normalizes_inside(network):
 def default_network(normalized_data):
     """The network for a dataset: 0 for normalized arrays, 1 for raw branch values."""
     return 0 if normalized_data else 1
+
+
+def refuse_normalized(network, normalized, inputs, fix):
+    """The one refusal of inputs normalized beforehand for network 1, which would
+    normalize them twice: a GhostError saying what `inputs` are and what to do
+    (`fix`) when `normalized` holds and the network normalizes inside."""
+    if normalizes_inside(network) and normalized:
+        raise GhostError(f"network 1 normalizes inside the model, but {inputs}: {fix}")
+
+
+def hidden_widths(d):
+    """The hidden layer widths a saved record or a trial's hyperparameters give:
+    "hidden", or "l0" of the one-hidden-layer toolkit; None where neither."""
+    return d.get("hidden") or ([d["l0"]] if d.get("l0") is not None else None)
 
 
 def macs_and_params(n_features, hidden):
@@ -82,9 +116,10 @@ class ModelConfig:
                                  "standardization (transforms, means, stds)")
         for key in ("normalization", "standardization"):
             scaling = getattr(self, key)
-            if scaling is not None and len(scaling) != self.n_features:
-                raise ValueError(f"the {key}'s {len(scaling)} entries do not match "
-                                 f"n_features {self.n_features}")
+            problem = None if scaling is None else width_problem(
+                scaling.to_dict(), self.n_features, "inputs", key)
+            if problem:
+                raise ValueError(problem)
 
     def input_layer(self):
         """The scaling network 1 embeds (MinMax or Standardize), None for network 0."""
@@ -102,7 +137,7 @@ class ModelConfig:
         the field if it is malformed, or if the record holds no architecture.
         Records of the one-hidden-layer toolkit (l0, min-max) read back as such."""
         check_fields(d, FIELD_TYPES)
-        hidden = d.get("hidden") or ([d["l0"]] if d.get("l0") is not None else None)
+        hidden = hidden_widths(d)
         if d.get("n_features") is None or not hidden:
             raise ValueError("the record has no architecture (n_features and hidden)")
         scalings = {}

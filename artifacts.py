@@ -3,24 +3,32 @@
     ghost_model.pth              the state dict (torch.load(..., weights_only=True))
     ghost_model_config.pkl/.json the SavedConfig record, plain data only
     ghost_model.onnx             one self-contained file; the record in its metadata
+    ghost_model.hpp              the C++ header (cpp_export.py)
 
-torch and onnx are imported inside the functions that need them.
+torch and onnx (and models.py, which imports torch) are imported inside the
+functions that need them.
 """
+import contextlib
 import io
 import json
-import math
 import os
 import pickle
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
 
 from architecture import ModelConfig
-from records import check_fields, in_range, is_distinct_names, is_int, is_real, is_text
+from cpp_export import cpp_identifier, export_header
+from records import check_fields, in_range, is_distinct_names, is_real, is_text
+from trainer import FIELD_TYPES as TRAINING_FIELD_TYPES
+from trainer import TrainSettings
 from utils import GhostError, one_line, plain
 
 ARTIFACT = "ghost_model"
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 METADATA_KEY = "ghost_tracks_config"  # the whole record, as JSON: what the toolkit reads
-TRAINING_KEYS = ("optimizer", "lr", "batch", "epochs", "seed", "weight_decay", "schedule")
+TRAINING_KEYS = tuple(f.name for f in fields(TrainSettings))  # stored flat in the record
 
 
 def _ranges(v):
@@ -35,18 +43,13 @@ def _working_point(v):
 
 
 # What each field of a saved record must hold beside the architecture (null: not
-# recorded); architecture.FIELD_TYPES checks the architecture's own.
+# recorded); architecture.FIELD_TYPES checks the architecture's own, and
+# trainer.FIELD_TYPES the training settings'.
 FIELD_TYPES = {
     "track": (is_text, "a string"),
     "features": (is_distinct_names, "a list of distinct branch names"),
     "threshold": (in_range(0, 1), "a number in [0, 1]"),
-    "optimizer": (is_text, "a string"),
-    "lr": (in_range(0, math.inf, open_lo=True, open_hi=True), "a positive number"),
-    "batch": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
-    "epochs": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
-    "seed": (is_int, "a whole number"),
-    "weight_decay": (in_range(0, math.inf, open_hi=True), "a number >= 0"),
-    "schedule": (is_text, "a string"),
+    **TRAINING_FIELD_TYPES,
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "working_point": (_working_point, '{"efficiency": e in (0, 1), "threshold": t in [0, 1]}'),
     "training_prior": (in_range(0, 1, True, True), "a number in (0, 1)"),
@@ -66,7 +69,7 @@ class SavedConfig:
     track: str = None
     features: list = None
     threshold: float = None
-    training: dict = field(default_factory=dict)
+    training: TrainSettings = None  # None: the record holds no training setting
     metrics: dict = field(default_factory=dict)
     # the model's own working point: {"efficiency": 0.99, "threshold": t}, t found on
     # the validation split (the efficiency of real tracks it keeps there)
@@ -83,7 +86,8 @@ class SavedConfig:
              "provenance")
 
     def to_dict(self):
-        d = {**(self.model.to_dict() if self.model else {}), **self.training,
+        d = {**(self.model.to_dict() if self.model else {}),
+             **(self.training.to_dict() if self.training else {}),
              "track": self.track, "features": self.features, "threshold": self.threshold,
              **{k: getattr(self, k) for k in self.EXTRA if getattr(self, k) is not None}}
         if self.metrics:
@@ -103,7 +107,8 @@ class SavedConfig:
                              f"{model.n_features} inputs")
         return cls(model=model, track=d.get("track") or None, features=features,
                    threshold=d.get("threshold"),
-                   training={k: d[k] for k in TRAINING_KEYS if k in d},
+                   training=(TrainSettings.from_dict(d)
+                             if any(k in d for k in TRAINING_KEYS) else None),
                    metrics=d.get("metrics") or {},
                    **{k: d.get(k) for k in cls.EXTRA})
 
@@ -157,8 +162,6 @@ def save_model_files(out, folder, stem, model, saved):
     """{stem}.pth, {stem}_config.pkl/.json, {stem}.onnx and the C++ header {stem}.hpp
     through `out` (outputs.AtomicOutputs)."""
     import torch
-
-    from cpp_export import export_header
     record = saved.to_dict()
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -178,9 +181,6 @@ def onnx_bytes(model, saved):
     Float models go through torch.export (the current exporter, with external data
     off); INT8 models through the TorchScript exporter, since torch.export has no
     kernel for fake quantization; it writes QuantizeLinear/DequantizeLinear pairs."""
-    import contextlib
-    import warnings
-
     import onnx
     import torch
 
@@ -248,3 +248,62 @@ def onnx_record(proto):
         raise ValueError(f"its metadata {METADATA_KEY} holds a JSON "
                          f"{type(record).__name__}, not an object")
     return record
+
+
+def model_from_onnx(proto, saved):
+    """The models.GhostNet an ONNX file of this toolkit holds (eval mode; INT8 frozen
+    at the scales and zero points of its QuantizeLinear nodes), from its initializers
+    and constants.  ValueError if the file is not one of this toolkit's."""
+    import torch
+    from onnx import numpy_helper
+
+    from models import build_model, quant_name
+    if saved.model is None:
+        raise ValueError("its metadata records no architecture of this toolkit")
+    config = saved.model
+    model = build_model(replace(config, int8=False))
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                   for n in proto.graph.node if n.op_type == "Constant"})
+    nodes = {n.name: n for n in proto.graph.node}
+    state = model.state_dict()
+    for key in state:
+        if key in values:
+            state[key] = torch.from_numpy(np.array(values[key]))
+    if config.int8:
+        for k in range(len(model.linears)):  # the bias: a constant on the quantized grid
+            gemm = nodes.get(f"/fc{k}/Gemm")
+            if gemm is None or len(gemm.input) < 3 or gemm.input[2] not in values:
+                raise ValueError(f"no Gemm /fc{k}/Gemm with a constant bias")
+            state[f"fc{k}.bias"] = torch.from_numpy(np.array(values[gemm.input[2]]))
+    missing = [k for k in state if k.startswith(("fc", "norm.")) and
+               k not in values and not k.endswith(".bias")]
+    if missing:
+        raise ValueError(f"it lacks the weights {', '.join(missing)}")
+    model.load_state_dict(state)
+    if not config.int8:
+        return model.eval()
+    model.set_int8(True).eval()
+    for k, (fc, quant) in enumerate(zip(model.linears, model.quants)):
+        node, weight = nodes.get(f"/{quant_name(k)}/QuantizeLinear"), nodes.get(
+            f"/fc{k}/QuantizeLinear")
+        if node is None or weight is None:
+            raise ValueError(f"no QuantizeLinear for layer {k}'s input or weight")
+        quant.frozen = (float(values[node.input[1]]), int(values[node.input[2]]), 0, 255)
+        fc.frozen = (float(values[weight.input[1]]), state[f"fc{k}.bias"].clone())
+    return model
+
+
+def model_header(model, path):
+    """inference.py --export-cpp: (the header training.py --save writes, as bytes, and
+    its C++ namespace, from the file name `path`) of a loaded .pth or .onnx file of
+    this toolkit (scoring.LoadedModel); a one-line error for any other model."""
+    if model.saved.model is None:
+        raise GhostError(f"--export-cpp: {model.path} records no architecture of this toolkit")
+    try:
+        module = model.module if model.kind == "pth" else model_from_onnx(model.proto,
+                                                                          model.saved)
+    except ValueError as e:
+        raise GhostError(f"--export-cpp: {model.path} is not a model this toolkit wrote: {e}")
+    namespace = cpp_identifier(os.path.splitext(os.path.basename(path))[0])
+    return export_header(module, model.saved, namespace).encode(), namespace

@@ -4,6 +4,7 @@ stopping on the validation split.  Not deployable in HLT1; a yardstick.
 """
 import numpy as np
 
+from trainer import loss_weights
 from utils import GhostError
 
 
@@ -14,15 +15,11 @@ def fit_baseline(train, valid, weights=None, seed=42):
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError as e:
         raise GhostError(f"--baseline needs scikit-learn (pip install scikit-learn): {e}")
-
-    def sample_weight(labels):
-        return None if weights is None else np.where(labels > 0.5, weights[1], weights[0])
-
     (x, y), (vx, vy) = train, valid
     model = HistGradientBoostingClassifier(max_iter=500, early_stopping=True,
                                            n_iter_no_change=20, random_state=seed)
-    model.fit(x, y.ravel(), sample_weight=sample_weight(y.ravel()), X_val=vx,
-              y_val=vy.ravel(), sample_weight_val=sample_weight(vy.ravel()))
+    model.fit(x, y.ravel(), sample_weight=loss_weights(y.ravel(), weights), X_val=vx,
+              y_val=vy.ravel(), sample_weight_val=loss_weights(vy.ravel(), weights))
     return model
 
 

@@ -51,12 +51,6 @@ def curve_names(paths):
             if base.count(b) > 1 else b for p, b in zip(paths, base)]
 
 
-def model_macs(model):
-    """Multiply-adds per track of a scoring.LoadedModel, where its record has them."""
-    arch = model.saved.model
-    return arch.cost()[0] if arch is not None else None
-
-
 def compared_model_paths(paths):
     """--compare arguments as (model, config or None): an .onnx describes itself, a
     .pth needs its ghost_model_config.pkl/.json beside it."""

@@ -13,19 +13,12 @@ scale), clamp, round), and the last layer's logit as a float.
 """
 import datetime
 import re
-from dataclasses import replace
 
 import numpy as np
 
+from architecture import ACTIVATIONS
 from features import Standardize
-
-ACTIVATION_CODE = {  # for any floating type T
-    "relu": "x > T(0) ? x : T(0)",
-    "leaky_relu": "x > T(0) ? x : T(0.01) * x",
-    "elu": "x > T(0) ? x : expm1(x)",
-    "tanh": "tanh(x)",
-    "sigmoid": "T(1) / (T(1) + exp(-x))",
-}
+from provenance import comment_lines
 
 
 def _f(v):
@@ -185,7 +178,6 @@ def export_header(model, saved, namespace="ghost_model"):
             "//   p: the ghost probability (a track is a ghost when p > threshold);",
             "//   a NaN or infinite feature gives a NaN probability (drop such tracks, as the",
             "//   toolkit does)."]
-    from provenance import comment_lines
     head += [f"// {line}" for line in comment_lines(saved.provenance or {})]
     wp = saved.working_point
     lines = [*head, "#pragma once", "#include <cmath>", "#include <cstdint>", "",
@@ -202,7 +194,7 @@ def export_header(model, saved, namespace="ghost_model"):
              + ", ".join(f'"{n}"' for n in names) + "};", "",
              "namespace detail {",
              "template <class T> GHOST_HD inline T activation(T x) {",
-             f"    return {ACTIVATION_CODE[config.activation]};",
+             f"    return {ACTIVATIONS[config.activation].cpp};",
              "}",
              "// the float model's arithmetic: double on the host (closer to the exact network",
              "// than onnxruntime's float32 by half its rounding), float on the GPU",
@@ -236,65 +228,3 @@ def export_header(model, saved, namespace="ghost_model"):
     lines += [f"    return 1.0f / (1.0f + expf(-{out}));", "}", "",
               f"}}  // namespace {namespace}", ""]
     return "\n".join(lines)
-
-
-def model_from_onnx(proto, saved):
-    """The models.GhostNet an ONNX file of this toolkit holds (eval mode; INT8 frozen
-    at the scales and zero points of its QuantizeLinear nodes), from its initializers
-    and constants.  ValueError if the file is not one of this toolkit's."""
-    import torch
-    from onnx import numpy_helper
-
-    from models import build_model
-    if saved.model is None:
-        raise ValueError("its metadata records no architecture of this toolkit")
-    config = saved.model
-    model = build_model(replace(config, int8=False))
-    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-                   for n in proto.graph.node if n.op_type == "Constant"})
-    nodes = {n.name: n for n in proto.graph.node}
-    state = model.state_dict()
-    for key in state:
-        if key in values:
-            state[key] = torch.from_numpy(np.array(values[key]))
-    if config.int8:
-        for k in range(len(model.linears)):  # the bias: a constant on the quantized grid
-            gemm = nodes.get(f"/fc{k}/Gemm")
-            if gemm is None or len(gemm.input) < 3 or gemm.input[2] not in values:
-                raise ValueError(f"no Gemm /fc{k}/Gemm with a constant bias")
-            state[f"fc{k}.bias"] = torch.from_numpy(np.array(values[gemm.input[2]]))
-    missing = [k for k in state if k.startswith(("fc", "norm.")) and
-               k not in values and not k.endswith(".bias")]
-    if missing:
-        raise ValueError(f"it lacks the weights {', '.join(missing)}")
-    model.load_state_dict(state)
-    if not config.int8:
-        return model.eval()
-    model.set_int8(True).eval()
-    names = ["quant", "act_quant"] + [f"act_quant{i}" for i in range(1, len(model.linears))]
-    for k, (fc, quant) in enumerate(zip(model.linears, model.quants)):
-        node, weight = nodes.get(f"/{names[k]}/QuantizeLinear"), nodes.get(f"/fc{k}/QuantizeLinear")
-        if node is None or weight is None:
-            raise ValueError(f"no QuantizeLinear for layer {k}'s input or weight")
-        quant.frozen = (float(values[node.input[1]]), int(values[node.input[2]]), 0, 255)
-        fc.frozen = (float(values[weight.input[1]]), state[f"fc{k}.bias"].clone())
-    return model
-
-
-def model_header(model, path):
-    """inference.py --export-cpp: (the header training.py --save writes, as bytes, and
-    its C++ namespace, from the file name `path`) of a loaded .pth or .onnx file of
-    this toolkit (scoring.LoadedModel); a one-line error for any other model."""
-    import os
-
-    from utils import GhostError
-    if model.saved.model is None:
-        raise GhostError(f"--export-cpp: {model.path} records no architecture of this toolkit")
-    try:
-        module = model.module if model.kind == "pth" else model_from_onnx(model.proto,
-                                                                          model.saved)
-    except ValueError as e:
-        raise GhostError(f"--export-cpp: {model.path} is not a model this toolkit wrote: {e}")
-    namespace = cpp_identifier(os.path.splitext(os.path.basename(path))[0])
-    return export_header(module, model.saved, namespace).encode(), namespace

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from features import MinMax, Standardize
+from features import MinMax, Standardize, width_problem
 from records import check_fields, in_range, is_distinct_names, is_int, is_names, is_real, is_text
 from utils import GhostError, one_line
 
@@ -120,19 +120,14 @@ class DatasetMeta:
             raise GhostError(f"{arrays} has {width} columns, but {path} lists {n} features")
         if n != width and width is not None:
             raise GhostError(f"{path} lists {n} features, but the arrays have {width} columns")
+        what = "features" if meta.features else "columns"  # what the n entries are for
         for key, kind in (("normalization", MinMax), ("standardization", Standardize)):
             scaling = getattr(meta, key)
             if scaling is None:
                 continue
-            for part, values in scaling.items():
-                if not isinstance(values, list) or part == "transforms":
-                    continue
-                if meta.features and len(values) != len(meta.features):
-                    raise GhostError(f"{path}: the {key} has {len(values)} {part} for "
-                                     f"{len(meta.features)} features")
-                if width is not None and len(values) != width:
-                    raise GhostError(f"{path}: the {key} has {len(values)} {part}, but the "
-                                     f"arrays have {width} columns")
+            problem = None if n is None else width_problem(scaling, n, what, key)
+            if problem:
+                raise GhostError(f"{path}: {problem}")
             try:
                 setattr(meta, key, kind.from_dict(scaling))
             except ValueError as e:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compare import Curve, gap_to_limit, model_macs
+from compare import Curve, gap_to_limit
 from diagnostic_plots import ranking as ranking_figure
 from diagnostics import permutation_ranking, ranking_csv
 from features import LIMIT
@@ -21,6 +21,7 @@ from inputs import finite_part
 from kinematics import performance
 from metrics import DEFAULT_THRESHOLDS, WORKING_POINTS, analyse, overtraining, row
 from plots import PlotInput
+from scoring import model_macs
 from utils import log, plain
 
 LIMIT_CURVE = f"limit ({LIMIT})"  # the known optimum's curve, where the input has it

@@ -43,7 +43,7 @@ FIXED_BOUNDS = {
 HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2"}
 TRANSFORMS = ("identity", "log")  # "log": sign(x) * log(1 + |x|)
 
-# Units for axis labels (shared/docs/ghost-data.md: MeV and mm).
+# Units for axis labels: Allen's files hold MeV and mm (qop: charge over momentum).
 UNITS = {"best_pt": "MeV", "qop": "1/MeV", "first_qop": "1/MeV", "pr_match_dx": "mm",
          "pr_match_dy": "mm", "pr_match_dtx": "slope", "pr_match_dty": "slope",
          "n_velo": "hits", "n_scifi": "hits", "ndof": "degrees of freedom"}
@@ -294,6 +294,45 @@ class Standardize:
         means, inv_stds = self.float32_arrays()
         t = _transform(np.asarray(data, dtype=np.float32), self.transforms)
         return ((t - means) * inv_stds).astype(np.float32, copy=False)
+
+
+def overflowing(data, finite, scaling, chunk=1 << 18):
+    """The tracks with every feature finite that `scaling` (the model's input
+    transform, features.MinMax or Standardize, computed in float32 as the model
+    does; None: none) takes beyond float32's range: bool [n].  The transforms are
+    monotone, so only columns whose extremes overflow can; in those, only values
+    beyond half of what their scale allows are candidates, and only the candidates'
+    rows are transformed."""
+    out = np.zeros(len(data), dtype=bool)
+    if scaling is None or not len(data):
+        return out
+    top = np.finfo(np.float32).max
+    with np.errstate(all="ignore"):
+        edges = scaling.apply(np.array([[top], [-top]], np.float32).repeat(len(scaling), 1))
+        risky = np.flatnonzero(~np.isfinite(edges).all(axis=0))
+        if not risky.size:
+            return out
+        shift, inv = scaling.float32_arrays()
+        logs = scaling.log_mask() if hasattr(scaling, "log_mask") else np.zeros(len(inv), bool)
+        bound = np.where(logs, 0, top / 2 / np.maximum(inv, 1) - np.abs(shift))[risky]
+        for lo in range(0, len(data), chunk):
+            out[lo:lo + chunk] = (np.abs(data[lo:lo + chunk, risky]) > bound).any(axis=1)
+        rows = np.flatnonzero(out & finite)
+        out[:] = False
+        out[rows] = ~np.isfinite(scaling.apply(data[rows])[:, risky]).all(axis=1)
+    return out
+
+
+def width_problem(record, n, what, key):
+    """The one check that a scaling fits its features: the first list of `record`
+    (a MinMax or Standardize as plain data, {"offsets": [...], ...}) that does not
+    hold n entries, one per feature (`what` names the n: features, columns,
+    inputs), in words; None where every list does.  `key` names the scaling."""
+    for part, values in record.items():
+        if part != "transforms" and isinstance(values, list) and len(values) != n:
+            return (f"the {key}'s {part} do not match the {what} ({len(values)} {part} "
+                    f"for {n} {what})")
+    return None
 
 
 def _transform(data, transforms):

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artifacts import model_header
 from cli import Parser, add_format_option, add_threads_option, parse_formats, parse_numbers, run_cli
-from compare import compared_model_paths, curve_names, model_macs
-from cpp_export import model_header
+from compare import compared_model_paths, curve_names
 from dataset import dataset_files
 from evaluation import Sample, evaluate, rank_features, run_context
 from features import DEFAULT_TREE, LABEL, TRACK_TYPES
@@ -50,6 +50,7 @@ from scoring import (
     calibration,
     cross_check,
     load_model_file,
+    model_macs,
     score_model,
 )
 from utils import GhostError, Stopwatch, log, warn
@@ -329,7 +330,7 @@ def feature_ranking(args, scorer, s):
 
 
 def write_outputs(args, out, scores, record, formats, header=None):
-    """--export-cpp (`header`: cpp_export.model_header's), --output, then the plots
+    """--export-cpp (`header`: artifacts.model_header's), --output, then the plots
     folder (report.write_analysis of the evaluation `record`) with the ranking;
     returns the figures kept open for --show and what was written."""
     written, kept = [], []

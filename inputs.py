@@ -9,8 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 
 import kinematics
-from architecture import normalizes_inside
-from dataset import DatasetMeta, has_dataset, load_meta, load_spectators, load_split
+from architecture import refuse_normalized
+from dataset import (
+    DatasetMeta,
+    has_dataset,
+    load_meta,
+    load_spectators,
+    load_split,
+    meta_path,
+    split_paths,
+)
 from features import (
     LABEL,
     LIMIT,
@@ -19,6 +27,7 @@ from features import (
     other_track_branches,
     track_mismatch,
     unfilled,
+    width_problem,
 )
 from rootio import MATRIX, read_root
 from utils import GhostError, Stopwatch, log, warn
@@ -42,7 +51,7 @@ def describe_source(path):
     if os.path.isfile(path):
         raise GhostError(f"{path} is neither a .root file nor a dataset prefix")
     raise GhostError(f"no input {path}: neither a .root file nor a dataset prefix "
-                     f"({path}_test_data.npy is missing)")
+                     f"({split_paths(path, 'test')[0]} is missing)")
 
 
 @dataclass
@@ -77,7 +86,7 @@ def read_input(source, names, tree, threads=None):
     splits = {}
     stored = source.meta.features
     for split in ("test", "train"):
-        if split == "train" and not os.path.isfile(f"{source.path}_train_data.npy"):
+        if split == "train" and not os.path.isfile(split_paths(source.path, split)[0]):
             continue
         data, labels = load_split(source.path, split)
         if stored:
@@ -277,30 +286,28 @@ def choose_normalization(normalize_flag, network, model, source, names):
     """(the min-max transform to apply before scoring or None, where it comes from):
     inputs a network 0 model gets must be normalized, a network 1 model's never."""
     if source.meta.normalized:
-        if normalizes_inside(network):
-            raise GhostError(f"{source.path} holds normalized features "
-                             "(normalized: true in its _features.json), but the model is "
-                             "network 1, which normalizes inside: use a dataset made "
-                             "without --normalize")
+        refuse_normalized(network, True, f"{source.path} holds normalized features "
+                          f"(normalized: true in {meta_path(source.path)})",
+                          "use a dataset made without --normalize")
         if normalize_flag:
             log(f"note: {source.path} is already normalized; not normalizing again")
         return None, None
+    refuse_normalized(network, normalize_flag, "--normalize would normalize twice",
+                      "drop --normalize")
     if not normalize_flag and network != 0:
         return None, None
-    if normalizes_inside(network):
-        raise GhostError("--normalize with a network 1 model would normalize twice: "
-                         "network 1 normalizes inside the model")
     recorded = model.saved.model.normalization if model.saved.model else None
     origin = "the model's metadata/config"
     if recorded is None and source.meta.normalization and source.meta.features == names:
-        recorded, origin = source.meta.normalization, f"{source.path}_features.json"
+        recorded, origin = source.meta.normalization, meta_path(source.path)
     if recorded is None:
         raise GhostError("normalization needs the offsets and scales recorded at "
                          f"training time, but {model.path} records none: pass "
                          "--config with a 'normalization' entry")
-    if len(recorded) != len(names):
-        raise GhostError(f"the recorded normalization has {len(recorded)} "
-                         f"offsets, but {len(names)} features are selected")
+    problem = width_problem(recorded.to_dict(), len(names), "selected features",
+                            "normalization")
+    if problem:
+        raise GhostError(problem)
     return recorded, origin
 
 

@@ -1,4 +1,4 @@
-"""Write a realistic synthetic Allen `kalman_validator` file (schema: shared/docs/ghost-data.md).
+"""Write a realistic synthetic Allen `kalman_validator` file (the schema: README.md, "Data").
 
 Real files are LHCb-internal Monte Carlo, so the demo and every test run on this one:
 directory `kalman_validator`, tree `kalman_ip_tree`, one entry per track, every branch a

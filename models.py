@@ -11,15 +11,22 @@ them without torch).
 import torch
 from torch import nn
 
+from architecture import ACTIVATIONS
 from features import Standardize
 
-ACTIVATIONS = {  # in place where possible: one allocation less per training step
-    "relu": lambda: nn.ReLU(inplace=True),
-    "leaky_relu": lambda: nn.LeakyReLU(inplace=True),
-    "elu": lambda: nn.ELU(inplace=True),
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-}
+
+def activation_layer(name):
+    """The torch module of an activation of architecture.ACTIVATIONS."""
+    act = ACTIVATIONS[name]
+    layer = getattr(nn, act.torch)
+    return layer(inplace=True) if act.inplace else layer()
+
+
+def quant_name(i):
+    """The name of the quantizer of layer i's input: `quant` for the network's input,
+    then `act_quant`, `act_quant1`, ... for the hidden layers' outputs (the names of
+    the one-hidden-layer toolkit, and of the QuantizeLinear nodes of an INT8 ONNX)."""
+    return "quant" if i == 0 else "act_quant" if i == 1 else f"act_quant{i - 1}"
 
 
 class MinMaxNorm(nn.Module):
@@ -175,22 +182,18 @@ class GhostNet(nn.Module):
     """input scaling -> [linear -> activation] x len(hidden) -> linear -> sigmoid.
 
     Module names keep the one-hidden-layer toolkit's state dicts loadable: linear
-    layers fc0, fc1, ...; the quantizer of the input `quant`, of the hidden layers'
-    outputs `act_quant`, `act_quant1`, ..."""
+    layers fc0, fc1, ...; the quantizers as quant_name says."""
 
     def __init__(self, n_features, hidden, activation, scaling=None):
         super().__init__()
         self.norm = scaling if scaling is not None else nn.Identity()
-        self.act, self.act_name = ACTIVATIONS[activation](), activation
+        self.act, self.act_name = activation_layer(activation), activation
         widths = (n_features, *hidden, 1)
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             setattr(self, f"fc{i}", QuantLinear(n_in, n_out))
-            name = "quant" if i == 0 else "act_quant" if i == 1 else f"act_quant{i - 1}"
-            setattr(self, name, FakeQuant())  # the INT8 domain of layer i's input
+            setattr(self, quant_name(i), FakeQuant())  # the INT8 domain of layer i's input
         self.linears = [getattr(self, f"fc{i}") for i in range(len(widths) - 1)]
-        self.quants = [self.quant] + [getattr(self, "act_quant" if i == 1 else
-                                              f"act_quant{i - 1}")
-                                      for i in range(1, len(widths) - 1)]
+        self.quants = [getattr(self, quant_name(i)) for i in range(len(widths) - 1)]
         # the logit stays float (integer sum x scales + bias): rounding it to 256
         # levels would only comb the scores, and costs nothing to avoid
         self.int8 = False

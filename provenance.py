@@ -2,9 +2,11 @@
 versions, the date, the dataset, the search and its result.  Recorded in the saved
 config, the ONNX metadata and the C++ header's comment."""
 import datetime
+import json
 import os
 import platform
 import subprocess
+import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -13,10 +15,9 @@ def toolkit_version():
     """pyproject.toml's version and, in a git checkout, the commit (+ "-dirty" with
     uncommitted changes); "unknown" parts where they cannot be found."""
     try:
-        import tomllib
         with open(os.path.join(HERE, "pyproject.toml"), "rb") as f:
             version = tomllib.load(f)["project"]["version"]
-    except (OSError, KeyError, ValueError, ImportError):
+    except (OSError, KeyError, ValueError):
         version = "unknown"
     try:
         def git(*args):
@@ -55,6 +56,5 @@ def record(dataset_prefix, meta, search, hyperparameters, test_metrics):
 
 def comment_lines(prov):
     """The provenance as `key: value` lines (nested values as compact JSON)."""
-    import json
     return [f"{k}: {json.dumps(v, separators=(',', ':')) if isinstance(v, (dict, list)) else v}"
             for k, v in prov.items()]

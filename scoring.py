@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from artifacts import (
     onnx_record,
     state_problem,
 )
+from features import overflowing
 from utils import GhostError, Stopwatch, one_line, pick_device
 
 GPU_BATCH = 1_000_000
@@ -176,7 +178,6 @@ def _load_pth(path, config, config_path, network, int8):
 def _check_archive(path):
     """A .pth of torch's zip format has a CRC-32 per member, which torch.load does
     not check: a flipped byte in the weights would load silently."""
-    import zipfile
     if zipfile.is_zipfile(path):  # else torch's legacy format: torch.load reads it
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -217,11 +218,16 @@ def other_backend(model, backend):
     return "torch" if backend == "onnxruntime" else "onnxruntime"
 
 
-def macs_per_track(model):
-    """Multiply-adds per track: from the model's record, else from its weights
-    (every 2-D weight matrix, as a dense layer costs)."""
-    if model.saved.model is not None:
-        return model.saved.model.cost()[0]
+def model_macs(model):
+    """Multiply-adds per track of a LoadedModel where its record has them (its
+    architecture's cost), else None: the one count of a model's MACs."""
+    arch = model.saved.model
+    return arch.cost()[0] if arch is not None else None
+
+
+def weight_macs(model):
+    """An estimate of the multiply-adds per track of a model that records no
+    architecture, from its weights (every 2-D weight matrix, as a dense layer costs)."""
     if model.proto is not None:
         return sum(int(np.prod(t.dims)) for t in model.proto.graph.initializer
                    if len(t.dims) == 2) or None
@@ -232,7 +238,7 @@ def macs_per_track(model):
 
 def cpu_batch(model):
     """Tracks per CPU batch for this model (CPU_BATCH_RANGE)."""
-    macs = macs_per_track(model) or 2048
+    macs = model_macs(model) or weight_macs(model) or 2048
     batch = 2 ** int(round(np.log2(2 ** 28 / macs)))
     return int(min(max(batch, CPU_BATCH_RANGE[0]), CPU_BATCH_RANGE[1]))
 
@@ -353,33 +359,6 @@ def score_tracks(score, data, finite):
                          f"{int(lost.sum())} non-finite)")
     scores[lost] = np.nan
     return scores, seconds, lost
-
-
-def overflowing(data, finite, scaling, chunk=1 << 18):
-    """The tracks with every feature finite that `scaling` (the model's input
-    transform, features.MinMax or Standardize, computed in float32 as the model
-    does; None: none) takes beyond float32's range: bool [n].  The transforms are
-    monotone, so only columns whose extremes overflow can; in those, only values
-    beyond half of what their scale allows are candidates, and only the candidates'
-    rows are transformed."""
-    out = np.zeros(len(data), dtype=bool)
-    if scaling is None or not len(data):
-        return out
-    top = np.finfo(np.float32).max
-    with np.errstate(all="ignore"):
-        edges = scaling.apply(np.array([[top], [-top]], np.float32).repeat(len(scaling), 1))
-        risky = np.flatnonzero(~np.isfinite(edges).all(axis=0))
-        if not risky.size:
-            return out
-        shift, inv = scaling.float32_arrays()
-        logs = scaling.log_mask() if hasattr(scaling, "log_mask") else np.zeros(len(inv), bool)
-        bound = np.where(logs, 0, top / 2 / np.maximum(inv, 1) - np.abs(shift))[risky]
-        for lo in range(0, len(data), chunk):
-            out[lo:lo + chunk] = (np.abs(data[lo:lo + chunk, risky]) > bound).any(axis=1)
-        rows = np.flatnonzero(out & finite)
-        out[:] = False
-        out[rows] = ~np.isfinite(scaling.apply(data[rows])[:, risky]).all(axis=1)
-    return out
 
 
 def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,

@@ -7,12 +7,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass
 from functools import partial
 
 import search_folder
-from architecture import ModelConfig, macs_and_params
+from architecture import ACTIVATIONS, ModelConfig, hidden_widths, macs_and_params
 from metrics import EFFICIENCIES
 from search_folder import CHECKPOINT
 from trainer import (
@@ -55,6 +56,7 @@ def search_space(space, n_features, max_macs, batch=None):
     space: in a search of 8 trials on the seed's space it reached validation losses of
     0.59-0.69 where Adam reached 0.44."""
     from ray import tune
+    tried = [name for name, act in ACTIVATIONS.items() if space in act.spaces]
     if space == "original":
         widths = [w for w in (8, 16, 32, 64, 128)
                   if macs_and_params(n_features, (w,))[0] <= max_macs]
@@ -62,9 +64,9 @@ def search_space(space, n_features, max_macs, batch=None):
             architectures(n_features, max_macs)  # raises the clear error
         return {"l0": tune.choice(widths), "lr": tune.loguniform(1e-4, 1e-1),
                 "optimizer": tune.choice(["adam", "sgd"]),
-                "activation": tune.choice(["relu", "leaky_relu", "elu", "tanh"])}
+                "activation": tune.choice(tried)}
     return {"hidden": tune.choice([list(h) for h in architectures(n_features, max_macs)]),
-            "activation": tune.choice(["relu", "elu"]),
+            "activation": tune.choice(tried),
             "lr": tune.loguniform(1e-3, 1e-2),
             "weight_decay": tune.loguniform(1e-5, 1e-2),
             "batch": batch or tune.choice([512, 1024, 2048])}
@@ -89,9 +91,8 @@ class TrialSetup:
     select: str = "loss"
 
     def model_config(self, params):
-        hidden = params["hidden"] if "hidden" in params else [params["l0"]]
         return ModelConfig(network=self.network, n_features=self.n_features,
-                           hidden=tuple(int(w) for w in hidden),
+                           hidden=tuple(int(w) for w in hidden_widths(params)),
                            activation=params["activation"], inputs=self.inputs,
                            normalization=self.normalization,
                            standardization=self.standardization)
@@ -222,7 +223,6 @@ def check_machines(args):
 
 def check_reachable(address, timeout=3.0):
     """Fail fast on an unreachable Ray address (ray.init would retry for minutes)."""
-    import socket
     if address == "auto":
         return
     host, _, port = address.replace("ray://", "").rpartition(":")
@@ -275,7 +275,7 @@ def init_ray(args):
 
 def describe_params(params, n_features):
     """A trial's hyperparameters in one line, with its cost per track."""
-    hidden = params["hidden"] if "hidden" in params else [params["l0"]]
+    hidden = hidden_widths(params)
     macs, n_params = macs_and_params(n_features, hidden)
     text = (f"hidden {'x'.join(str(w) for w in hidden):<11} {macs:>6,} MACs "
             f"{n_params:>6,} params  {params['activation']:<10} lr {params['lr']:.2e}")

@@ -5,30 +5,54 @@ this inside each trial, training.py after the search.
 """
 import copy
 import math
-from dataclasses import asdict, dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 from metrics import quality
+from records import check_fields, in_range, is_int, is_text
 from utils import GhostError, log
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
+# What each training setting of a saved record must hold (null: not recorded).
+FIELD_TYPES = {
+    "optimizer": (is_text, "a string"),
+    "lr": (in_range(0, math.inf, open_lo=True, open_hi=True), "a positive number"),
+    "batch": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "epochs": (lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "seed": (is_int, "a whole number"),
+    "weight_decay": (in_range(0, math.inf, open_hi=True), "a number >= 0"),
+    "schedule": (is_text, "a string"),
+}
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a model is trained (saved beside its ModelConfig, never inside it)."""
-    optimizer: str
-    lr: float                  # the peak learning rate of the schedule
-    batch: int
-    epochs: int
-    seed: int
+    """How a model is trained (saved beside its ModelConfig, never inside it, as
+    flat plain data).  A record of an older toolkit or written by hand may lack
+    settings: None where it does (weight decay and schedule: what the older toolkit
+    trained with, none and constant)."""
+    optimizer: str = None
+    lr: float = None           # the peak learning rate of the schedule
+    batch: int = None
+    epochs: int = None
+    seed: int = None
     weight_decay: float = 0.0  # decoupled (AdamW); L2 for Adam and SGD
     schedule: str = "constant"
 
+    @classmethod
+    def from_dict(cls, d):
+        """The settings a saved record holds (other keys ignored); ValueError naming a
+        malformed one."""
+        check_fields(d, FIELD_TYPES)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
     def to_dict(self):
-        return asdict(self)
+        """The settings recorded (None: not recorded, left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def lr_at(settings, step, total):
@@ -45,6 +69,30 @@ def lr_at(settings, step, total):
     if settings.schedule == "cosine":
         return lr * f / 0.05 if f < 0.05 else lr * 0.5 * (1 + math.cos(math.pi * (f - 0.05) / 0.95))
     return lr
+
+
+def loss_weights(y, weights):
+    """The one class weighting of the loss: each track's weight by its label y (1 =
+    ghost), `weights` = (real, ghost); None without weights (every track weighs 1).
+    A torch tensor as the training loss computes it, real + (ghost - real) * y on
+    the device; a numpy array (the baseline, the reference rows) exactly real or
+    ghost, in float64."""
+    if weights is None:
+        return None
+    real, ghost = weights
+    if isinstance(y, np.ndarray):
+        return np.where(y > 0.5, ghost, real)
+    return real + (ghost - real) * y
+
+
+def log_loss(p, y, weights=None):
+    """The class-weighted binary cross-entropy of probabilities p (numpy) against
+    labels y, as the training loss on logits: the mean of loss_weights x the
+    per-track loss, p kept within [1e-7, 1 - 1e-7]."""
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    terms = y * np.log(q) + (1 - y) * np.log(1 - q)
+    w = loss_weights(y, weights)
+    return float(-np.mean(terms if w is None else w * terms))
 
 
 def seed_everything(seed):
@@ -87,8 +135,6 @@ def shared_tensors(data):
     """(x, y) as CPU tensors over the arrays themselves, no copy: in a Ray trial they
     are the object store's read-only pages, shared by every trial (nothing writes
     to them; torch warns about read-only arrays, so the warning is silenced)."""
-    import warnings
-
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -140,11 +186,8 @@ class Trainer:
 
     def _loss(self, x, y):
         import torch.nn.functional as F
-        weight = None
-        if self.weights is not None:
-            real, ghost = self.weights
-            weight = real + (ghost - real) * y
-        return F.binary_cross_entropy_with_logits(self.model.core(x), y, weight=weight)
+        return F.binary_cross_entropy_with_logits(self.model.core(x), y,
+                                                  weight=loss_weights(y, self.weights))
 
     def set_lr(self):
         """The schedule's learning rate for the next step."""
@@ -227,8 +270,8 @@ def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False):
     forward = model.logits if raw else model.core
     with torch.inference_mode():
         logits = torch.cat([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
-        weight = None if weights is None else weights[0] + (weights[1] - weights[0]) * y
-        loss = float(F.binary_cross_entropy_with_logits(logits, y, weight=weight))
+        loss = float(F.binary_cross_entropy_with_logits(logits, y,
+                                                        weight=loss_weights(y, weights)))
         prob = torch.sigmoid(logits)
         accuracy = float(((prob > threshold).float() == y).float().mean())
     return {"loss": loss, "accuracy": accuracy,

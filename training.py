@@ -15,8 +15,10 @@ import numpy as np
 
 import provenance
 import search_folder
-from architecture import INPUT_LAYERS, default_network, normalizes_inside
+import training_report
+from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
 from artifacts import ARTIFACT, SavedConfig, save_model_files
+from baseline import baseline_scores, fit_baseline
 from cli import Parser, add_format_option, parse_formats, run_cli
 from dataset import load_dataset, load_meta, load_spectators
 from features import LIMIT
@@ -29,10 +31,14 @@ from search import (
     Stopped,
     TrialSetup,
     architectures,
+    best_trial,
     check_machines,
     describe_params,
+    init_ray,
+    run_search,
+    trial_table,
 )
-from trainer import SCHEDULES
+from trainer import SCHEDULES, evaluate, log_loss, predict, quantize, to_tensors
 from utils import GhostError, Stopwatch, log, pick_device
 
 
@@ -170,9 +176,8 @@ def check_learnable(args, splits, n_features):
 def resolve_network(requested, inputs, meta):
     """Network 1 takes raw data, network 0 normalized data; refuse the mix-ups."""
     network = requested if requested is not None else default_network(meta.normalized)
-    if normalizes_inside(network) and meta.normalized:
-        raise GhostError("network 1 normalizes inside the model, but this dataset is "
-                         "already normalized: remake it without --normalize or use --network 0")
+    refuse_normalized(network, meta.normalized, "this dataset is already normalized",
+                      "remake it without --normalize or use --network 0")
     if normalizes_inside(network) and inputs == "minmax" and meta.normalization is None:
         raise GhostError("network 1 needs the normalization recorded in the dataset's "
                          "_features.json; remake the dataset with make_dataset.py")
@@ -211,11 +216,10 @@ def prepare_outputs(args, locks):
         remove_stale_temporaries(args.output_dir)
 
 
-def search(args, splits, setup, record, signals):
+def run_search_step(args, splits, setup, record, signals):
     """The Ray Tune search: the best trial's hyperparameters, weights and epoch, and
     every trial's summary.  Ray runs only here; torch is not imported in this process
     before."""
-    from search import best_trial, init_ray, run_search, trial_table
     try:
         init_ray(args)
         signals.install()  # ray.init put its own SIGTERM handler
@@ -235,7 +239,6 @@ def finish(args, splits, meta, setup, params, state):
     import torch
 
     from models import build_model
-    from trainer import evaluate, predict, quantize, to_tensors
     device = pick_device(args.nocuda, args.cuda)
     torch.manual_seed(args.seed)
     config, settings = setup.model_config(params), setup.train_settings(params)
@@ -248,7 +251,7 @@ def finish(args, splits, meta, setup, params, state):
     wanted = splits if args.save else ("valid",)  # the report wants every split
     scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
-                        threshold=args.threshold, training=settings.to_dict(),
+                        threshold=args.threshold, training=settings,
                         metrics=dict(rows), **model_record(meta, splits, scores["network"]),
                         provenance=provenance.record(
                             args.filename, meta, search_record(args), dict(params),
@@ -299,16 +302,12 @@ def references(args, splits, setup, spectators):
     rows, scores = {}, {}
     test_x, test_y = splits["test"]
     if args.baseline:
-        from baseline import baseline_scores, fit_baseline
         clock = Stopwatch()
         trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
         scores = {"test": baseline_scores(trees, test_x)}
         p, y = scores["test"].astype(np.float64), test_y.ravel()
-        w = (np.ones_like(y) if setup.weights is None else
-             np.where(y > 0.5, setup.weights[1], setup.weights[0]))
-        q = np.clip(p, 1e-7, 1 - 1e-7)
         rows["baseline (test)"] = {
-            "loss": float(-np.mean(w * (y * np.log(q) + (1 - y) * np.log(1 - q)))),
+            "loss": log_loss(p, y, setup.weights),
             "accuracy": float(np.mean((p > args.threshold) == (y > 0.5))),
             **quality(p, y)}
         log(f"baseline: gradient-boosted trees, {trees.n_iter_} iterations, "
@@ -334,7 +333,6 @@ def print_table(rows, mix):
 
 def save(args, artifacts, report, trials, best):
     """Every model's files and the report folder, all renamed into place together."""
-    import training_report
     folder = os.path.join(args.output_dir, "training_report")
     prepare_folder(folder, "the report folder")
     with AtomicOutputs() as out:
@@ -373,7 +371,7 @@ def run(args, signals):
             + f" ({meta.mix()}); network {setup.network}"
             + (f" ({setup.inputs} inputs)" if normalizes_inside(setup.network) else "")
             + f"; {args.num_samples} trials x {args.epochs} epochs, select by {args.select}")
-        params, state, epoch, trials = search(args, splits, setup, record, signals)
+        params, state, epoch, trials = run_search_step(args, splits, setup, record, signals)
         log(f"search done in {clock():.1f} s; best: "
             f"{describe_params(params, setup.n_features)} (epoch {epoch})")
         artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
@@ -382,12 +380,11 @@ def run(args, signals):
         for _, _, saved in artifacts:  # "baseline (test)" -> "baseline"
             saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
         if args.save:
-            from trainer import predict
-            from training_report import ReportInput
             model = artifacts[0][1]
-            report = ReportInput(splits, meta, spectators, artifacts[0][2],
-                                 {**scores, **({"baseline": baseline} if baseline else {})},
-                                 lambda x: predict(model, x))
+            report = training_report.ReportInput(
+                splits, meta, spectators, artifacts[0][2],
+                {**scores, **({"baseline": baseline} if baseline else {})},
+                lambda x: predict(model, x))
             save(args, artifacts, report, trials, params)
     log(f"total time {clock():.1f} s")
 

@@ -176,13 +176,14 @@ def make_models(prefix, folder):
     from dataset import load_meta
     from models import build_model
     from outputs import AtomicOutputs
+    from trainer import TrainSettings
     torch.manual_seed(0)
     meta = load_meta(prefix)
     config = ModelConfig(network=1, n_features=len(meta.features), hidden=(8,),
                          inputs="standard", normalization=meta.normalization,
                          standardization=meta.standardization)
     saved = SavedConfig(model=config, track=meta.track, features=meta.features,
-                        threshold=0.5, training={"epochs": 1, "seed": 0},
+                        threshold=0.5, training=TrainSettings(epochs=1, seed=0),
                         working_point={"efficiency": 0.99, "threshold": 0.5},
                         training_prior=0.5, ghost_fraction=meta.ghost_fraction)
     with AtomicOutputs() as out:

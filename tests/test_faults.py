@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from faultlib import ForkServer, assert_refused, assert_unchanged, flipped, snapshot, truncated
 
 import make_dataset
 from conftest import ROOT_DIR, assert_clean_error, run_script
 from dataset import load_dataset, load_split
+from faultlib import ForkServer, assert_refused, assert_unchanged, flipped, snapshot, truncated
 from features import DEFAULT_TREE, LABEL, MinMax, Standardize, features_for
 from utils import GhostError
 

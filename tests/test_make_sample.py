@@ -18,7 +18,7 @@ with warnings.catch_warnings():
 
 TREE = "kalman_validator/kalman_ip_tree"
 N = 5000
-# The schema of shared/docs/ghost-data.md, written out again so a slip in the module shows.
+# The schema of README.md ("Data"), written out again so a slip in the module shows.
 SCHEMA = """z x y tx ty qop first_qop best_qop best_pt chi2 chi2V chi2T chi2UT ndof ndofV ndofT
 kalman_ip kalman_ipx kalman_ipy kalman_ip_chi2 kalman_docaz velo_ip velo_ipx velo_ipy
 velo_ip_chi2 velo_docaz n_velo n_ut n_scifi pr_forward_quality pr_match_chi2 pr_match_dtx
