@@ -8,6 +8,7 @@ runs on a machine without it.
 import glob
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,6 @@ def expand_inputs(patterns):
 
 def import_root():
     try:
-        import warnings
         with warnings.catch_warnings():  # the PyPI wheel warns that it is "alpha"
             warnings.simplefilter("ignore")
             import ROOT
