@@ -1,0 +1,99 @@
+"""The tree's shape, as the README's module table states it: the imports of every
+module (function-level ones included) form no circle and never climb from a lower
+wing to a higher one, and a function-level import is only of a heavy library (or
+of a module that imports one), never a way to hide a circle."""
+import ast
+import glob
+import os
+
+from conftest import ROOT_DIR
+
+# Wings from the bottom up: a module imports only from its own wing or those below.
+WINGS = [
+    ("plumbing", ["utils", "cli", "records", "provenance", "outputs"]),
+    ("data", ["features", "rootio", "rootwrite", "dataset"]),
+    ("measures", ["metrics", "kinematics", "compare", "diagnostics"]),
+    ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
+               "scoring", "inputs"]),
+    ("search", ["search_folder", "search"]),
+    ("figures", ["plots", "diagnostic_plots"]),
+    ("analysis", ["evaluation"]),
+    ("report", ["report", "training_report"]),
+    ("entry points", ["make_sample", "make_dataset", "training", "inference"]),
+]
+HEAVY = {"ROOT", "ray", "torch", "torchvision", "matplotlib", "mplhep", "onnx",
+         "onnxruntime", "onnx2torch", "sklearn", "scipy", "cppyy"}
+
+
+def _imports():
+    """{module: [(imported top-level name, line, inside a function)]}"""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(ROOT_DIR, "*.py"))):
+        name = os.path.basename(path)[:-3]
+        tree = ast.parse(open(path).read())
+        inner = {id(n) for f in ast.walk(tree)
+                 if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(f)}
+        rows = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module.split(".")[0]]
+            else:
+                continue
+            rows += [(t, node.lineno, id(node) in inner) for t in targets]
+        found[name] = rows
+    return found
+
+
+def _heavy_modules(found):
+    """Project modules that import a heavy library at module level, directly or
+    through another project module."""
+    heavy = set()
+    while True:
+        more = {m for m, rows in found.items() if m not in heavy and any(
+            not inner and (t in HEAVY or t in heavy) for t, _, inner in rows)}
+        if not more:
+            return heavy
+        heavy |= more
+
+
+def test_every_module_has_a_wing():
+    found = _imports()
+    placed = [m for _, mods in WINGS for m in mods]
+    assert len(placed) == len(set(placed))
+    assert sorted(set(found) - set(placed)) == [], "modules without a wing"
+    assert sorted(set(placed) - set(found)) == [], "wings name missing modules"
+
+
+def test_no_circle_and_no_import_climbs():
+    found = _imports()
+    rank = {m: i for i, (_, mods) in enumerate(WINGS) for m in mods}
+    climbs = [f"{m}:{line} imports {t}" for m, rows in found.items()
+              for t, line, _ in rows if t in rank and t != m and rank[t] > rank[m]]
+    assert climbs == []
+    graph = {m: {t for t, _, _ in rows if t in found and t != m} for m, rows in found.items()}
+    state, circles = {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                circles.append(path[path.index(t):] + [t])
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = "done"
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert circles == []
+
+
+def test_function_level_imports_are_of_heavy_libraries_only():
+    found = _imports()
+    heavy = _heavy_modules(found)
+    light = [f"{m}:{line} imports {t} inside a function" for m, rows in found.items()
+             for t, line, inner in rows
+             if inner and t not in HEAVY and t not in heavy and t != "__future__"]
+    assert light == []
