@@ -10,6 +10,7 @@ import pytest
 import inference
 import report
 import rootio
+import rootwrite
 from architecture import ModelConfig
 from artifacts import SavedConfig, onnx_bytes
 from conftest import ROOT_DIR, assert_clean_error, run_script
@@ -485,7 +486,7 @@ def test_help_imports_nothing_heavy():
 def test_empty_rntuple_is_a_clean_error(trained, tmp_path):
     from make_sample import generate
     path = str(tmp_path / "empty.root")
-    rootio.write_root(path, DEFAULT_TREE, {k: v[:0] for k, v in generate(10).items()},
+    rootwrite.write_root(path, DEFAULT_TREE, {k: v[:0] for k, v in generate(10).items()},
                      fmt="rntuple")
     proc = run_script("inference.py", "-f", path, "--model", trained["net1"],
                       "--plots-dir", tmp_path / "p")

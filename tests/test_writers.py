@@ -243,6 +243,7 @@ def test_root_writes_keep_types_and_entries(tmp_path):
     """The writer that replaced RDataFrame's Snapshot: every numpy type as its ROOT
     type, TTree and RNTuple, entries in order, an empty tree."""
     import rootio
+    import rootwrite
     rng = np.random.default_rng(0)
     cols = {"f": rng.normal(size=1000).astype(np.float32), "d": rng.normal(size=1000),
             "i": rng.integers(-5, 5, 1000).astype(np.int32),
@@ -252,17 +253,17 @@ def test_root_writes_keep_types_and_entries(tmp_path):
             "u8": "uint8"}
     for fmt in ("ttree", "rntuple"):
         path = str(tmp_path / f"{fmt}.root")
-        rootio.write_root(path, "dir/sub/t", cols, fmt=fmt, zstd_level=1)
+        rootwrite.write_root(path, "dir/sub/t", cols, fmt=fmt, zstd_level=1)
         info = rootio.inspect_tree(path, "dir/sub/t")
         assert info.kind == ("TTree" if fmt == "ttree" else "RNTuple")
         assert info.entries == 1000 and info.columns == want
         back = rootio.read_root([path], "dir/sub/t", list(cols))
         for name, values in cols.items():
             np.testing.assert_array_equal(back[name], values.astype(np.float32))
-        rootio.write_root(path, "t", {k: v[:0] for k, v in cols.items()}, fmt=fmt)
+        rootwrite.write_root(path, "t", {k: v[:0] for k, v in cols.items()}, fmt=fmt)
         assert rootio.inspect_tree(path, "t").entries == 0
     with pytest.raises(rootio.GhostError, match="complex128"):
-        rootio.write_root(str(tmp_path / "c.root"), "t", {"c": np.zeros(3, complex)})
+        rootwrite.write_root(str(tmp_path / "c.root"), "t", {"c": np.zeros(3, complex)})
     assert not os.path.exists(tmp_path / "c.root")
 
 
