@@ -1,6 +1,6 @@
-"""training.py never deletes what is not its own search, continues only the search
-it was given, refuses what cannot be learned before Ray starts, and ends on a
-failing trial, a signal or a full disk with one line."""
+"""search_folder.py and the search's signals: training.py never deletes what is not
+its own search, continues only the search it was given (--resume), and ends on a
+signal with one line, its search kept for --resume."""
 import glob
 import json
 import os
@@ -13,36 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT_DIR, assert_clean_error, run_script
+from helpers import ROOT_DIR, alive, assert_clean_error, descendants, recount, run_script
 from search_folder import MARKER
 
 SEARCH = ["-n", "2", "--epochs", "3", "--batch", "512", "--cpu", "1"]
-
-
-def _children(pid):
-    """The PIDs of `pid`'s descendants (Ray's processes, for a driver)."""
-    parents = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-    out, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +35,7 @@ def stopped(raw_dataset, tmp_path_factory):
     children = []
     for line in proc.stdout:
         if line.startswith("[1/2]"):
-            children = _children(proc.pid)
+            children = descendants(proc.pid)
             proc.send_signal(signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=300)
@@ -83,9 +57,9 @@ def test_sigterm_ends_the_search_with_one_line_and_keeps_it(stopped):
     assert not out.exists() or not list(out.iterdir())  # no model, no temporary
     assert stopped["children"]  # Ray's processes, shut down with the driver
     deadline = time.time() + 60
-    while any(map(_alive, stopped["children"])) and time.time() < deadline:
+    while any(map(alive, stopped["children"])) and time.time() < deadline:
         time.sleep(0.5)
-    assert not [p for p in stopped["children"] if _alive(p)]
+    assert not [p for p in stopped["children"] if alive(p)]
 
 
 def _copy(stopped, tmp_path):
@@ -107,11 +81,11 @@ def test_resume_refuses_other_options(stopped, tmp_path):
 def test_resume_refuses_another_dataset(stopped, tmp_path, raw_dataset):
     _, args = _copy(stopped, tmp_path)
     prefix = str(tmp_path / "other")
-    for name in ("_features.json", "_valid_data.npy", "_valid_labels.npy",
-                 "_test_data.npy", "_test_labels.npy"):
+    for name in ("_valid_data.npy", "_valid_labels.npy", "_test_data.npy", "_test_labels.npy"):
         os.symlink(raw_dataset + name, prefix + name)
     for name in ("_train_data.npy", "_train_labels.npy"):
         np.save(prefix + name, np.load(raw_dataset + name)[:-1000])
+    recount(prefix, raw_dataset)  # a dataset of its own, consistent in itself
     args[args.index("-f") + 1] = prefix
     proc = run_script("training.py", *args, "--resume")
     assert_clean_error(proc, "-f ", "in the stored search", "without --resume")
@@ -153,9 +127,31 @@ def test_resume_refuses_what_it_cannot_continue(stopped, tmp_path, case, needles
     assert "trials x" not in proc.stdout  # refused before Ray
 
 
+@pytest.mark.ray
+def test_resume_an_interrupted_search(raw_dataset, tmp_path):
+    args = [sys.executable, "-u", os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
+            "-n", "3", "--epochs", "3", "--batch", "512", "--cpu", "1",
+            "--path", str(tmp_path / "ray"), "--save", "--output-dir", str(tmp_path / "m")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("[1/3]"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "--resume" in err
+    assert not (tmp_path / "m" / "ghost_model.pth").exists()
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "[1/3]" not in resumed.stdout
+    assert "[3/3]" in resumed.stdout
+    assert (tmp_path / "m" / "ghost_model.onnx").is_file()
+
+
 # ---------------------------------------------------------------------------
 # names and folders that are not the search's own: refused, before anything runs
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["..", "", ".", "a/b", "ABSOLUTE", "mine"])
 def test_name_never_reaches_outside_the_search(raw_dataset, tmp_path, name):
@@ -182,111 +178,3 @@ def test_empty_path_is_refused(raw_dataset, tmp_path):
     proc = run_script("training.py", "-f", raw_dataset, "--path", "", cwd=tmp_path)
     assert_clean_error(proc, "--path")
     assert not list(tmp_path.iterdir())
-
-
-# ---------------------------------------------------------------------------
-# what cannot be learned: refused before Ray starts, no folder made
-# ---------------------------------------------------------------------------
-
-def _variant(raw_dataset, prefix, **arrays):
-    """raw_dataset with some arrays replaced ({split}_{data|labels}: array)."""
-    for split in ("train", "valid", "test"):
-        for kind in ("data", "labels"):
-            path = f"{prefix}_{split}_{kind}.npy"
-            if f"{split}_{kind}" in arrays:
-                np.save(path, arrays[f"{split}_{kind}"])
-            else:
-                os.symlink(f"{raw_dataset}_{split}_{kind}.npy", path)
-    os.symlink(raw_dataset + "_features.json", prefix + "_features.json")
-    return prefix
-
-
-@pytest.mark.parametrize("case,needles", [
-    ("one_class", ["valid split", "only real tracks"]),
-    ("empty_test", ["test split", "no tracks"]),
-    ("constant", ["every feature of the training split", "constant"]),
-    ("budget", ["--max-macs 10", "no architecture fits"]),
-])
-def test_what_cannot_be_learned_is_refused_before_ray(raw_dataset, tmp_path, case, needles):
-    valid_y = np.load(raw_dataset + "_valid_labels.npy")
-    train_x = np.load(raw_dataset + "_train_data.npy")
-    arrays, extra = {}, []
-    if case == "one_class":
-        arrays["valid_labels"] = np.zeros_like(valid_y)
-    elif case == "empty_test":
-        arrays["test_data"] = np.zeros((0, train_x.shape[1]), np.float32)
-        arrays["test_labels"] = np.zeros((0, 1), np.float32)
-    elif case == "constant":
-        arrays["train_data"] = np.ones_like(train_x)
-    else:
-        extra = ["--max-macs", "10"]
-    prefix = _variant(raw_dataset, str(tmp_path / "ds"), **arrays)
-    proc = run_script("training.py", "-f", prefix, "-n", "1", "--epochs", "1", "--cpu", "1",
-                      "--path", tmp_path / "ray", "--save", "--output-dir", tmp_path / "m",
-                      *extra)
-    assert_clean_error(proc, *needles)
-    assert "trials x" not in proc.stdout
-    assert not (tmp_path / "ray").exists() and not (tmp_path / "m").exists()
-
-
-# ---------------------------------------------------------------------------
-# failing trials and a full disk: one line each, no traceback
-# ---------------------------------------------------------------------------
-
-FAILING = """
-import errno, sys
-import search, training, utils
-def failing_trial(params, setup, data):
-    raise {error}
-search.train_trial = failing_trial  # pickled by value: the trials run it
-utils.run_cli(training.main, sys.argv[1:])
-"""
-
-
-def _run_with_failing_trials(error, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT_DIR}
-    return subprocess.run([sys.executable, "-c", FAILING.format(error=error), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=ROOT_DIR, timeout=600)
-
-
-def _trial_lines(proc, n):
-    lines = [ln for ln in proc.stdout.splitlines() if " failed: " in ln]
-    assert len(lines) == n, proc.stdout
-    return lines
-
-
-def test_a_failing_trial_is_one_line_and_its_log_stays(raw_dataset, tmp_path):
-    proc = _run_with_failing_trials('ValueError("the trial broke")', "-f", raw_dataset,
-                                    "-n", "1", "--epochs", "1", "--cpu", "1",
-                                    "--path", tmp_path / "ray")
-    assert_clean_error(proc, "all 1 trials failed", "the trial broke")
-    assert "Traceback" not in proc.stdout + proc.stderr
-    [line] = _trial_lines(proc, 1)
-    assert "[1/1] trial" in line and "ValueError: the trial broke" in line
-    log = line.rsplit("(its log: ", 1)[1].rstrip(")")
-    assert log.startswith(str(tmp_path / "ray" / "ghost_search"))
-    assert "the trial broke" in open(os.path.join(log, "error.txt")).read()
-
-
-def test_a_full_disk_under_path_is_one_line(raw_dataset, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs",
-                                  str(disk)], capture_output=True).returncode == 0
-    except OSError:  # no mount command
-        mounted = False
-    args = ["-f", raw_dataset, "-n", "1", "--epochs", "1", "--cpu", "1",
-            "--path", disk / "ray"]
-    try:
-        if mounted:
-            proc = run_script("training.py", *args)
-        else:  # no mount here: the trial's write fails as on a full disk
-            proc = _run_with_failing_trials(
-                'OSError(errno.ENOSPC, "No space left on device")', *args)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(disk)], check=True)
-    assert_clean_error(proc, "space")
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert "No space left on device" in _trial_lines(proc, 1)[0]
