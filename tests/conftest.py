@@ -7,6 +7,8 @@ those that run a search themselves are marked where they are defined, those that
 use a fixture running one (RAY_FIXTURES, here or in their module) are marked here.
 Under pytest-xdist (`make test`: -n 2) the searches run one after another on one
 worker (one search at a time), the other tests module by module beside them."""
+import contextlib
+import io
 import json
 import os
 
@@ -17,8 +19,8 @@ from helpers import (
     SavedSearch,
     made_once,
     quick_models_in,
-    run_script,
     sample_file,
+    search,
     torch_scores,
     write_tracks,
 )
@@ -29,7 +31,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # costs ten times the work it shares
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SEARCH_FIXTURES = {"budget_search", "stopped"}  # searches of a module's own
+SEARCH_FIXTURES = {"budget_search", "stopped", "contested"}  # a module's own searches
 RAY_FIXTURES = SEARCH_FIXTURES | {"trained_model"}
 
 
@@ -158,10 +160,10 @@ def trained_model(raw_dataset, tmp_path_factory):
     INT8, the baseline, figures as PNG and PDF), shared by every test that only
     reads a trained model, its report or its console: a SavedSearch."""
     def make(folder):
-        proc = run_script("training.py", "-f", raw_dataset, *SEARCH, "--format", "png,pdf",
-                          "--path", folder / "ray", "--save", "--output-dir", folder / "models")
-        assert proc.returncode == 0, proc.stderr
-        return SavedSearch(folder / "models", folder / "ray", proc.stdout)
+        console = io.StringIO()
+        with contextlib.redirect_stdout(console):
+            models = search(raw_dataset, folder, *SEARCH, "--format", "png,pdf")
+        return SavedSearch(models, folder / "ray", console.getvalue())
     return made_once(tmp_path_factory, "trained", make)
 
 

@@ -195,13 +195,14 @@ class SavedSearch:
     stdout: str
 
 
-def search(prefix, folder, *options, save=True):
-    """training.py -f prefix in-process, its Ray folder and models under `folder`;
-    returns the model folder."""
+def search(prefix, folder, *options):
+    """training.py -f prefix ... --save in-process, its Ray folder and models under
+    `folder`; returns the model folder."""
     import training
     out = Path(folder) / "models"
-    training.main(["-f", str(prefix), *map(str, options), "--path", str(Path(folder) / "ray"),
-                   *(["--save", "--output-dir", str(out)] if save else [])])
+    code = training.main(["-f", str(prefix), *map(str, options), "--path",
+                          str(Path(folder) / "ray"), "--save", "--output-dir", str(out)])
+    assert code in (None, 0), f"the search ended with {code}"  # 128 + n: signal n
     return out
 
 

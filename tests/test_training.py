@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,6 +86,7 @@ def test_baseline_and_limit_are_reported_beside_the_network(trained_model, raw_d
 
 def test_baseline_rows_on_the_console(trained_model):
     out = trained_model.stdout
+    assert out.splitlines()[-1].startswith("total time")  # the run's last line: it ended
     rows = {ln.split()[0]: ln for ln in out.splitlines()
             if ln.startswith(("test ", "baseline (test)", "limit (test)"))}
     assert set(rows) == {"test", "baseline", "limit"}
@@ -245,8 +247,33 @@ def _dead_pid():
     return proc.pid
 
 
-@pytest.mark.ray
-def test_a_running_search_locks_its_folders(raw_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def contested(raw_dataset, tmp_path_factory):
+    """A small search started on folders whose locks and a temporary were left by
+    killed runs (SIGKILL), and the same search started again while the first runs."""
+    tmp = tmp_path_factory.mktemp("contested")
+    out, ray_dir = tmp / "m", tmp / "ray"
+    out.mkdir()
+    ray_dir.mkdir()
+    (ray_dir / ".ghost_search.lock").write_text(f"{_dead_pid()}\n")
+    (out / ".ghost_tracks.lock").write_text(f"{_dead_pid()}\n")
+    stale = out / f".ghost_model.tmp{_dead_pid()}_3.onnx"
+    stale.write_text("half a model")
+    args = [sys.executable, os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
+            *SMALL, "--path", str(ray_dir), "--save", "--output-dir", str(out)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:  # the first one holds its locks once it starts Ray
+            if "trials x" in line:
+                break
+        second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    finally:
+        _, err = first.communicate(timeout=600)
+    return SimpleNamespace(first=first, err=err, second=second, out=out, ray=ray_dir,
+                           stale=stale)
+
+
+def test_a_running_search_locks_its_folders(raw_dataset, tmp_path, contested):
     out, ray_dir = tmp_path / "m", tmp_path / "ray"
     out.mkdir()
     ray_dir.mkdir()
@@ -260,30 +287,14 @@ def test_a_running_search_locks_its_folders(raw_dataset, tmp_path):
     assert_clean_error(proc, "--path", "in use by another run")
     assert not (out / "ghost_model.onnx").exists()
     # a lock whose owner died (SIGKILL) is taken over, as are its temporaries
-    (ray_dir / ".ghost_search.lock").write_text(f"{_dead_pid()}\n")
-    (out / ".ghost_tracks.lock").write_text(f"{_dead_pid()}\n")
-    stale = out / f".ghost_model.tmp{_dead_pid()}_3.onnx"
-    stale.write_text("half a model")
-    proc = run_script("training.py", *args)
-    assert proc.returncode == 0, proc.stderr
+    out, ray_dir, stale = contested.out, contested.ray, contested.stale
+    assert contested.first.returncode == 0, contested.err
     assert (out / "ghost_model.onnx").is_file() and not stale.exists()
     assert not (out / ".ghost_tracks.lock").exists()
     assert not (ray_dir / ".ghost_search.lock").exists()
 
 
-@pytest.mark.ray
-def test_two_searches_at_once_one_is_refused(raw_dataset, tmp_path):
-    args = [sys.executable, os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
-            *SMALL, "--path", str(tmp_path / "ray"), "--save", "--output-dir",
-            str(tmp_path / "m")]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in first.stdout:  # the first one holds its locks once it starts Ray
-            if "trials x" in line:
-                break
-        second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-        assert_clean_error(second, "in use by another run", str(first.pid))
-    finally:
-        out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err
-    assert (tmp_path / "m" / "ghost_model.onnx").is_file()
+def test_two_searches_at_once_one_is_refused(contested):
+    assert_clean_error(contested.second, "in use by another run", str(contested.first.pid))
+    assert contested.first.returncode == 0, contested.err
+    assert (contested.out / "ghost_model.onnx").is_file()
