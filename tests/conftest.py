@@ -37,46 +37,54 @@ RAY_FIXTURES = SEARCH_FIXTURES | {"trained_model"}
 
 @pytest.hookimpl(tryfirst=True)  # before -m reads the markers
 def pytest_collection_modifyitems(config, items):
-    groups = {}
+    units = {}
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
         searches = item.get_closest_marker("ray") is not None or bool(uses & SEARCH_FIXTURES)
         if uses & RAY_FIXTURES:
             item.add_marker(pytest.mark.ray)
-        # pytest-xdist's units of work, in this order: the tests that run searches (the
-        # one that makes trained_model first), each module's other tests, and last those
-        # that only read trained_model, made by then
-        groups[item.nodeid] = ((0, "trained_model" not in uses, "ray") if searches else
-                               (2, 0, "trained") if "trained_model" in uses else
-                               (1, 0, item.nodeid.split("::")[0]))
+        units[item.nodeid] = _unit(item.nodeid, uses, searches)
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: groups[item.nodeid][:2])
-        path = _groups_file(config)
+        items.sort(key=lambda item: units[item.nodeid][0])
+        path = _units_file(config)
         tmp = path.with_suffix(f".{os.environ['PYTEST_XDIST_WORKER']}")
-        tmp.write_text(json.dumps({nodeid: group[2] for nodeid, group in groups.items()}))
+        tmp.write_text(json.dumps({nodeid: unit for nodeid, (_, unit) in units.items()}))
         os.replace(tmp, path)
 
 
-def _groups_file(config):
-    """Where the workers leave each test's unit of work for the scheduler."""
+def _unit(nodeid, uses, searches):
+    """A test's place in line and its unit of work under pytest-xdist: the searches
+    first, one after another (the one that makes trained_model first of all), then
+    each module's other tests, last those that only read trained_model (made by then)."""
+    if searches:
+        return (0, "trained_model" not in uses), "ray"
+    if "trained_model" in uses:
+        return (2, 0), "trained"
+    return (1, 0), nodeid.split("::")[0]
+
+
+def _units_file(config):
+    """Each test's unit of work, from the workers (they collect) to the scheduler (it
+    does not): xdist's own --dist loadgroup renames the tests, which pytest 9 no
+    longer lets it do."""
     base = config._tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "groups.json"
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "units.json"
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist: the searches one unit of work, the readers of trained_model
-    another, the other tests one per module; given out in the workers' order."""
+    """pytest-xdist (make test: -n 2): one unit of work at a time to each worker, in
+    the workers' order, so the searches run on one worker, one after another."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class RayTogether(LoadScopeScheduling):
+    class Units(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            if not hasattr(self, "groups"):
-                self.groups = json.loads(_groups_file(config).read_text())
-            return self.groups[nodeid]
+            if not hasattr(self, "units"):
+                self.units = json.loads(_units_file(config).read_text())
+            return self.units[nodeid]
 
-    config.option.loadscopereorder = False
-    return RayTogether(config, log)
+    config.option.loadscopereorder = False  # the workers' order, not the largest first
+    return Units(config, log)
 
 
 @pytest.fixture(scope="session")

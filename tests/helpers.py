@@ -1,6 +1,8 @@
 """What the tests share besides fixtures (those are in conftest.py): running a script
-as a user would, the one-line error check, sample files, a briefly trained model, the
-search every model-reading test shares, and compiling a C++ header."""
+as a user would (from a warm fork server), the one-line error check, sample files,
+what is made once per test run, the searches and briefly trained models, Ray clusters
+and processes, compiling a C++ header."""
+import atexit
 import glob
 import os
 import pickle
@@ -9,11 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from faultlib import ForkServer
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -51,10 +56,6 @@ def fork_server():
     """This process's faultlib.ForkServer (in a folder of its own, closed at exit),
     its ROOT compiler warmed on a small sample."""
     if not _FORKS:
-        import atexit
-        import tempfile
-
-        from faultlib import ForkServer
         folder = tempfile.mkdtemp(prefix="ghost_tracks_forks_")
         server = ForkServer(os.path.join(folder, "server.log"),
                             warm_root=os.path.join(folder, "warm.root"))

@@ -104,8 +104,8 @@ def _int8_session(path, optimized):
 def test_int8_onnx_weights_are_7_bit(trained_model):
     """Every quantized weight is an integer in [-63, 63]: pairs of u8 x s8 products then
     fit the 16-bit sums of onnxruntime's AVX2 kernels (no VNNI), so no CPU saturates."""
-    trained = trained_model.models
     from onnx import numpy_helper
+    trained = trained_model.models
     proto = onnx.load(str(trained / "ghost_model_int8.onnx"))
     consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for node in proto.graph.node:  # constants may also come as Constant nodes

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import inference
 from architecture import ModelConfig
 from artifacts import SavedConfig, onnx_bytes
 from features import LIMIT, Standardize, features_for
@@ -15,7 +16,6 @@ from models import build_model
 
 def test_compare_models_and_the_gap_to_the_limit(trained_model, tmp_path, matching_file):
     trained = trained_model.models
-    import inference
     plots = tmp_path / "p"
     other = tmp_path / "other.onnx"
     other.write_bytes((trained / "ghost_model.onnx").read_bytes())

@@ -42,7 +42,6 @@ def test_the_header_compiles_and_matches_onnxruntime(trained_model, raw_dataset,
 
 def test_the_int8_header_holds_integer_arithmetic(trained_model):
     trained = trained_model.models
-    import re
     text = (trained / "ghost_model_int8.hpp").read_text()
     config = load_config(str(trained / "ghost_model_int8_config.json"))
     assert "constexpr bool int8 = true;" in text and "std::int32_t acc" in text

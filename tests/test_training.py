@@ -46,11 +46,11 @@ def test_network0_on_normalized_dataset(norm_dataset, tmp_path):
 
 
 def test_the_model_records_its_working_point_prior_and_ranges(trained_model, raw_dataset):
-    trained = trained_model.models
     import torch
 
     from models import load_model
     from trainer import predict
+    trained = trained_model.models
     config = load_config(str(trained / "ghost_model_config.json"))
     model = load_model(ModelConfig.from_dict(config),
                        torch.load(trained / "ghost_model.pth", weights_only=True))

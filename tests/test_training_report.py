@@ -36,8 +36,8 @@ def test_index_html_shows_every_figure_with_its_caption(trained_model):
 
 
 def test_results_root_file_for_root_users(trained_model):
-    trained = trained_model.models
     from rootio import import_root
+    trained = trained_model.models
     ROOT = import_root()
     f = ROOT.TFile.Open(str(trained / "training_report" / "results.root"))
     names = {k.GetName() for k in f.GetListOfKeys()}
