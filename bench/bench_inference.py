@@ -40,6 +40,7 @@ def prepare(cache, tracks):
         import torch
 
         import models
+        import trainer
         from architecture import ModelConfig
         from artifacts import SavedConfig, onnx_bytes
         from features import MinMax, features_for
@@ -54,14 +55,14 @@ def prepare(cache, tracks):
                              normalization=MinMax.fit(x, names))
         torch.manual_seed(0)
         model = models.build_model(config)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        for _ in range(300):
-            i = torch.randint(0, len(xt), (1024,))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model.logits(xt[i]), yt[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        cpu = torch.device("cpu")
+        settings = trainer.TrainSettings(optimizer="adam", lr=1e-2, batch=1024, epochs=3,
+                                         seed=0)
+        loop = trainer.Trainer(model, trainer.make_optimizer(settings, model, cpu),
+                               *trainer.to_tensors(model, (x, y), cpu), settings.batch,
+                               settings.seed, settings=settings)
+        for _ in range(settings.epochs):  # about 300 steps of 1,024 tracks
+            loop.epoch()
         with open(model_path, "wb") as f:
             saved = SavedConfig(model=config, track="matching", features=names, threshold=0.5)
             f.write(onnx_bytes(model.eval(), saved))

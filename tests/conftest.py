@@ -1,89 +1,206 @@
-"""Shared fixtures: small synthetic Allen files and datasets made once per session."""
+"""Shared fixtures: small synthetic Allen files, datasets and models made once per test
+run (helpers.made_once: once for all pytest-xdist workers too).  Helpers (running a
+script, the one-line error check, ...) are in helpers.py.
+
+Tests that start Ray carry the `ray` marker, so that `pytest -m "not ray"` skips them:
+those that run a search themselves are marked where they are defined, those that
+use a fixture running one (RAY_FIXTURES, here or in their module) are marked here.
+Under pytest-xdist (`make test`: -n 2) the searches run one after another on one
+worker (one search at a time), the other tests module by module beside them."""
+import contextlib
+import io
+import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import (
+    SEARCH,
+    SavedSearch,
+    made_once,
+    quick_models_in,
+    sample_file,
+    search,
+    torch_scores,
+    write_tracks,
+)
+
 os.environ.setdefault("MPLBACKEND", "Agg")
+# one thread per process (the scripts and Ray inherit it): the tests' networks are
+# tiny, each pytest-xdist worker has a core, and torch's thread pool on a busy machine
+# costs ten times the work it shares
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SEARCH_FIXTURES = {"budget_search", "stopped", "contested"}  # a module's own searches
+RAY_FIXTURES = SEARCH_FIXTURES | {"trained_model"}
 
 
-def run_script(script, *args, cwd=None, timeout=600):
-    """Run one of the toolkit's scripts as a user would; returns CompletedProcess."""
-    return subprocess.run([sys.executable, os.path.join(ROOT_DIR, script), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+@pytest.hookimpl(tryfirst=True)  # before -m reads the markers
+def pytest_collection_modifyitems(config, items):
+    units = {}
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        searches = item.get_closest_marker("ray") is not None or bool(uses & SEARCH_FIXTURES)
+        if uses & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+        units[item.nodeid] = _unit(item.nodeid, uses, searches)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: units[item.nodeid][0])
+        path = _units_file(config)
+        tmp = path.with_suffix(f".{os.environ['PYTEST_XDIST_WORKER']}")
+        tmp.write_text(json.dumps({nodeid: unit for nodeid, (_, unit) in units.items()}))
+        os.replace(tmp, path)
 
 
-def assert_clean_error(proc, *needles):
-    """Exit code 2, no traceback, and a one-line `error:` naming the needles."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
+def _unit(nodeid, uses, searches):
+    """A test's place in line and its unit of work under pytest-xdist: the searches
+    first, one after another (the one that makes trained_model first of all), then
+    each module's other tests, last those that only read trained_model (made by then)."""
+    if searches:
+        return (0, "trained_model" not in uses), "ray"
+    if "trained_model" in uses:
+        return (2, 0), "trained"
+    return (1, 0), nodeid.split("::")[0]
+
+
+def _units_file(config):
+    """Each test's unit of work, from the workers (they collect) to the scheduler (it
+    does not): xdist's own --dist loadgroup renames the tests, which pytest 9 no
+    longer lets it do."""
+    base = config._tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "units.json"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (make test: -n 2): one unit of work at a time to each worker, in
+    the workers' order, so the searches run on one worker, one after another."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            if not hasattr(self, "units"):
+                self.units = json.loads(_units_file(config).read_text())
+            return self.units[nodeid]
+
+    config.option.loadscopereorder = False  # the workers' order, not the largest first
+    return Units(config, log)
 
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("samples")
+    return made_once(tmp_path_factory, "samples", lambda folder: folder)
 
 
-def _sample(sample_dir, name, **kw):
-    from make_sample import make_sample
-    path = str(sample_dir / name)
-    if not os.path.exists(path):
-        make_sample(path, **kw)
-    return path
+def _sample(tmp_path_factory, name, **kw):
+    return made_once(tmp_path_factory, name, lambda d: sample_file(d, f"{name}.root", **kw))
 
 
 @pytest.fixture(scope="session")
-def matching_file(sample_dir):
-    return _sample(sample_dir, "matching.root", tracks=20000, track="matching", seed=1)
+def matching_file(tmp_path_factory):
+    return _sample(tmp_path_factory, "matching", tracks=20000, track="matching", seed=1)
 
 
 @pytest.fixture(scope="session")
-def forward_file(sample_dir):
-    return _sample(sample_dir, "forward.root", tracks=20000, track="forward", seed=2)
+def forward_file(tmp_path_factory):
+    return _sample(tmp_path_factory, "forward", tracks=20000, track="forward", seed=2)
 
 
 @pytest.fixture(scope="session")
-def rntuple_file(sample_dir):
-    return _sample(sample_dir, "rntuple.root", tracks=5000, track="matching", seed=3,
+def rntuple_file(tmp_path_factory):
+    return _sample(tmp_path_factory, "rntuple", tracks=5000, track="matching", seed=3,
                    fmt="rntuple")
 
 
 @pytest.fixture(scope="session")
-def clustered_file(sample_dir):
+def clustered_file(tmp_path_factory):
     """50,000 matching tracks in 25 clusters of 2,000: ROOT's threads really
     interleave them."""
-    import ROOT
+    def make(folder):
+        import ROOT
 
-    from make_sample import generate
-    path = str(sample_dir / "clustered.root")
-    opts = ROOT.RDF.RSnapshotOptions()
-    opts.fAutoFlush = 2000
-    cols = generate(50_000, "matching", seed=4)
-    ROOT.RDF.FromNumpy(cols).Snapshot("kalman_validator/kalman_ip_tree", path, list(cols),
-                                      opts)
-    return path
+        from make_sample import generate
+        path = str(folder / "clustered.root")
+        opts = ROOT.RDF.RSnapshotOptions()
+        opts.fAutoFlush = 2000
+        cols = generate(50_000, "matching", seed=4)
+        ROOT.RDF.FromNumpy(cols).Snapshot("kalman_validator/kalman_ip_tree", path,
+                                          list(cols), opts)
+        return path
+    return made_once(tmp_path_factory, "clustered", make)
+
+
+def _dataset(tmp_path_factory, name, matching_file, *options):
+    def make(folder):
+        import make_dataset
+        prefix = str(folder / name)
+        make_dataset.main(["-f", matching_file, "--output", prefix, "--track", "matching",
+                           *options])
+        return prefix
+    return made_once(tmp_path_factory, name, make)
 
 
 @pytest.fixture(scope="session")
-def raw_dataset(sample_dir, matching_file):
+def raw_dataset(tmp_path_factory, matching_file):
     """A matching dataset prefix with raw (unnormalized) features."""
-    import make_dataset
-    prefix = str(sample_dir / "raw")
-    make_dataset.main(["-f", matching_file, "--output", prefix, "--track", "matching"])
-    return prefix
+    return _dataset(tmp_path_factory, "raw", matching_file)
 
 
 @pytest.fixture(scope="session")
-def norm_dataset(sample_dir, matching_file):
+def norm_dataset(tmp_path_factory, matching_file):
     """A matching dataset prefix with min-max normalized features."""
-    import make_dataset
-    prefix = str(sample_dir / "norm")
-    make_dataset.main(["-f", matching_file, "--output", prefix, "--track", "matching",
-                       "--normalize"])
-    return prefix
+    return _dataset(tmp_path_factory, "norm", matching_file, "--normalize")
+
+
+@pytest.fixture(scope="session")
+def small_file(tmp_path_factory):
+    """5,000 matching tracks, every feature finite, with the label and the limit."""
+    def make(folder):
+        from make_sample import generate
+        return write_tracks(folder / "small.root",
+                            generate(5000, "matching", seed=11, nonfinite=0))
+    return made_once(tmp_path_factory, "small", make)
+
+
+@pytest.fixture(scope="session")
+def trained_model(raw_dataset, tmp_path_factory):
+    """The session's one Ray search with --save (helpers.SEARCH: 2 trials of 2 epochs,
+    INT8, the baseline, figures as PNG and PDF), shared by every test that only
+    reads a trained model, its report or its console: a SavedSearch."""
+    def make(folder):
+        console = io.StringIO()
+        with contextlib.redirect_stdout(console):
+            models = search(raw_dataset, folder, *SEARCH, "--format", "png,pdf")
+        return SavedSearch(models, folder / "ray", console.getvalue())
+    return made_once(tmp_path_factory, "trained", make)
+
+
+@pytest.fixture(scope="session")
+def quick_models(tmp_path_factory, raw_dataset, norm_dataset):
+    """Models trained briefly, without Ray (helpers.quick_models_in): {name: path}."""
+    return made_once(tmp_path_factory, "models",
+                     lambda d: quick_models_in(d, raw_dataset, norm_dataset))
+
+
+@pytest.fixture(scope="session")
+def root_features(matching_file):
+    """The matching file's features (tracks x 13, entry order) and labels."""
+    import numpy as np
+
+    import rootio
+    from features import DEFAULT_TREE, LABEL, features_for
+    names = features_for("matching")
+    cols = rootio.read_root([matching_file], DEFAULT_TREE, names, optional=(LABEL,))
+    data = np.stack([cols[n] for n in names], axis=1)
+    return data, cols[LABEL]
+
+
+@pytest.fixture(scope="session")
+def reference(quick_models, root_features):
+    """net1's probability per entry of the matching file, NaN for non-finite tracks."""
+    import numpy as np
+    data, _ = root_features
+    finite = np.isfinite(data).all(axis=1)
+    ref = np.full(len(data), np.nan, dtype=np.float32)
+    ref[finite] = torch_scores(quick_models, "net1", data[finite])
+    return ref

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import asdict, dataclass
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("make_dataset", "training", "inference")
+SCRIPTS = ("make_sample", "make_dataset", "training", "inference")
 
 
 @dataclass
@@ -33,17 +33,18 @@ class Result:
         return [ln for ln in self.stderr.splitlines() if ln.startswith("error:")]
 
 
-def run_forked(main, argv, workdir, timeout=120, setup=None):
+def run_forked(main, argv, workdir, timeout=120, setup=None, cwd=None, argv0=None):
     """cli.run_cli(main, argv) in a forked child, its stdout and stderr (fd 1 and
     2, so C++ output too) in files under `workdir`: a Result.  `setup`, if given,
-    runs in the child first.  A child that outlives `timeout` is killed with its
-    process group."""
+    runs in the child first; `cwd`: the child's working folder; `argv0`: its
+    sys.argv[0] (the script, as argparse names it).  A child that outlives
+    `timeout` is killed with its process group."""
     paths = [os.path.join(workdir, f".fault_{name}") for name in ("stdout", "stderr")]
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child never returns)
-        _child(main, [str(a) for a in argv], paths, setup)
+        _child(main, [str(a) for a in argv], paths, setup, cwd, argv0)
     rc = _wait(pid, timeout)
     texts = []
     for path in paths:
@@ -53,10 +54,14 @@ def run_forked(main, argv, workdir, timeout=120, setup=None):
     return Result(rc, *texts)
 
 
-def _child(main, argv, paths, setup):
+def _child(main, argv, paths, setup, cwd=None, argv0=None):
     code = 1
     try:
         os.setpgid(0, 0)
+        if cwd is not None:
+            os.chdir(cwd)
+        if argv0 is not None:
+            sys.argv = [argv0, *argv]
         stdin = os.open(os.devnull, os.O_RDONLY)  # not the server's requests
         os.dup2(stdin, 0)
         os.close(stdin)
@@ -228,9 +233,11 @@ class ForkServer:
                 raise RuntimeError(f"the fork server ended: {f.read()[-3000:]}")
         return line
 
-    def run(self, script, argv, workdir, timeout=120, setup=None):
+    def run(self, script, argv, workdir, timeout=120, setup=None, cwd=None):
+        """Run `script`'s main(argv) in a forked child (see run_forked): a Result."""
         request = {"script": script, "argv": [str(a) for a in argv], "workdir": str(workdir),
-                   "timeout": timeout, "setup": setup}
+                   "timeout": timeout, "setup": setup, "cwd": cwd and str(cwd),
+                   "argv0": os.path.join(ROOT_DIR, f"{script}.py")}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return Result(**json.loads(self._reply()))
@@ -261,6 +268,8 @@ def serve(warm_root):
     from features import DEFAULT_TREE, features_for
     rootio.import_root()
     if warm_root:
+        if not os.path.exists(warm_root):  # a small sample of its own
+            modules["make_sample"].make_sample(warm_root, tracks=1000, seed=0)
         rootio.read_root([warm_root], DEFAULT_TREE, features_for("matching"), threads=1,
                          matrix=True)
     print("ready", file=replies, flush=True)
@@ -268,7 +277,7 @@ def serve(warm_root):
         request = json.loads(line)
         result = run_forked(modules[request["script"]].main, request["argv"],
                             request["workdir"], request["timeout"],
-                            SETUPS.get(request["setup"]))
+                            SETUPS.get(request["setup"]), request["cwd"], request["argv0"])
         print(json.dumps(asdict(result)), file=replies, flush=True)
 
 

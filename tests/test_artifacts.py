@@ -1,13 +1,147 @@
-"""artifacts.py: the training settings of a saved record are a trainer.TrainSettings,
-stored flat as plain data; records of older or hand-written configs still read."""
+"""artifacts.py: the files training.py --save writes (the session's trained model):
+all of them, the config plain and complete, the ONNX model matching torch and
+describing itself, the INT8 model's 7-bit weights."""
 import json
 from dataclasses import fields
 
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
-from architecture import ModelConfig
-from artifacts import TRAINING_KEYS, SavedConfig, onnx_metadata
+from architecture import ModelConfig, macs_and_params
+from artifacts import (
+    METADATA_KEY,
+    TRAINING_KEYS,
+    SavedConfig,
+    load_config,
+    onnx_metadata,
+    onnx_record,
+)
+from dataset import load_split
+from models import load_model
+from search import ARCHITECTURES
 from trainer import TrainSettings
+
+ARTIFACTS = ["ghost_model.pth", "ghost_model_config.pkl", "ghost_model_config.json",
+             "ghost_model.onnx", "ghost_model.hpp", "ghost_model_int8.pth",
+             "ghost_model_int8_config.pkl", "ghost_model_int8_config.json",
+             "ghost_model_int8.onnx", "ghost_model_int8.hpp"]
+
+
+def test_search_writes_all_artifacts(trained_model):
+    trained = trained_model.models
+    for name in ARTIFACTS:
+        assert (trained / name).is_file(), name
+    assert not list(trained.glob("*.data")) and not list(trained.glob(".*tmp*"))
+
+
+def test_config_is_plain_and_complete(trained_model, raw_dataset):
+    trained = trained_model.models
+    config = load_config(str(trained / "ghost_model_config.pkl"))
+    assert config == json.load(open(trained / "ghost_model_config.json"))
+    meta = json.load(open(raw_dataset + "_features.json"))
+    assert config["features"] == meta["features"] and config["track"] == "matching"
+    assert config["normalization"] == meta["normalization"] and config["network"] == 1
+    assert config["standardization"] == meta["standardization"]
+    assert config["inputs"] == "standard"  # network 1's default first layer
+    assert tuple(config["hidden"]) in ARCHITECTURES and config["l0"] == config["hidden"][0]
+    assert (config["macs"], config["params"]) == macs_and_params(13, config["hidden"])
+    assert config["macs"] <= 20000  # the default --max-macs
+    assert config["optimizer"] == "adamw" and config["schedule"] == "onecycle"
+    assert config["batch"] == 512 and config["weight_decay"] > 0
+    assert config["int8"] is False and config["threshold"] == 0.5
+    assert 0.5 < config["metrics"]["test"]["auc"] <= 1.0
+    assert load_config(str(trained / "ghost_model_int8_config.pkl"))["int8"] is True
+
+
+def test_onnx_matches_torch_and_describes_itself(trained_model, raw_dataset):
+    trained = trained_model.models
+    config = load_config(str(trained / "ghost_model_config.pkl"))
+    state = torch.load(trained / "ghost_model.pth", weights_only=True)
+    model = load_model(ModelConfig.from_dict(config), state)
+    x, _ = load_split(raw_dataset, "test")  # raw branch values: network 1
+    proto = onnx.load(str(trained / "ghost_model.onnx"))
+    assert [i.name for i in proto.graph.input] == ["features"]
+    assert [o.name for o in proto.graph.output] == ["probabilities"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 13
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["track"] == "matching" and props["network"] == "1"
+    assert props["features"].split(",") == config["features"]
+    assert json.loads(props["normalization"]) == config["normalization"]
+    assert float(props["threshold"]) == 0.5 and METADATA_KEY in props
+    assert onnx_record(proto)["l0"] == config["l0"]
+    session = ort.InferenceSession(str(trained / "ghost_model.onnx"))
+    got = session.run(None, {"features": x})[0]
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (len(x), 1)
+    assert np.abs(got - want).max() < 1e-5
+    from onnx2torch import convert
+    with torch.inference_mode():
+        converted = convert(proto)(torch.from_numpy(x)).numpy()
+    assert np.abs(converted - want).max() < 1e-5
+
+
+def test_int8_artifacts_load_and_run(trained_model, raw_dataset):
+    trained = trained_model.models
+    x, y = load_split(raw_dataset, "test")
+    proto = onnx.load(str(trained / "ghost_model_int8.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    got = ort.InferenceSession(str(trained / "ghost_model_int8.onnx")).run(
+        None, {"features": x})[0]
+    config = load_config(str(trained / "ghost_model_int8_config.pkl"))
+    model = load_model(ModelConfig.from_dict(config),
+                       torch.load(trained / "ghost_model_int8.pth", weights_only=True))
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    # one INT8 rounding step of the logit can differ between runtimes
+    assert np.mean(np.abs(got - want) < 1e-3) > 0.99
+    accuracy = np.mean((got > 0.5) == (y > 0.5))
+    assert accuracy > 0.6
+
+
+def _int8_session(path, optimized):
+    opts = ort.SessionOptions()
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def test_int8_onnx_weights_are_7_bit(trained_model):
+    """Every quantized weight is an integer in [-63, 63]: pairs of u8 x s8 products then
+    fit the 16-bit sums of onnxruntime's AVX2 kernels (no VNNI), so no CPU saturates."""
+    from onnx import numpy_helper
+    trained = trained_model.models
+    proto = onnx.load(str(trained / "ghost_model_int8.onnx"))
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:  # constants may also come as Constant nodes
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    weights = [n for n in proto.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[0] in consts]
+    config = load_config(str(trained / "ghost_model_int8_config.pkl"))
+    assert len(weights) == len(config["hidden"]) + 1  # one per linear layer
+    for node in weights:
+        w, scale = consts[node.input[0]], consts[node.input[1]]
+        q = np.round(w / scale)
+        assert consts[node.input[2]].dtype == np.int8 and not consts[node.input[2]].any()
+        assert q.min() >= -63 and q.max() <= 63, (q.min(), q.max())
+        assert q.max() == 63 or q.min() == -63  # the range is used, not wasted
+
+
+def test_int8_onnxruntime_same_with_and_without_graph_optimizations(trained_model, raw_dataset):
+    """The fused integer kernels (optimizations on) compute what the plain Q/DQ graph
+    computes, as tightly as torch and onnxruntime must agree: the same on every CPU."""
+    x, _ = load_split(raw_dataset, "test")
+    path = trained_model.models / "ghost_model_int8.onnx"
+    fused = _int8_session(path, optimized=True).run(None, {"features": x})[0]
+    plain_graph = _int8_session(path, optimized=False).run(None, {"features": x})[0]
+    assert np.mean(np.abs(fused - plain_graph) < 1e-3) > 0.99
+
 
 CONFIG = ModelConfig(network=0, n_features=3, hidden=(8,))
 SETTINGS = TrainSettings(optimizer="adamw", lr=3e-3, batch=512, epochs=4, seed=7,

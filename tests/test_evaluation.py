@@ -14,10 +14,10 @@ import kinematics
 import training_report
 from architecture import ModelConfig
 from artifacts import SavedConfig
-from conftest import ROOT_DIR
 from dataset import DatasetMeta
 from evaluation import LIMIT_CURVE, Sample, evaluate, own_threshold, rank_features
 from features import LIMIT
+from helpers import ROOT_DIR
 from inputs import Input
 from metrics import SortedScores, working_points
 from outputs import AtomicOutputs

@@ -6,7 +6,7 @@ import ast
 import glob
 import os
 
-from conftest import ROOT_DIR
+from helpers import ROOT_DIR
 
 # Wings from the bottom up: a module imports only from its own wing or those below.
 WINGS = [

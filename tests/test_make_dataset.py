@@ -1,6 +1,8 @@
+"""make_dataset.py: ROOT file(s) -> the six split arrays and the features JSON: shapes,
+splits, class mix, normalization, the limit kept beside the features, several files,
+threads, plots, and bad input refused with one line before anything is written."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -8,10 +10,11 @@ import numpy as np
 import pytest
 
 import make_dataset
-from conftest import assert_clean_error, run_script
-from dataset import SPLITS, load_dataset, split_paths
-from features import FIXED_BOUNDS, TRACK_FEATURES, features_for
-from rootio import MATRIX, read_root
+from dataset import SPLITS, load_dataset, load_meta, load_spectators, split_paths
+from features import FIXED_BOUNDS, LIMIT, TRACK_FEATURES, TRUTH, features_for
+from helpers import assert_clean_error, run_script
+from metrics import roc_auc
+from rootio import read_root
 
 SIX = [f"_{s}_{k}.npy" for s in SPLITS for k in ("data", "labels")]
 
@@ -24,13 +27,6 @@ def make(tmp_path, *args, name="ds"):
     prefix = str(tmp_path / name)
     make_dataset.main([*map(str, args), "--output", prefix])
     return prefix
-
-
-def test_features_lists_and_unknown_track():
-    assert len(features_for("forward")) == 8 and len(features_for("matching")) == 13
-    assert features_for("matching")[0] == "best_pt" and features_for("matching")[-1] == "qop"
-    with pytest.raises(ValueError, match="forward, matching"):
-        features_for("downstream")
 
 
 @pytest.mark.parametrize("balance", ["weights", "subsample"])
@@ -114,6 +110,47 @@ def test_normalize_bounds_recorded_and_train_only(norm_dataset, raw_dataset):
     assert norm["train"][0][:, j].min() == 0.0 and norm["train"][0][:, j].max() == 1.0
 
 
+def test_balance_weights_keeps_every_track_and_subsample_balances(tmp_path, matching_file):
+    import make_dataset
+    sizes, clean = {}, None
+    for balance in ("weights", "subsample"):
+        prefix = str(tmp_path / balance)
+        make_dataset.main(["-f", matching_file, "--output", prefix, "--track", "matching",
+                           "--balance", balance])
+        meta, splits = load_meta(prefix), load_dataset(prefix)
+        sizes[balance] = sum(len(y) for _, y in splits.values())
+        clean = meta.tracks_read - meta.tracks_dropped_nonfinite
+        train = splits["train"][1].ravel()
+        if balance == "weights":
+            w = meta.class_weights
+            assert meta.balance == "weights" and abs(meta.ghost_fraction - 0.15) < 0.01
+            for _, y in splits.values():  # each split at the file's natural mix
+                assert abs(y.mean() - meta.ghost_fraction) < 0.01
+            # both classes weigh the same in the loss
+            assert w["ghost"] * train.sum() == pytest.approx(w["real"] * (1 - train).sum())
+            assert w["ghost"] * train.sum() == pytest.approx(len(train) / 2)
+            assert "natural mix" in meta.mix()
+        else:
+            assert meta.class_weights is None and train.mean() == 0.5
+            assert "balanced" in meta.mix()
+    # every clean track of the file, none dropped by balancing
+    assert sizes["weights"] == clean and sizes["subsample"] < 0.35 * clean
+
+
+def test_the_limit_is_never_a_feature(tmp_path, matching_file):
+    assert LIMIT in TRUTH and all(LIMIT not in names for names in TRACK_FEATURES.values())
+    import make_dataset
+    prefix = str(tmp_path / "ds")
+    make_dataset.main(["-f", matching_file, "--output", prefix, "--track", "matching"])
+    meta = load_meta(prefix)
+    assert meta.features == features_for("matching")
+    assert meta.spectators == [LIMIT, "tx", "ty"]  # beside the features, never among them
+    test = load_dataset(prefix)["test"]
+    llr = load_spectators(prefix, "test", meta)[LIMIT]
+    assert test[0].shape[1] == 13 and llr.shape == (len(test[0]),)
+    assert roc_auc(llr, test[1].ravel()) > 0.9  # aligned with the test split's rows
+
+
 def test_fraction_keeps_that_share_of_ghosts(tmp_path, matching_file, raw_dataset):
     half = make(tmp_path, "-f", matching_file, "--track", "matching", "--fraction", 0.5)
     full_n = sum(len(y) for _, y in load_dataset(raw_dataset).values())
@@ -154,24 +191,6 @@ def test_threads_and_custom_tree_name(tmp_path, clustered_file):
     a, b = load_dataset(runs[0]), load_dataset(runs[1])
     for s in SPLITS:  # the same seed gives the same splits, however many threads read
         assert np.array_equal(a[s][0], b[s][0]) and np.array_equal(a[s][1], b[s][1])
-
-
-def test_parallel_read_of_several_files_keeps_entry_order(tmp_path, clustered_file,
-                                                          matching_file, rntuple_file):
-    names = TRACK_FEATURES["matching"] + ["ghost"]
-    files = [matching_file, clustered_file, rntuple_file, clustered_file + ".copy.root"]
-    shutil.copy(clustered_file, files[-1])
-    serial = read_root(files, TREE, names, threads=1)
-    threaded = read_root(files, TREE, names, threads=2)
-    for c in names:
-        assert np.array_equal(threaded[c], serial[c], equal_nan=True)
-    for threads in (1, 2):  # the features stored straight into one [n, k] array
-        got = read_root(files, TREE, names[:-1], threads=threads, optional=("ghost",),
-                        matrix=True)
-        assert set(got) == {MATRIX, "ghost"} and got[MATRIX].flags.c_contiguous
-        for j, c in enumerate(names[:-1]):
-            assert np.array_equal(got[MATRIX][:, j], serial[c], equal_nan=True)
-        assert np.array_equal(got["ghost"], serial["ghost"])
 
 
 def test_threads_must_be_positive(matching_file):
@@ -288,101 +307,7 @@ def test_help_is_instant_and_imports_no_root():
     assert out.split() == ["False", "False"]
 
 
-# ---------------------------------------------------------------------------
-# mixed inputs: every file read with its own kind and types, never a crash
-# ---------------------------------------------------------------------------
-
 TREE = "kalman_validator/kalman_ip_tree"
-
-
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
-    """Small files of one generator: a float TTree, the same tracks with chi2 as
-    double and n_velo as int, an RNTuple, one without pr_seed_chi2 and empty ones."""
-    from make_sample import generate
-    from rootwrite import write_root
-    d = tmp_path_factory.mktemp("mixed")
-    cols = generate(3000, "matching", seed=7)
-    files = {}
-
-    def write(name, columns, fmt="ttree"):
-        files[name] = str(d / f"{name}.root")
-        write_root(files[name], TREE, columns, fmt=fmt)
-
-    write("float", cols)
-    write("typed", {**cols, "chi2": cols["chi2"].astype(np.float64),
-                    "n_velo": cols["n_velo"].astype(np.int32)})
-    write("rntuple", cols, fmt="rntuple")
-    write("rntuple_fewer", {k: v for k, v in cols.items() if k != "kalman_ip"}, fmt="rntuple")
-    write("rntuple_no_seed", {k: v for k, v in cols.items() if k != "pr_seed_chi2"},
-          fmt="rntuple")
-    write("rntuple_empty", {k: v[:0] for k, v in cols.items()}, fmt="rntuple")
-    write("ttree_empty", {k: v[:0] for k, v in cols.items()})
-    files["dir"] = str(d)
-    return files, cols
-
-
-def _all_rows(prefix):
-    return np.concatenate([d for d, _ in load_dataset(prefix).values()])
-
-
-def test_mixed_branch_types_are_read_per_file(tmp_path, mixed):
-    files, cols = mixed
-    names = TRACK_FEATURES["matching"] + ["ghost"]
-    both = read_root([files["float"], files["typed"]], TREE, names)
-    for name in names:  # each half equals the generator's values, in entry order
-        for half in (both[name][:3000], both[name][3000:]):
-            assert np.array_equal(half, cols[name], equal_nan=True), name
-    proc = run_script("make_dataset.py", "-f", files["float"], files["typed"], "--output",
-                      tmp_path / "ds", "--track", "matching")
-    assert proc.returncode == 0, proc.stderr
-    assert "chi2 as float32 / float64" in proc.stdout and "n_velo" in proc.stdout
-    rows = _all_rows(str(tmp_path / "ds"))
-    j = TRACK_FEATURES["matching"].index("chi2")
-    assert np.isin(rows[:, j], cols["chi2"]).all()  # no garbage: every value is a real one
-    k = TRACK_FEATURES["matching"].index("n_velo")
-    assert np.isin(rows[:, k], cols["n_velo"]).all()
-
-
-@pytest.mark.parametrize("inputs", [
-    ["float", "rntuple"],           # TTree + RNTuple: segfaulted
-    ["rntuple", "rntuple_fewer"],   # two RNTuples, different branches: ROOT aborted
-    ["rntuple_empty", "float"],     # an empty RNTuple: segfaulted in CreateSampleInfo
-    ["ttree_empty", "rntuple", "rntuple_empty"],
-])
-def test_mixed_kinds_and_empty_files_never_crash(tmp_path, mixed, inputs):
-    files, cols = mixed
-    proc = run_script("make_dataset.py", "-f", *[files[i] for i in inputs], "--output",
-                      tmp_path / "ds", "--track", "matching")
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-    meta = json.load(open(tmp_path / "ds_features.json"))
-    full = [i for i in inputs if "empty" not in i]  # empty files add nothing
-    assert meta["tracks_read"] == 3000 * len(full)
-
-
-def test_glob_over_a_ttree_and_an_rntuple(tmp_path, mixed):
-    files, _ = mixed
-    # float.root (TTree) and rntuple.root
-    proc = run_script("make_dataset.py", "-f", os.path.join(files["dir"], "[fr]*[et].root"),
-                      "--output", tmp_path / "ds", "--track", "matching")
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-    assert json.load(open(tmp_path / "ds_features.json"))["tracks_read"] == 6000
-
-
-def test_rntuple_lacking_a_feature_is_named_not_aborted(tmp_path, mixed):
-    files, _ = mixed  # ROOT aborted: "Fatal: fOnDiskId != kInvalidDescriptorId"
-    proc = run_script("make_dataset.py", "-f", files["rntuple"], files["rntuple_no_seed"],
-                      "--output", tmp_path / "ds", "--track", "matching")
-    assert_clean_error(proc, "rntuple_no_seed.root", "lacks branches: pr_seed_chi2")
-    assert not list(tmp_path.iterdir())
-
-
-def test_only_empty_files_is_a_clean_error(tmp_path, mixed):
-    files, _ = mixed
-    proc = run_script("make_dataset.py", "-f", files["rntuple_empty"], files["ttree_empty"],
-                      "--output", tmp_path / "ds", "--track", "matching")
-    assert_clean_error(proc, "no tracks", "empty")
-    assert not list(tmp_path.iterdir())
 
 
 def test_a_branch_that_is_no_number_is_named(tmp_path):
@@ -416,6 +341,7 @@ def test_wrong_track_type_is_an_error(tmp_path, forward_file, matching_file, tra
 # ---------------------------------------------------------------------------
 # output locations: checked before the long read, one line each
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("where,needles", [
     (["--output", "/proc/ghost_ds"], ["/proc", "not writable"]),

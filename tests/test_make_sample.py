@@ -1,5 +1,6 @@
 """Tests of make_sample.py: schema, physics and CLI of the synthetic kalman_validator file."""
 
+import math
 import os
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 import make_sample
-from conftest import ROOT_DIR
-from features import features_for
+from features import LIMIT, features_for
+from helpers import ROOT_DIR
+from metrics import roc_auc
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -18,7 +20,8 @@ with warnings.catch_warnings():
 
 TREE = "kalman_validator/kalman_ip_tree"
 N = 5000
-# The schema of README.md ("Data"), written out again so a slip in the module shows.
+# The schema of Allen's kalman_validator tree (README, "Data"), written out again so a
+# slip in the module shows.
 SCHEMA = """z x y tx ty qop first_qop best_qop best_pt chi2 chi2V chi2T chi2UT ndof ndofV ndofT
 kalman_ip kalman_ipx kalman_ipy kalman_ip_chi2 kalman_docaz velo_ip velo_ipx velo_ipy
 velo_ip_chi2 velo_docaz n_velo n_ut n_scifi pr_forward_quality pr_match_chi2 pr_match_dtx
@@ -179,6 +182,27 @@ def test_rntuple_readable_by_name(tmp_path, data):
     b = read(path)
     for name in SCHEMA:
         assert np.array_equal(data["matching"][name], b[name], equal_nan=True), name
+
+
+@pytest.mark.parametrize("track", ["matching", "forward"])
+def test_truth_llr_is_the_generators_exact_likelihood_ratio(track):
+    """Calibrated: among tracks whose LLR says a ghost probability p (with the
+    generator's prior), a fraction p are ghosts, in every decile of p."""
+    cols = make_sample.generate(200_000, track, ghost_rate=0.2, seed=5, nonfinite=0)
+    llr = cols[LIMIT].astype(np.float64)
+    ghost = cols["ghost"] == 1
+    assert np.isfinite(llr).all()
+    posterior = 1 / (1 + np.exp(-(llr + math.log(0.2 / 0.8))))
+    edges = np.quantile(posterior, np.linspace(0, 1, 11))
+    deciles = np.clip(np.searchsorted(edges, posterior, side="right") - 1, 0, 9)
+    for d in range(10):
+        sel = deciles == d
+        p, n = posterior[sel].mean(), sel.sum()
+        assert abs(ghost[sel].mean() - p) < 4 * math.sqrt(p * (1 - p) / n) + 2e-3, (d, p)
+    # and it separates better than any single feature
+    best_single = max(max(roc_auc(cols[f], ghost), 1 - roc_auc(cols[f], ghost))
+                      for f in features_for(track))
+    assert roc_auc(llr, ghost) > best_single + 0.1
 
 
 def cli(*args, cwd=None):

@@ -8,27 +8,26 @@ or folder added.  A failed run removes the empty folders it made, and only those
 """
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT_DIR, assert_clean_error, run_script
+from helpers import assert_clean_error, run_script
 
 TRACKS = 3000
 
 
 @pytest.fixture(scope="module")
-def master(tmp_path_factory):
-    """The canary folder, made once: a sample, a dataset prefix and an (untrained)
-    model, plus files and folders named like the outputs the runs would write."""
+def master(tmp_path_factory, quick_models):
+    """The canary folder, made once: a sample, a dataset prefix and a model (the
+    session's briefly trained net1), plus files and folders named like the outputs the
+    runs would write."""
     import make_dataset
     from make_sample import make_sample
     d = tmp_path_factory.mktemp("canaries")
     make_sample(str(d / "s.root"), tracks=TRACKS, track="matching", seed=5)
     make_dataset.main(["-f", str(d / "s.root"), "--output", str(d / "ds"),
                        "--track", "matching"])
-    _untrained_model(str(d / "ds"), str(d / "m.onnx"))
+    shutil.copy2(quick_models["net1"], d / "m.onnx")
     for folder in ("sub", "plots", "figs", "dir.npy", "dir.root", "hdr.hpp",
                    "z_test_labels.npy"):
         (d / folder).mkdir()
@@ -37,26 +36,6 @@ def master(tmp_path_factory):
     (d / "plots" / "metrics.json").write_text('{"l0": 4}\n')
     (d / "afile.txt").write_text("canary\n")
     return d
-
-
-def _untrained_model(prefix, path):
-    """An .onnx model of the matching features: scores anything, trained on nothing."""
-    import torch
-
-    import models
-    from architecture import ModelConfig
-    from artifacts import SavedConfig, onnx_bytes
-    from dataset import load_meta
-    meta = load_meta(prefix)
-    config = {"n_features": len(meta.features), "l0": 4, "activation": "relu",
-              "track": "matching", "features": meta.features, "network": 1,
-              "normalization": meta.normalization.to_dict(), "inputs": "standard",
-              "standardization": meta.standardization.to_dict(), "threshold": 0.5,
-              "int8": False}
-    torch.manual_seed(0)
-    model = models.build_model(ModelConfig.from_dict(config)).eval()
-    with open(path, "wb") as f:
-        f.write(onnx_bytes(model, SavedConfig.from_dict(config)))
 
 
 @pytest.fixture
@@ -103,7 +82,9 @@ def assert_refused_and_intact(canaries, script, args, needles):
 # inference.py: --output, --plots-dir, --export-cpp
 # ---------------------------------------------------------------------------
 
+
 MODEL = ["--model", "m.onnx"]
+
 
 INFERENCE = {
     # an output that is an input
@@ -171,6 +152,7 @@ def test_inference_output_equal_to_input_keeps_the_input(canaries):
 # make_dataset.py: --output PREFIX, --plots-dir
 # ---------------------------------------------------------------------------
 
+
 DATASET = {
     "prefix_file_is_input": (["-f", "x_features.json", "--output", "x"],
                              ["--output", "x_features.json", "-f"]),
@@ -208,6 +190,7 @@ def test_make_dataset_path_refused_canaries_intact(canaries, case):
 # make_sample.py: -o
 # ---------------------------------------------------------------------------
 
+
 SAMPLE = {
     "empty": (["-o", ""], ["-o", "empty"]),
     "folder": (["-o", "dir.root"], ["dir.root", "folder"]),
@@ -228,6 +211,7 @@ def test_make_sample_path_refused_canaries_intact(canaries, case):
 # ---------------------------------------------------------------------------
 # no empty folders left by a failed run
 # ---------------------------------------------------------------------------
+
 
 def test_failed_make_dataset_leaves_no_new_plots_folders(canaries):
     """--plot creates the nested --plots-dir before the read; the read fails."""
@@ -262,85 +246,3 @@ def test_failed_inference_removes_the_plots_folders_it_made(canaries, monkeypatc
                                  "--plots-dir", "new/a/b"])
     assert ended.value.code == 2
     assert snapshot(canaries) == before
-
-
-CLEANUP = """
-import os, sys
-sys.path.insert(0, {root!r})
-from outputs import prepare_folder
-from cli import run_cli
-from utils import GhostError
-def main(argv):
-    prepare_folder("old/new/deeper", "--x")
-    prepare_folder("old/kept/x", "--y")
-    open("old/kept/x/file", "w").close()
-    how = {how!r}
-    if how == "ghost":
-        raise GhostError("refused")
-    if how == "interrupt":
-        raise KeyboardInterrupt
-    if how == "exit":
-        sys.exit(3)
-    if how == "bug":
-        raise ValueError("a bug")
-    if how == "memory":
-        raise MemoryError
-    return 1 if how == "rc" else 0
-run_cli(main)
-"""
-
-
-@pytest.mark.parametrize("how,rc", [("ghost", 2), ("interrupt", 130), ("exit", 3),
-                                    ("bug", 1), ("memory", 2), ("rc", 1), ("ok", 0)])
-def test_failed_run_removes_only_the_empty_folders_it_made(tmp_path, how, rc):
-    (tmp_path / "old").mkdir()
-    proc = subprocess.run([sys.executable, "-c", CLEANUP.format(root=ROOT_DIR, how=how)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == rc, proc.stderr
-    left = sorted(os.path.relpath(os.path.join(r, n), tmp_path)
-                  for r, ds, fs in os.walk(tmp_path) for n in ds + fs)
-    kept = ["old", "old/kept", "old/kept/x", "old/kept/x/file"]
-    if how == "ok":  # a run that succeeds keeps what it made
-        kept += ["old/new", "old/new/deeper"]
-    assert left == sorted(kept)
-
-
-# ---------------------------------------------------------------------------
-# the checks themselves
-# ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("value", ["run1", "a.b", "-x", ".hidden", "my search"])
-def test_plain_name_accepts_plain_names(value):
-    from outputs import plain_name
-    assert plain_name(value, "--name") == value
-
-
-@pytest.mark.parametrize("value", ["", "  ", ".", "..", "a/b", "../x", "/", "/abs", "x/",
-                                   None])
-def test_plain_name_refuses_anything_else(value):
-    from outputs import plain_name
-    from utils import GhostError
-    with pytest.raises(GhostError, match="--name"):
-        plain_name(value, "--name")
-
-
-def test_refuse_overwriting_inputs_direct(tmp_path):
-    from outputs import Pattern, refuse_overwriting_inputs
-    from utils import GhostError
-    (tmp_path / "in.root").write_text("x")
-    (tmp_path / "plots").mkdir()
-    (tmp_path / "plots" / "roc.png").write_text("x")
-    os.symlink(tmp_path / "in.root", tmp_path / "plots" / "alias.root")
-    ok = [("--output", str(tmp_path / "out.root")), ("--none", None),
-          ("--plots-dir", Pattern(str(tmp_path / "plots" / "*.pdf")))]
-    refuse_overwriting_inputs(ok, [("-f", str(tmp_path / "in.root")), ("--config", None)])
-    for outputs, inputs, needle in (
-            ([("--output", str(tmp_path / "plots" / "alias.root"))],
-             [("-f", str(tmp_path / "in.root"))], "would replace the input -f"),
-            ([("--plots-dir", Pattern(str(tmp_path / "plots" / "*.png")))],
-             [("--model", str(tmp_path / "plots" / "roc.png"))], "plots/roc.png"),
-            ([("--a", str(tmp_path / "o.npy")), ("--b", str(tmp_path / "." / "o.npy"))], [],
-             "same file"),
-            ([("--output", str(tmp_path / "plots"))], [], "is a folder")):
-        with pytest.raises(GhostError, match=needle):
-            refuse_overwriting_inputs(outputs, inputs)

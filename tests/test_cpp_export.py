@@ -1,0 +1,128 @@
+"""cpp_export.py: the model as a header-only C++ file, compiled and compared with
+onnxruntime (float and INT8, NaN for non-finite features, any file name), the same
+from .onnx and .pth, written only with a run that succeeds."""
+import os
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import inference
+from artifacts import load_config
+from dataset import load_split
+from helpers import (
+    CXX,
+    assert_clean_error,
+    compile_and_run,
+    lines_starting,
+    run_script,
+    write_tracks,
+)
+
+
+@pytest.mark.parametrize("stem", ["ghost_model", "ghost_model_int8"])
+def test_the_header_compiles_and_matches_onnxruntime(trained_model, raw_dataset, tmp_path, stem):
+    trained = trained_model.models
+    assert CXX, "a C++ compiler (g++) is needed: ROOT needs one too"
+    x, _ = load_split(raw_dataset, "test")
+    x = x[:3000]  # finite: the dataset dropped the non-finite tracks
+    got = compile_and_run(trained / f"{stem}.hpp", stem, x, tmp_path)
+    want = ort.InferenceSession(str(trained / f"{stem}.onnx")).run(
+        None, {"features": x})[0].ravel()
+    assert got.shape == want.shape and np.isfinite(got).all()
+    # float: to 1e-6; INT8: every integer code the same, so the probabilities agree to
+    # the float rounding of the last layer's logit (one code apart would be > 1e-4)
+    assert np.abs(got - want).max() < 1e-6, np.abs(got - want).max()
+    nan = x[:5].copy()
+    nan[2, 4] = np.nan
+    p = compile_and_run(trained / f"{stem}.hpp", stem, nan, tmp_path)
+    assert np.isnan(p[2]) and np.isfinite(np.delete(p, 2)).all()
+
+
+def test_the_int8_header_holds_integer_arithmetic(trained_model):
+    trained = trained_model.models
+    text = (trained / "ghost_model_int8.hpp").read_text()
+    config = load_config(str(trained / "ghost_model_int8_config.json"))
+    assert "constexpr bool int8 = true;" in text and "std::int32_t acc" in text
+    weights = re.findall(r"static constexpr int w(\d+)\[(\d+)\]\[(\d+)\] = \{(.*?)\};", text,
+                         re.S)
+    assert len(weights) == len(config["hidden"]) + 1  # one integer matrix per layer
+    for _, rows, cols, body in weights:
+        codes = [int(v) for v in re.findall(r"-?\d+", body)]
+        assert len(codes) == int(rows) * int(cols)
+        assert max(abs(c) for c in codes) <= 63  # 7-bit, as in the ONNX file
+
+
+def test_export_cpp_from_onnx_and_pth_gives_the_same_header(trained_model, tmp_path):
+    trained = trained_model.models
+    for stem in ("ghost_model", "ghost_model_int8"):
+        a, b = tmp_path / f"{stem}_a.hpp", tmp_path / f"{stem}_b.hpp"
+        assert inference.main(["--model", str(trained / f"{stem}.onnx"), "--export-cpp",
+                               str(a)]) == 0
+        assert inference.main(["--model", str(trained / f"{stem}.pth"), "--config",
+                               str(trained / f"{stem}_config.pkl"), "--export-cpp", str(b)]) == 0
+        body = [ln for ln in (trained / f"{stem}.hpp").read_text().splitlines()
+                if not ln.startswith("//")]
+
+        for path, name in ((a, f"{stem}_a"), (b, f"{stem}_b")):
+            lines = [ln.replace(name, stem) for ln in path.read_text().splitlines()
+                     if not ln.startswith("//")]
+            assert lines == body, path
+
+
+def _export(model, header):
+    """inference.py --export-cpp: the namespace it reports."""
+    proc = run_script("inference.py", "--model", model, "--export-cpp", header)
+    assert proc.returncode == 0, proc.stderr
+    return re.search(r"C\+\+ namespace (\S+),", proc.stdout).group(1)
+
+
+@pytest.mark.parametrize("name", ["net1", "int8"])
+def test_the_header_gives_nan_for_infinite_and_nan_features(quick_models, raw_dataset, tmp_path,
+                                                            name):
+    import onnxruntime as ort
+
+    from dataset import load_split
+    header = tmp_path / f"{name}.hpp"
+    namespace = _export(quick_models[name], header)
+    x = load_split(raw_dataset, "test")[0][:8].copy()
+    for row, (col, value) in enumerate([(0, np.inf), (12, -np.inf), (4, np.nan),
+                                        (1, np.inf), (5, -np.inf)]):
+        x[row, col] = value
+    got = compile_and_run(header, namespace, x, tmp_path)
+    assert np.isnan(got[:5]).all(), got
+    want = ort.InferenceSession(quick_models[name]).run(None, {"features": x[5:]})[0].ravel()
+    assert np.abs(got[5:] - want).max() < 1e-6
+
+
+@pytest.mark.parametrize("stem", ["1model", "class", "my-model.v2", "int", "__x", "std"])
+def test_export_cpp_namespace_compiles_whatever_the_file_name(quick_models, raw_dataset, tmp_path,
+                                                              stem):
+    from dataset import load_split
+    header = tmp_path / f"{stem}.hpp"
+    namespace = _export(quick_models["net1"], header)
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", namespace) and "__" not in namespace
+    x = load_split(raw_dataset, "test")[0][:3]
+    assert np.isfinite(compile_and_run(header, namespace, x, tmp_path, opt="-O0")).all()
+
+
+def test_export_cpp_is_written_only_with_a_run_that_succeeds(quick_models, tmp_path):
+    from make_sample import generate
+    empty = write_tracks(tmp_path / "empty.root", {k: v[:0] for k, v in generate(10).items()})
+    header = tmp_path / "model.hpp"
+    proc = run_script("inference.py", "-f", empty, "--model", quick_models["net1"], "--export-cpp",
+                      header, "--plots-dir", tmp_path / "plots")
+    assert_clean_error(proc, "holds no tracks")
+    assert not header.exists() and os.listdir(tmp_path) == ["empty.root"]
+
+
+def test_export_cpp_with_a_run_writes_the_header_with_its_outputs(quick_models, small_file,
+                                                                  tmp_path):
+    header, out = tmp_path / "model.hpp", tmp_path / "p.npy"
+    proc = run_script("inference.py", "-f", small_file, "--model", quick_models["net1"],
+                      "--export-cpp", header, "--output", out, "--plots-dir",
+                      tmp_path / "plots", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert "namespace model {" in header.read_text() and out.exists()
+    assert str(header) in lines_starting(proc.stdout, "wrote ")[-1]

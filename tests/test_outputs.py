@@ -1,0 +1,235 @@
+"""outputs.py: writing safely.  A full disk at each write (a small tmpfs mounted by
+the test, else a simulated limit on the size of written files): make_sample.py -o,
+inference.py --output (.root, .npy) and every file of --plots-dir; each run ends
+with exit 2, one `error:` line naming the output, no traceback, no temporary and no
+half file.  And the checks themselves: plain names, outputs that would replace
+inputs, the empty folders a failed run made."""
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT_DIR, assert_clean_error, run_script
+
+PAGE = 4096
+
+
+# ---------------------------------------------------------------------------
+# a full disk at each write
+# ---------------------------------------------------------------------------
+
+
+class SmallDisk:
+    """A folder on a small tmpfs that the test mounts, filled up to leave `free`
+    bytes; where mounting is not allowed, a plain folder, and each run gets a limit
+    on the size of every file it writes instead (RLIMIT_FSIZE: writes beyond it fail
+    with EFBIG, as on a full disk they fail with ENOSPC)."""
+
+    def __init__(self, path):
+        self.path = path
+        path.mkdir()
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)],
+                               capture_output=True, text=True)
+        self.mounted = mount.returncode == 0
+        self.limit = None
+        self.filler = path / ".filler"
+
+    def fill(self, free, limit=None):
+        """Leave `free` bytes (a multiple of PAGE) on the tmpfs; without one, limit
+        each file to `limit` bytes (default `free`)."""
+        if not self.mounted:
+            self.limit = max(limit or free, PAGE // 2)
+            return
+        st = os.statvfs(self.path)
+        with open(self.filler, "wb") as f:
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - free))
+        st = os.statvfs(self.path)
+        assert st.f_bavail * st.f_frsize == free
+
+    @property
+    def why(self):
+        return "No space left on device" if self.mounted else "File too large"
+
+    def run(self, script, *args):
+        """The script as a new process (a write failure's path, figures drawn by its
+        own worker processes included, as a user meets it)."""
+        def limit():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.limit))
+        return subprocess.run([sys.executable, os.path.join(ROOT_DIR, script),
+                               *map(str, args)], capture_output=True, text=True,
+                              timeout=600, preexec_fn=limit if self.limit else None)
+
+    def files(self):
+        """Every file on it but the filler: temporaries and outputs alike."""
+        return sorted(os.path.relpath(os.path.join(d, n), self.path)
+                      for d, _, names in os.walk(self.path) for n in names
+                      if os.path.join(d, n) != str(self.filler))
+
+    def close(self):
+        if self.mounted:
+            subprocess.run(["umount", str(self.path)], check=True)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    d = SmallDisk(tmp_path / "disk")
+    yield d
+    d.close()
+
+
+def _pages(size):
+    return -(-size // PAGE) * PAGE
+
+
+# inference.py --no-plots writes its plots folder in this order
+PLOTS_ORDER = ["metrics.json", "thresholds.csv", "comparison.csv", "results.root",
+               "index.html"]
+
+
+@pytest.fixture(scope="module")
+def plots_sizes(quick_models, small_file, tmp_path_factory):
+    """The size of each file of a --no-plots run's plots folder."""
+    plots = tmp_path_factory.mktemp("reference") / "plots"
+    proc = run_script("inference.py", "-f", small_file, "--model", quick_models["net1"],
+                      "--plots-dir", plots, "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(plots)) == sorted(PLOTS_ORDER)
+    return {name: os.path.getsize(plots / name) for name in PLOTS_ORDER}
+
+
+def _assert_nothing_left(disk, proc, output):
+    """Exit 2, one error line, no traceback, and nothing on the disk: no temporary,
+    no half file.  The error names the output and the system's reason (on a
+    simulated full disk, numpy's short writes carry no reason)."""
+    needles = [output, disk.why] if output.endswith(".root") or disk.mounted else [output]
+    assert_clean_error(proc, "could not write", *needles)
+    assert disk.files() == [], disk.files()
+
+
+@pytest.mark.parametrize("fmt", ["ttree", "rntuple"])
+def test_full_disk_make_sample(disk, fmt):
+    disk.fill(4 * PAGE)
+    out = disk.path / "sample.root"
+    proc = disk.run("make_sample.py", "-o", out, "--tracks", 5000, "--format", fmt)
+    _assert_nothing_left(disk, proc, str(out))
+
+
+@pytest.mark.parametrize("ext", ["root", "npy"])
+def test_full_disk_inference_output(disk, quick_models, small_file, tmp_path, ext):
+    disk.fill(2 * PAGE)
+    out = disk.path / f"probabilities.{ext}"
+    proc = disk.run("inference.py", "-f", small_file, "--model", quick_models["net1"],
+                    "--output", out, "--plots-dir", tmp_path / "plots", "--no-plots")
+    _assert_nothing_left(disk, proc, str(out))
+    assert not os.path.exists(tmp_path / "plots") or os.listdir(tmp_path / "plots") == []
+
+
+@pytest.mark.parametrize("target", PLOTS_ORDER)
+def test_full_disk_at_each_file_of_the_plots_folder(disk, quick_models, small_file, plots_sizes,
+                                                    target):
+    before = PLOTS_ORDER[:PLOTS_ORDER.index(target)]
+    disk.fill(sum(_pages(plots_sizes[name]) for name in before),
+              limit=plots_sizes[target] // 2)
+    plots = disk.path / "plots"
+    proc = disk.run("inference.py", "-f", small_file, "--model", quick_models["net1"],
+                    "--plots-dir", plots, "--no-plots")
+    # with a limit per file instead, the first file over it fails
+    _assert_nothing_left(disk, proc, str(plots / target) if disk.mounted else str(plots))
+
+
+def test_full_disk_while_drawing_the_figures(disk, quick_models, small_file, plots_sizes):
+    disk.fill(sum(_pages(size) for size in plots_sizes.values()), limit=2 * PAGE)
+    plots = disk.path / "plots"
+    proc = disk.run("inference.py", "-f", small_file, "--model", quick_models["net1"],
+                    "--plots-dir", plots)
+    _assert_nothing_left(disk, proc, str(plots))
+
+
+# ---------------------------------------------------------------------------
+# no empty folders left by a failed run
+# ---------------------------------------------------------------------------
+
+
+CLEANUP = """
+import os, sys
+sys.path.insert(0, {root!r})
+from outputs import prepare_folder
+from cli import run_cli
+from utils import GhostError
+def main(argv):
+    prepare_folder("old/new/deeper", "--x")
+    prepare_folder("old/kept/x", "--y")
+    open("old/kept/x/file", "w").close()
+    how = {how!r}
+    if how == "ghost":
+        raise GhostError("refused")
+    if how == "interrupt":
+        raise KeyboardInterrupt
+    if how == "exit":
+        sys.exit(3)
+    if how == "bug":
+        raise ValueError("a bug")
+    if how == "memory":
+        raise MemoryError
+    return 1 if how == "rc" else 0
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize("how,rc", [("ghost", 2), ("interrupt", 130), ("exit", 3),
+                                    ("bug", 1), ("memory", 2), ("rc", 1), ("ok", 0)])
+def test_failed_run_removes_only_the_empty_folders_it_made(tmp_path, how, rc):
+    (tmp_path / "old").mkdir()
+    proc = subprocess.run([sys.executable, "-c", CLEANUP.format(root=ROOT_DIR, how=how)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc, proc.stderr
+    left = sorted(os.path.relpath(os.path.join(r, n), tmp_path)
+                  for r, ds, fs in os.walk(tmp_path) for n in ds + fs)
+    kept = ["old", "old/kept", "old/kept/x", "old/kept/x/file"]
+    if how == "ok":  # a run that succeeds keeps what it made
+        kept += ["old/new", "old/new/deeper"]
+    assert left == sorted(kept)
+
+
+# ---------------------------------------------------------------------------
+# the checks themselves
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["run1", "a.b", "-x", ".hidden", "my search"])
+def test_plain_name_accepts_plain_names(value):
+    from outputs import plain_name
+    assert plain_name(value, "--name") == value
+
+
+@pytest.mark.parametrize("value", ["", "  ", ".", "..", "a/b", "../x", "/", "/abs", "x/",
+                                   None])
+def test_plain_name_refuses_anything_else(value):
+    from outputs import plain_name
+    from utils import GhostError
+    with pytest.raises(GhostError, match="--name"):
+        plain_name(value, "--name")
+
+
+def test_refuse_overwriting_inputs_direct(tmp_path):
+    from outputs import Pattern, refuse_overwriting_inputs
+    from utils import GhostError
+    (tmp_path / "in.root").write_text("x")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "roc.png").write_text("x")
+    os.symlink(tmp_path / "in.root", tmp_path / "plots" / "alias.root")
+    ok = [("--output", str(tmp_path / "out.root")), ("--none", None),
+          ("--plots-dir", Pattern(str(tmp_path / "plots" / "*.pdf")))]
+    refuse_overwriting_inputs(ok, [("-f", str(tmp_path / "in.root")), ("--config", None)])
+    for outputs, inputs, needle in (
+            ([("--output", str(tmp_path / "plots" / "alias.root"))],
+             [("-f", str(tmp_path / "in.root"))], "would replace the input -f"),
+            ([("--plots-dir", Pattern(str(tmp_path / "plots" / "*.png")))],
+             [("--model", str(tmp_path / "plots" / "roc.png"))], "plots/roc.png"),
+            ([("--a", str(tmp_path / "o.npy")), ("--b", str(tmp_path / "." / "o.npy"))], [],
+             "same file"),
+            ([("--output", str(tmp_path / "plots"))], [], "is a folder")):
+        with pytest.raises(GhostError, match=needle):
+            refuse_overwriting_inputs(outputs, inputs)

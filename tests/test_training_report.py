@@ -1,0 +1,58 @@
+"""training_report.py: what training.py --save writes into training_report/ (the
+figures in PNG and PDF, the ranking, metrics.json, index.html, results.root), read
+from the session's trained model."""
+import json
+import os
+
+import numpy as np
+
+
+def test_training_report_folder(trained_model):
+    report = trained_model.models / "training_report"
+    for stem in ("search_front", "history", "ranking", "correlations", "overtraining",
+                 "rejection", "roc", "scores", "thresholds", "confusion", "compare",
+                 "kinematics_pt"):
+        for fmt in ("png", "pdf"):
+            assert (report / f"{stem}.{fmt}").stat().st_size > 5000, (stem, fmt)
+    ranking = (report / "ranking.csv").read_text().splitlines()
+    assert ranking[0] == "rank,feature,auc_drop,rejection_drop_at_99" and len(ranking) == 14
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert {"overtraining", "comparison", "limit", "kinematics", "ranking"} <= set(metrics)
+    assert [c["name"] for c in metrics["comparison"]] == ["network", "INT8", "baseline",
+                                                          "limit (truth_llr)"]
+    for cls in ("ghost", "real"):
+        assert 0.0 <= metrics["overtraining"][cls]["p_value"] <= 1.0
+
+
+def test_index_html_shows_every_figure_with_its_caption(trained_model):
+    report = trained_model.models / "training_report"
+    page = (report / "index.html").read_text()
+    images = [p for p in os.listdir(report) if p.endswith(".png")]
+    for image in images:
+        assert f'<img src="{image}"' in page, image
+    assert page.count("<figcaption>") == len(images)
+    assert "Working points" in page and "model&#x27;s 99.0% point" in page
+    assert "ROC AUC" in page and "gap to the limit" in page
+
+
+def test_results_root_file_for_root_users(trained_model):
+    from rootio import import_root
+    trained = trained_model.models
+    ROOT = import_root()
+    f = ROOT.TFile.Open(str(trained / "training_report" / "results.root"))
+    names = {k.GetName() for k in f.GetListOfKeys()}
+    assert {"scores_test_ghost", "scores_test_real", "scores_train_ghost", "scores_train_real",
+            "roc", "rejection", "thresholds"} <= names
+    h = f.Get("scores_test_ghost")
+    metrics = json.loads((trained / "training_report" / "metrics.json").read_text())
+    assert h.GetNbinsX() == 100 and h.GetEntries() == metrics["ghosts"]  # every test ghost
+    contents = [h.GetBinContent(i) for i in range(h.GetNbinsX() + 2)]
+    assert contents[0] == contents[-1] == 0 and sum(contents) == metrics["ghosts"]
+    assert f.Get("roc").GetN() > 10
+    f.Close()
+    table = ROOT.RDataFrame("thresholds", str(trained / "training_report" /
+                                              "results.root")).AsNumpy()
+    assert len(table["threshold"]) == 26 + 3 and set(np.unique(table["working_point"])) == {
+        0.0, 0.95, 0.99}
+    for key in ("threshold", "accuracy", "n_tp", "n_fp"):  # the scan, row for row
+        assert np.allclose(table[key][:26], [r[key] for r in metrics["thresholds"]])
