@@ -15,7 +15,9 @@ import os
 import pytest
 
 from helpers import (
+    RAY_FIXTURES,
     SEARCH,
+    SEARCH_FIXTURES,
     SavedSearch,
     made_once,
     quick_models_in,
@@ -31,8 +33,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # costs ten times the work it shares
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SEARCH_FIXTURES = {"budget_search", "stopped", "contested"}  # a module's own searches
-RAY_FIXTURES = SEARCH_FIXTURES | {"trained_model"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m reads the markers

@@ -1,6 +1,8 @@
 """artifacts.py: the files training.py --save writes (the session's trained model):
 all of them, the config plain and complete, the ONNX model matching torch and
-describing itself, the INT8 model's 7-bit weights."""
+describing itself, the INT8 model's 7-bit weights; the training settings of a record
+are a trainer.TrainSettings, stored flat as plain data, and records of older or
+hand-written configs still read."""
 import json
 from dataclasses import fields
 

@@ -1,6 +1,8 @@
 """inputs.py: what inference.py feeds a model: the normalization recorded with it,
 and the guard rails (another track type, features outside the training range or
-nowhere finite, values float32 cannot hold, a single track)."""
+nowhere finite, values float32 cannot hold, a single track); the dataset's file names
+from dataset.py; normalized inputs for network 1 and a normalization of the wrong
+width refused by the one refusal and the one width check."""
 import json
 
 import numpy as np

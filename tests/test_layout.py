@@ -5,8 +5,10 @@ of a module that imports one), never a way to hide a circle."""
 import ast
 import glob
 import os
+import subprocess
+import sys
 
-from helpers import ROOT_DIR
+from helpers import RAY_FIXTURES, ROOT_DIR
 
 # Wings from the bottom up: a module imports only from its own wing or those below.
 WINGS = [
@@ -97,3 +99,29 @@ def test_function_level_imports_are_of_heavy_libraries_only():
              for t, line, inner in rows
              if inner and t not in HEAVY and t not in heavy and t != "__future__"]
     assert light == []
+
+
+def test_the_quick_loop_starts_no_search():
+    """README ("Tests"): `pytest -m "not ray"` leaves out every test that starts Ray,
+    itself (marked where it is defined) or through a fixture (marked by conftest);
+    `-m ray` and `-m "not ray"` split the suite."""
+    def pytest(*args):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", *args,
+                               "tests"], cwd=ROOT_DIR, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout.splitlines()
+
+    def ids(*args):
+        return {line for line in pytest("--collect-only", *args) if "::" in line}
+
+    every, quick, searches = ids(), ids("-m", "not ray"), ids("-m", "ray")
+    assert len(quick) > 500 and len(searches) > 20
+    assert quick | searches == every and not quick & searches
+    test, starting = None, []  # the quick tests that use a fixture starting a search
+    for line in pytest("--fixtures-per-test", "-m", "not ray"):
+        if line.startswith("-") and " fixtures used by " in line:
+            test = line.split(" fixtures used by ", 1)[1].rstrip(" -")
+        elif test and line.split(" -- ")[0] in RAY_FIXTURES:
+            starting.append(test)
+    assert not starting

@@ -1,6 +1,7 @@
 """scoring.py: the backends (torch, onnx2torch, onnxruntime) agree, with each other
 and with the .pth weights; a model without metadata; INT8; the device-resident
-scorer."""
+scorer; a model's multiply-adds per track (model_macs, the architecture's cost, or
+estimated from the weights of a model without a record)."""
 import json
 import subprocess
 import sys

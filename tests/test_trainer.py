@@ -1,5 +1,6 @@
 """trainer.py: the training loop, evaluation, learning-rate schedules and class
-weights."""
+weights; the one class weighting of the loss, in torch (training) and numpy (the
+baseline and the reference rows)."""
 import numpy as np
 import pytest
 import torch
