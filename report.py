@@ -141,7 +141,8 @@ def print_headline(title, lines):
 
 def point_line(wp):
     """One working point (metrics.WorkingPoint) for a headline."""
-    return (f"{wp.label}: cut p > {wp.threshold:.4f} ({wp.origin}): real-track efficiency "
+    source = "fixed on the validation split" if wp.fixed else wp.origin
+    return (f"{wp.label}: cut p > {wp.threshold:.4f} ({source}): real-track efficiency "
             f"{wp.real_efficiency:.2%}, ghost rejection {wp.ghost_rejection:.2%}")
 
 

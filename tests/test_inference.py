@@ -144,8 +144,8 @@ def test_inference_working_points_everywhere(trained_model, matching_file, tmp_p
     assert inference.main(["-f", matching_file, "--model", model,
                            "--working-point", "0.99,0.9", "--plots-dir", str(plots)]) == 0
     text = capsys.readouterr().out
-    assert "working point 99.0% efficiency (this input)" in text
-    assert "working point model's 99.0% point (the model (its validation split))" in text
+    assert "    99.0% efficiency: cut p > " in text  # the headline's lines
+    assert "    model's 99.0% point: cut p > " in text and "(fixed on the validation split)" in text
     metrics = json.loads((plots / "metrics.json").read_text())
     wps = metrics["working_points"]
     assert [w["label"] for w in wps] == ["99.0% efficiency", "90.0% efficiency",
