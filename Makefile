@@ -26,7 +26,9 @@ demo: $(STAMP)
 	$(PY) inference.py -f $(DEMO)/fresh.root --model $(DEMO)/model/ghost_model.onnx \
 		--compare $(DEMO)/model/ghost_model_int8.onnx --ranking \
 		--plots-dir $(DEMO)/plots/analysis --output $(DEMO)/fresh_ghost_prob.root
-	@echo "demo done: plots in $(DEMO)/plots, model in $(DEMO)/model"
+	@echo "demo done: the headline above is the network on a fresh file; the one page to"
+	@echo "open is $(DEMO)/plots/analysis/index.html (the training report and the features"
+	@echo "are in $(DEMO)/model/training_report/ and $(DEMO)/plots/features/)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,6 +26,17 @@ from trainer import TrainSettings
 from utils import GhostError, one_line, plain
 
 ARTIFACT = "ghost_model"
+# A model's files, {stem}{suffix} -> what each holds: what save_model_files writes and
+# training.py's --help lists
+MODEL_FILES = {
+    ".pth": "the state_dict (torch.load(..., weights_only=True))",
+    "_config.pkl": "the configuration as plain data: architecture, training, working point, "
+                   "metrics, provenance",
+    "_config.json": "the same record as JSON",
+    ".onnx": "the model in one file, input `features`, output `probabilities`; its "
+             "metadata describes it",
+    ".hpp": "the model as header-only C++ (ghost_probability(const float* features))",
+}
 INPUT_NAME, OUTPUT_NAME = "features", "probabilities"
 METADATA_KEY = "ghost_tracks_config"  # the whole record, as JSON: what the toolkit reads
 TRAINING_KEYS = tuple(f.name for f in fields(TrainSettings))  # stored flat in the record
@@ -159,18 +170,22 @@ def state_problem(expected, state):
 
 
 def save_model_files(out, folder, stem, model, saved):
-    """{stem}.pth, {stem}_config.pkl/.json, {stem}.onnx and the C++ header {stem}.hpp
-    through `out` (outputs.AtomicOutputs)."""
+    """Every file of MODEL_FILES, {stem}.pth, {stem}_config.pkl/.json, {stem}.onnx and
+    the C++ header {stem}.hpp, through `out` (outputs.AtomicOutputs)."""
     import torch
     record = saved.to_dict()
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    out.save_bytes(os.path.join(folder, f"{stem}.pth"), buffer.getvalue())
-    out.save_bytes(os.path.join(folder, f"{stem}_config.pkl"), pickle.dumps(record, protocol=4))
-    out.save_json(os.path.join(folder, f"{stem}_config.json"), record)
-    out.save_bytes(os.path.join(folder, f"{stem}.onnx"), onnx_bytes(model, saved))
-    out.save_bytes(os.path.join(folder, f"{stem}.hpp"),
-                   export_header(model, saved, namespace=stem).encode())
+    writers = {
+        ".pth": lambda path: out.save_bytes(path, buffer.getvalue()),
+        "_config.pkl": lambda path: out.save_bytes(path, pickle.dumps(record, protocol=4)),
+        "_config.json": lambda path: out.save_json(path, record),
+        ".onnx": lambda path: out.save_bytes(path, onnx_bytes(model, saved)),
+        ".hpp": lambda path: out.save_bytes(
+            path, export_header(model, saved, namespace=stem).encode()),
+    }
+    for suffix in MODEL_FILES:
+        writers[suffix](os.path.join(folder, f"{stem}{suffix}"))
 
 
 def onnx_bytes(model, saved):

@@ -11,22 +11,54 @@ traceback.  Imports nothing of the toolkit but utils, so every room may import i
 import argparse
 import os
 import sys
+import textwrap
 
 from utils import GhostError
 
 FORMATS = ("png", "pdf")  # figure formats, --format's choices
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """The description and the outputs as written; every option that takes a value
+    and has one by default says it (options without one say what happens instead,
+    in their own words)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required and "required" not in text:
+            text += " (required)"
+        elif (all(action.default is not v for v in (None, False, argparse.SUPPRESS))
+              and action.nargs != 0 and "default" not in text):
+            text += " (default %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose complaints are GhostErrors; the description (a
-    script's docstring) printed as written."""
+    script's docstring) printed as written, then the files the script writes
+    (`outputs`: [(heading, [(names, what they hold)])], from the registries of the
+    rooms that write them: see outputs_text)."""
 
-    def __init__(self, description):
-        super().__init__(description=description,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    def __init__(self, description, outputs=()):
+        super().__init__(description=description, epilog=outputs_text(outputs) or None,
+                         formatter_class=_Formatter)
 
     def error(self, message):
         raise GhostError(message)
+
+
+def outputs_text(sections):
+    """The files a script writes, for its --help: each section's heading, then each
+    row's names (comma-separated; `{a,b}` stands for each of a and b) indented by two,
+    and what they hold indented by six."""
+    lines = []
+    for heading, rows in sections:
+        lines += [heading] if not lines else ["", heading]
+        for names, what in rows:
+            lines.append(f"  {names}")
+            lines += textwrap.wrap(what, 86, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)
+    return "\n".join(lines)
 
 
 def add_format_option(parser, what):

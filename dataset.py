@@ -39,6 +39,18 @@ def dataset_files(prefix):
             ] + [meta_path(prefix)]
 
 
+def dataset_outputs(prefix="PREFIX"):
+    """The files of dataset_files for --help, [(names, what)]: `{a,b}` for each split."""
+    splits = "{" + ",".join(SPLITS) + "}"
+    data, labels = split_paths(prefix, splits)
+    return [(data, "float32 [tracks, features], columns in the order of the features JSON"),
+            (labels, "float32 [tracks, 1], 1 = ghost"),
+            (spectators_path(prefix, splits), "where the input has them: float32 [tracks, "
+             "spectators], branches never fed to a model (the generator's truth_llr, tx, ty)"),
+            (meta_path(prefix), "track type, features, input files, counts per split and "
+             "class, the balance and class weights, both input scalings of the train split")]
+
+
 def has_dataset(prefix):
     return os.path.isfile(split_paths(prefix, "test")[0])
 

@@ -25,6 +25,7 @@ from scoring import model_macs
 from utils import log, plain
 
 LIMIT_CURVE = f"limit ({LIMIT})"  # the known optimum's curve, where the input has it
+RANKING_STEM = "ranking"  # ranking.png and ranking.csv
 RANKING_CAPTION = ("Features ranked by the drop in AUC and in ghost rejection at 99 % when "
                    "each is shuffled.")
 
@@ -67,7 +68,7 @@ class Ranking:
 
     def figure(self, plt, title):
         """(stem, Figure, caption) for report.write_analysis's extra figures."""
-        return ("ranking", ranking_figure(plt, self.reference, self.rows, title),
+        return (RANKING_STEM, ranking_figure(plt, self.reference, self.rows, title),
                 RANKING_CAPTION)
 
 

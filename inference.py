@@ -3,20 +3,14 @@
     python inference.py -f ../data/Data.root --model ghost_model.onnx --track matching
     python inference.py -f ../data/dataset --model ghost_model.pth --config ghost_model_config.pkl
 
--f is a .root file (every entry of the tree, in entry order) or a dataset prefix written
-by make_dataset.py (its test split; its train split too, for the overtraining check).
-The model's ONNX metadata or config tells the track type, features, network and the
-normalization recorded at training time; flags override them.
+-f is a .root file (every entry, in entry order) or a dataset prefix of make_dataset.py
+(its test split; its train split for the overtraining check).  The model's metadata or
+config tells the track type, features, network and normalization; flags override them.
 
-One scoring pass, then for every threshold (ghost when probability > threshold):
-accuracy, TP/TN/FP/FN fractions, sensitivity, specificity, FPR, FNR, precision, F1,
-predicted and true ghost/real fractions; ROC AUC, the full ROC, ghost rejection at
-90/95/99/99.5 % real-track efficiency.  Writes to --plots-dir: thresholds.csv,
-metrics.json, accuracy.png, ghost_real.png, confusion.png, ssfnfp.png, roc.png,
-scores.png, rejection.png (and overtraining.png on a dataset prefix).
---output FILE.npy|FILE.root: the ghost probability of every input track (NaN where a
-track has a non-finite feature, or values the model cannot compute in float32); the
-.root tree `ghost_probability` (branch `ghost_prob`) can be a friend of the input tree.
+One scoring pass, then ROC AUC, ghost rejection at the working points (--working-point
+and the model's own) and the original study's threshold table (thresholds.csv; on the
+console with --verbose).  The console ends with the answer: AUC, ghost rejection at each
+working point with its threshold, the gap to the known optimum, the page to open.
 """
 import os
 from dataclasses import dataclass
@@ -40,7 +34,16 @@ from inputs import (
 from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
 from plots import pyplot, style
-from report import analysis_files, print_summary, write_analysis, write_ranking
+from report import (
+    PAGE,
+    analysis_files,
+    analysis_headline,
+    analysis_outputs,
+    print_headline,
+    print_summary,
+    write_analysis,
+    write_ranking,
+)
 from rootio import PARALLEL_READ_ENTRIES
 from rootwrite import write_root
 from scoring import (
@@ -56,10 +59,19 @@ from scoring import (
 from utils import GhostError, Stopwatch, log, warn
 
 CROSS_CHECK_TOLERANCE = 1e-5  # float32 engines agree to ~1e-7 on a probability
+OUTPUTS = [
+    ("files in --plots-dir (figures as .png; .pdf as well with --format png,pdf):",
+     analysis_outputs()),
+    ("files named by options:", [
+        ("--output FILE.npy or FILE.root", "every track's ghost probability in entry order, "
+         "NaN where it cannot be computed; the .root tree `ghost_probability` (branch "
+         "`ghost_prob`) is a friend of the input tree"),
+        ("--export-cpp FILE.hpp", "the model as a header-only C++ file")]),
+]
 
 
 def parse_args(argv=None):
-    p = Parser(__doc__)
+    p = Parser(__doc__, OUTPUTS)
     p.add_argument("-f", "--filename",
                    help="a .root file, or a dataset prefix from make_dataset.py (required "
                         "unless only --export-cpp)")
@@ -73,12 +85,13 @@ def add_model_options(p):
     p.add_argument("--model", default="ghost_model.onnx",
                    help="an .onnx model, or a .pth state dict with --config "
                         "(default ghost_model.onnx)")
-    p.add_argument("--config", help="model config (.pkl or .json); needed for a .pth model")
+    p.add_argument("--config", help="model config (.pkl or .json); needed for a .pth model "
+                                            "(default: none)")
     p.add_argument("--track", choices=TRACK_TYPES,
                    help="track type: its default features (default: from the model)")
     p.add_argument("--features",
                    help="comma-separated feature branches in the model's column order "
-                        "(for a model without metadata)")
+                        "(default: from the model; for a model without metadata)")
     p.add_argument("--network", type=int, choices=(0, 1),
                    help="0: model expects normalized inputs; 1: scaling inside "
                         "(default: from the model)")
@@ -113,7 +126,8 @@ def add_analysis_options(p):
     p.add_argument("--compare", nargs="+", metavar="MODEL",
                    help="other models (.onnx, or .pth with its _config beside it) scored on "
                         "the same tracks: ROC and rejection overlaid in compare.png, a table "
-                        "in comparison.csv (the limit too, where the input has it)")
+                        "in comparison.csv (the limit too, where the input has it) (default: "
+                        "none)")
     p.add_argument("--ranking", action="store_true",
                    help="rank the features by the loss of AUC and of rejection at 99 %% "
                         "when each is shuffled (ranking.png, ranking.csv)")
@@ -124,7 +138,7 @@ def add_analysis_options(p):
 
 def add_output_options(p):
     p.add_argument("--output", help="write every track's ghost probability to FILE.npy "
-                                    "or FILE.root (NaN for non-finite tracks)")
+                                    "or FILE.root (default: none)")
     p.add_argument("--export-cpp", metavar="FILE.hpp",
                    help="also write the model as a header-only C++ file (the same as "
                         "training.py --save writes); without -f, only that")
@@ -133,12 +147,14 @@ def add_output_options(p):
                         "training input's, recorded in the model) instead of the raw output, "
                         "which is calibrated to the balanced mix of training")
     p.add_argument("--plots-dir", default="plots",
-                   help="folder for plots, thresholds.csv, metrics.json, results.root and "
-                        "index.html (default plots)")
+                   help="folder for the figures, tables and pages below (default plots)")
     add_format_option(p, "figure")
     p.add_argument("--show", action="store_true", help="also open the plots in windows")
     p.add_argument("--no-plots", action="store_true",
                    help="write the tables, metrics.json and results.root but no figures")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print the threshold table (accuracy, sensitivity, specificity, "
+                        "... at each threshold), the best thresholds, every rejection")
 
 
 def check_args(args):
@@ -315,7 +331,7 @@ def analyse_input(args, scorer, others, s, cuts):
     context = run_context(s.source, model, scorer.settings, s.finite, s)
     record = evaluate(sample, title, context, compared_scores(others, s), cuts)
     if record is not None:
-        print_summary(record)
+        print_summary(record, args.verbose)
     return record
 
 
@@ -392,6 +408,9 @@ def main(argv=None):
     with AtomicOutputs() as out:
         kept, written = write_outputs(args, out, scores, record, formats, header)
     log(f"wrote {', '.join(written) if written else 'nothing'}; total {clock():.1f} s")
+    if record is not None:
+        print_headline(*analysis_headline(record, os.path.join(args.plots_dir, PAGE),
+                                          args.output))
     if kept:
         pyplot(True).show()
     return 0

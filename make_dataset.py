@@ -1,15 +1,17 @@
-"""ROOT file(s) from Allen's kalman_validator -> balanced, split numpy datasets.
+"""ROOT file(s) from Allen's kalman_validator -> split numpy datasets.
 
     python make_dataset.py -f ../data/Data.root --output ../data/dataset --track matching
 
-writes {output}_{train,valid,test}_{data,labels}.npy and {output}_features.json.
+Keeps every track at the file's natural ghost fraction, with class weights that balance
+the training loss (--balance weights), or as many real tracks as ghosts (--balance
+subsample, the original); splits each class 60/20/20 into train, valid and test.
 """
 import os
 
 import numpy as np
 
 from cli import FORMATS, Parser, add_format_option, add_threads_option, parse_formats, run_cli
-from dataset import SPLITS, DatasetMeta, dataset_files, meta_path, write_dataset
+from dataset import SPLITS, DatasetMeta, dataset_files, dataset_outputs, meta_path, write_dataset
 from features import (
     DEFAULT_TREE,
     HEAVY_TAILED,
@@ -30,7 +32,7 @@ from outputs import (
     prepare_folder,
     refuse_overwriting_inputs,
 )
-from report import write_feature_figures
+from report import PAGE, dataset_headline, print_headline, write_feature_figures
 from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log
 
@@ -40,10 +42,17 @@ BALANCES = ("weights", "subsample")
 # generator's optimum and the slopes, for the performance vs eta.
 SPECTATORS = (LIMIT, "tx", "ty")
 MIN_TRACKS_PER_CLASS = 10
+OUTPUTS = [
+    ("files (PREFIX = --output):", dataset_outputs()),
+    ("files in --plots-dir with --plot (figures as .png; .pdf as well with --format png,pdf):",
+     [("{" + ",".join(features_for(t)) + "}.png", f"with --track {t}: one figure per feature, "
+       "ghosts vs real tracks") for t in TRACK_TYPES]
+     + [(PAGE, "the page showing them all")]),
+]
 
 
 def parse_args(argv=None):
-    p = Parser(__doc__)
+    p = Parser(__doc__, OUTPUTS)
     p.add_argument("-f", "--filename", nargs="+", required=True,
                    help="input ROOT file(s) or glob(s), read as one dataset")
     p.add_argument("--output", required=True, help="prefix of the output files")
@@ -58,7 +67,7 @@ def parse_args(argv=None):
                         "loss; subsample: as many real tracks as ghosts, drawn at random "
                         "(the original) (default weights)")
     p.add_argument("--plot", action="store_true",
-                   help="write one PNG per feature, ghosts vs real tracks")
+                   help="one figure per feature, ghosts vs real tracks, and index.html")
     p.add_argument("--plots-dir", default="plots", help="folder for --plot (default plots)")
     p.add_argument("--plot-transformed", action="store_true",
                    help="with --plot: the features as network 1 sees them, after the "
@@ -84,7 +93,7 @@ def check_outputs(args, files):
     outputs = [("--output", path) for path in dataset_files(args.output)]
     if args.plot:
         prepare_folder(args.plots_dir, "--plots-dir", create=False)
-        outputs += [("--plots-dir", os.path.join(args.plots_dir, "index.html"))] + [
+        outputs += [("--plots-dir", os.path.join(args.plots_dir, PAGE))] + [
             ("--plots-dir", Pattern(os.path.join(args.plots_dir, f"*.{fmt}"))) for fmt in FORMATS]
     refuse_overwriting_inputs(outputs, [("-f", path) for path in files])
     if args.plot:
@@ -250,16 +259,16 @@ def main(argv=None):
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats)
 
-    sizes = ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
     kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
             if args.balance == "subsample" else
             f"kept every track ({meta.ghost_fraction:.1%} ghosts; class weights "
             f"ghost {meta.class_weights['ghost']:.3f}, real {meta.class_weights['real']:.3f})")
-    log(f"{kept}; splits: {sizes}{' (normalized)' if args.normalize else ''}"
-        + (f"; spectators {', '.join(spectators)}" if spectators else ""))
-    log(f"wrote {args.output}_*.npy and {meta_path(args.output)}"
-        f"{f' and {len(names)} plots in {args.plots_dir}' if args.plot else ''}"
-        f" in {clock():.1f} s")
+    log(f"{kept}{'; normalized' if args.normalize else ''}"
+        + (f"; spectators {', '.join(spectators)}" if spectators else "")
+        + f"; {clock():.1f} s")
+    print_headline(*dataset_headline(
+        meta, f"wrote {args.output}_{{{','.join(SPLITS)}}}_*.npy and {meta_path(args.output)}",
+        os.path.join(args.plots_dir, PAGE) if args.plot else None))
 
 
 if __name__ == "__main__":

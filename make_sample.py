@@ -25,8 +25,9 @@ from scipy.special import betaln, gammaln, logsumexp, ndtr
 from cli import Parser, run_cli
 from features import DEFAULT_TREE, LIMIT, TRACK_TYPES, features_for, own_branches
 from outputs import AtomicOutputs, check_output_file
+from report import print_headline, sample_headline
 from rootwrite import write_root
-from utils import GhostError, log
+from utils import GhostError
 
 # Every branch of the real tree, in the order written, and the generator's truth.
 BRANCHES = [
@@ -355,9 +356,14 @@ def make_sample(path="sample.root", tracks=200000, track="matching", ghost_rate=
             "seconds": time.time() - t0}
 
 
+OUTPUTS = [("files named by options:", [
+    ("-o/--output FILE.root", "every branch of the schema (README, \"Data\") and the "
+     f"generator's {LIMIT}, one entry per track, all float32")])]
+
+
 def main(argv=None):
     ap = Parser("Write a synthetic Allen kalman_validator file (tree\n"
-                "kalman_validator/kalman_ip_tree, all branches float32).")
+                "kalman_validator/kalman_ip_tree, all branches float32).", OUTPUTS)
     ap.add_argument("-o", "--output", default="sample.root", help="output ROOT file")
     ap.add_argument("--tracks", type=int, default=200000, help="number of tracks")
     ap.add_argument("--track", choices=TRACK_TYPES, default="matching",
@@ -378,9 +384,7 @@ def main(argv=None):
     check_output_file(args.output, "-o", (".root",))
     s = make_sample(args.output, args.tracks, args.track, args.ghost_rate, args.seed,
                     args.fmt, args.nonfinite)
-    log(f"wrote {s['tracks']} {args.track} tracks ({s['ghosts']} ghosts, "
-        f"{s['nonfinite']} with non-finite values) in {s['seconds']:.1f} s "
-        f"-> {s['path']} [{args.fmt}]")
+    print_headline(*sample_headline(s, args.track, args.fmt))
 
 
 if __name__ == "__main__":

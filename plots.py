@@ -295,31 +295,37 @@ def always(p):
     return True
 
 
-# file stem -> (figure, whether a PlotInput has what it needs, caption for index.html)
+# file stem -> (figure, whether a PlotInput has what it needs, caption for index.html,
+# when it is drawn in words for --help: "" always)
 FIGURES = {
     "rejection": (rejection, always, "Ghost rejection against real-track efficiency, "
-                  "the working points marked: HLT1's figure of merit."),
+                  "the working points marked: HLT1's figure of merit.", ""),
     "roc": (roc, always, "ROC curve, linear and with the real-track inefficiency on a log "
-            "scale, where HLT1 cuts."),
+            "scale, where HLT1 cuts.", ""),
     "scores": (scores, always, "Score distributions of ghosts and real tracks, the working "
-               "points' thresholds marked."),
+               "points' thresholds marked.", ""),
     "thresholds": (thresholds, always, "The original study's threshold scan: accuracy, "
-                   "predicted fractions, confusion fractions and rates."),
+                   "predicted fractions, confusion fractions and rates.", ""),
     "confusion": (confusion, always, "Confusion matrices at the best-J threshold and at the "
-                  "working points."),
+                  "working points.", ""),
     "overtraining": (overtraining, lambda p: bool(p.overtraining) and p.train is not None,
-                     "Train vs test score distributions per class, with KS p-values."),
+                     "Train vs test score distributions per class, with KS p-values.",
+                     "with a train split (a dataset prefix): train vs test scores, KS test"),
     "compare": (comparison, lambda p: bool(p.curves), "Every compared classifier and the "
-                "known optimum on the same tracks."),
+                "known optimum on the same tracks.",
+                "with classifiers compared (--compare, the baseline, INT8) or the limit: "
+                "ROC and rejection of each"),
 }
+KINEMATICS_STEM = "kinematics_{}"  # + a kinematics.VARIABLES name
 
 
 def figure_jobs(p):
     """[(stem, draw(plt) -> Figure, caption)]: every figure of FIGURES and of the
     kinematics that `p` has data for."""
     jobs = [(stem, partial(draw, p=p), caption)
-            for stem, (draw, applies, caption) in FIGURES.items() if applies(p)]
-    jobs += [(f"kinematics_{name}", partial(kinematics_figure, name=name, v=v, title=p.title),
+            for stem, (draw, applies, caption, _) in FIGURES.items() if applies(p)]
+    jobs += [(KINEMATICS_STEM.format(name),
+              partial(kinematics_figure, name=name, v=v, title=p.title),
               kinematics_caption(v)) for name, v in (p.kinematics or {}).items()]
     return jobs
 

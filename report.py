@@ -1,9 +1,11 @@
-"""How an analysis is reported and every page written: the console summary, the
-tables (thresholds.csv, comparison.csv, search_trials.csv), metrics.json (its record
-from evaluation.Evaluation.metrics), results.root's content, and each plots folder
-with its figures and index.html (the analysis's, the training report's, the
-features').  The numbers come from metrics.py and evaluation.py, the figures from
-plots.py and diagnostic_plots.py."""
+"""How an analysis is reported and every page written: the console summary and the
+headline block every script ends with, the tables (thresholds.csv, comparison.csv,
+search_trials.csv), metrics.json (its record from evaluation.Evaluation.metrics),
+results.root's content, and each plots folder with its figures and index.html (the
+analysis's, the training report's, the features'), and the registry of an analysis
+folder's files (what write_analysis writes, what the scripts' --help lists).  The
+numbers come from metrics.py and evaluation.py, the figures from plots.py and
+diagnostic_plots.py."""
 import os
 from html import escape
 
@@ -12,9 +14,20 @@ import numpy as np
 from cli import FORMATS
 from compare import comparison_csv, format_comparison
 from diagnostic_plots import feature_figure
-from metrics import downsample_roc, row
+from evaluation import RANKING_STEM
+from features import DEFAULT_TREE, LIMIT
+from kinematics import VARIABLES
+from metrics import SortedScores, downsample_roc, row, working_points
 from outputs import Pattern
-from plots import SCORE_BINS, draw_figures, figure_jobs, save_figure, style
+from plots import (
+    FIGURES,
+    KINEMATICS_STEM,
+    SCORE_BINS,
+    draw_figures,
+    figure_jobs,
+    save_figure,
+    style,
+)
 from rootio import import_root
 from rootwrite import write_results
 from utils import GhostError, log
@@ -25,6 +38,19 @@ COLUMNS = [("threshold", "thresh"), ("accuracy", "acc"), ("tp", "TP"), ("tn", "T
            ("youden_j", "J"), ("pred_ghost", "pred_g"), ("pred_real", "pred_r")]
 CSV_COLUMNS = [k for k, _ in COLUMNS] + ["true_ghost", "true_real",
                                          "n_tp", "n_tn", "n_fp", "n_fn"]
+PAGE = "index.html"  # every plots folder's page
+# An analysis folder's files beside the figures and the ranking: name -> what it holds
+# (the names write_analysis writes, analysis_files guards and --help lists)
+TABLES = {
+    "metrics.json": "every number of the analysis: AUC, working points, the threshold scan, "
+                    "the comparison, the limit and the gap to it, the kinematics",
+    "thresholds.csv": "the threshold scan, then one row per working point",
+    "comparison.csv": "with classifiers compared or the limit: AUC and ghost rejection of each",
+    "results.root": "the same for ROOT users: score histograms, ROC and rejection graphs, "
+                    "the threshold table (where ROOT is installed)",
+    PAGE: "the page to open: the summary, the working points and every figure",
+}
+RANKING_CSV = f"{RANKING_STEM}.csv"
 
 
 def _fmt(v, width=7):
@@ -57,12 +83,27 @@ def table_csv(table, working_points=()):
     return "\n".join(lines) + "\n"
 
 
-def print_summary(e):
-    """An evaluation.Evaluation on the console: the analysis, the overtraining check,
-    the comparison and the gap to the limit."""
+def print_summary(e, verbose=False):
+    """An evaluation.Evaluation on the console: the overtraining check and the
+    comparison; with `verbose` first the threshold table (in ML words), the best
+    thresholds, every ghost rejection and working point (the headline block,
+    analysis_headline, says the answer)."""
     a, over = e.analysis, e.plot.overtraining
     log(f"{a.n:,} labelled tracks: {a.n_ghost:,} ghosts ({a.true_ghost:.2%}), "
         f"{a.n_real:,} real ({a.true_real:.2%}); ROC AUC {a.auc:.4f}")
+    if verbose:
+        print_details(e)
+    if over:
+        log("overtraining check (train vs test scores, KS test): " + ", ".join(
+            f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
+    if e.plot.curves:
+        log(format_comparison(e.plot.curves, a.n))
+
+
+def print_details(e):
+    """--verbose: the threshold table, the best thresholds by J and F1, the model's own
+    threshold, ghost rejection at each efficiency, the working points."""
+    a = e.analysis
     log(format_table(a.table))
     for b, key, name in ((a.best_youden_j, "youden_j", "Youden's J"),
                          (a.best_f1, "f1", "F1")):
@@ -82,15 +123,85 @@ def print_summary(e):
         log(f"working point {wp.label} ({wp.origin}): threshold {wp.threshold:.4f}, "
             f"real-track efficiency {wp.real_efficiency:.4f}, ghost rejection "
             f"{wp.ghost_rejection:.4f}")
-    if over:
-        log("overtraining check (train vs test scores, KS test): " + ", ".join(
-            f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
-    if e.plot.curves:
-        log(format_comparison(e.plot.curves, a.n))
-    if e.gap is not None:
-        log(f"gap to the limit: AUC {e.gap['auc_gap']:.4f} lower; "
-            f"{e.gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
+
+
+def gap_line(gap):
+    return (f"gap to the limit: AUC {gap['auc_gap']:.4f} lower; "
+            f"{gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection at "
             "99 % real-track efficiency")
+
+
+def print_headline(title, lines):
+    """The answer first: the short block every script ends with, its `title` then
+    its `lines` (numbers computed by the caller, in physicists' words)."""
+    log(f"=== {title}")
+    for line in lines:
+        log(f"    {line}")
+
+
+def point_line(wp):
+    """One working point (metrics.WorkingPoint) for a headline."""
+    source = "fixed on the validation split" if wp.fixed else wp.origin
+    return (f"{wp.label}: cut p > {wp.threshold:.4f} ({source}): real-track efficiency "
+            f"{wp.real_efficiency:.2%}, ghost rejection {wp.ghost_rejection:.2%}")
+
+
+def analysis_headline(e, page=None, output=None):
+    """inference.py's headline of the evaluation.Evaluation `e`: AUC (and the limit's),
+    ghost rejection at each working point with its threshold, the gap to the limit,
+    the page to open and the per-track output (where written): (title, lines)."""
+    a = e.analysis
+    lines = [f"ROC AUC {a.auc:.4f}" + (f" (the limit, {LIMIT}: {e.limit.auc:.4f})"
+                                       if e.limit is not None else "")]
+    lines += [point_line(wp) for wp in a.working_points]
+    lines += [gap_line(e.gap)] if e.gap is not None else []
+    lines += [f"open {page}"] if page else []
+    lines += [f"per-track ghost probabilities: {output}"] if output else []
+    return f"{e.title}: {a.true_ghost:.2%} ghosts", lines
+
+
+def sample_headline(s, track, fmt):
+    """make_sample.py's headline of make_sample.make_sample's summary `s`."""
+    fraction = s["ghosts"] / s["tracks"]
+    return (f"synthetic Allen sample: {s['path']} ({fmt}, {DEFAULT_TREE})",
+            [f"{s['tracks']:,} {track} tracks: {s['ghosts']:,} ghosts ({fraction:.2%}), "
+             f"{s['nonfinite']:,} with a non-finite value; written in {s['seconds']:.1f} s"])
+
+
+def dataset_headline(meta, paths, plots):
+    """make_dataset.py's headline of its dataset.DatasetMeta: tracks read and kept per
+    class, the split sizes, the files written (`paths`, in words) and the features'
+    page (`plots`, None without --plot)."""
+    kept = {c: sum(n[c] for n in meta.counts.values()) for c in ("ghost", "real")}
+    lines = [f"read {meta.tracks_read:,} {meta.track} tracks, {meta.tracks_dropped_nonfinite:,}"
+             f" with a non-finite value dropped; kept {kept['ghost']:,} ghosts and "
+             f"{kept['real']:,} real tracks: {meta.mix()}",
+             "splits: " + ", ".join(f"{s} {n['ghost'] + n['real']:,} ({n['ghost']:,} ghosts)"
+                                    for s, n in meta.counts.items()),
+             paths] + ([f"open {plots}"] if plots else [])
+    return f"dataset {meta.track}: {len(meta.features)} features", lines
+
+
+def training_headline(config, labels, mix, models, references, files, page):
+    """training.py's headline: the chosen network (architecture.ModelConfig); on the
+    test split (`labels`, its class `mix` in words) each of `models` [(name, AUC,
+    probabilities, its working point {"efficiency", "threshold"})] with its ghost
+    rejection at its own cut, the `references` [(name, AUC, ghost rejection at 99 %
+    real-track efficiency)] (baseline, limit); the model `files` in words and the
+    report's `page` (None without --save): (title, lines)."""
+    lines = []
+    for name, auc, scores, point in models:
+        wp = working_points(SortedScores.of(scores, labels), [], point)[0]
+        lines.append(f"{name}: ROC AUC {auc:.4f}; cut p > {wp.threshold:.4f} (its "
+                     f"{wp.target_efficiency:.1%} point, from the validation split): real-track "
+                     f"efficiency {wp.real_efficiency:.2%}, ghost rejection "
+                     f"{wp.ghost_rejection:.2%}")
+    lines += [f"{name}: ROC AUC {auc:.4f}; ghost rejection {rejection:.2%} at 99.0% "
+              "real-track efficiency" for name, auc, rejection in references]
+    lines += [files] + ([f"open {page}"] if page else [])
+    return (f"the chosen network: {'x'.join(map(str, config.hidden))} hidden, "
+            f"{config.activation}, {config.cost()[0]:,} multiply-adds per track; on the "
+            f"test split ({len(labels):,} tracks, {mix})"), lines
 
 
 def trials_csv(trials):
@@ -194,25 +305,46 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
     for stem, fig, caption in extra_figures:
         figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
                                     formats=formats), caption))
-    out.save_bytes(os.path.join(folder, "index.html"),
+    out.save_bytes(_table(folder, PAGE),
                    index_html(e.title, figures, summary(e),
                               e.analysis.working_points).encode())
-    files.append("index.html")
+    files.append(PAGE)
     return [n for names, _ in figures for n in names] + files, kept
 
 
 def write_ranking(out, folder, ranking):
     """ranking.csv of an evaluation.Ranking."""
-    out.save_bytes(os.path.join(folder, "ranking.csv"), ranking.csv().encode())
+    out.save_bytes(_table(folder, RANKING_CSV), ranking.csv().encode())
 
 
 def analysis_files(folder):
     """Every file write_analysis and inference.py's --ranking may write in `folder`,
     the figures as outputs.Pattern: checked before any work (none is an input)."""
-    names = ("metrics.json", "thresholds.csv", "comparison.csv", "ranking.csv",
-             "results.root", "index.html")
-    return ([os.path.join(folder, name) for name in names]
+    return ([os.path.join(folder, name) for name in (*TABLES, RANKING_CSV)]
             + [Pattern(os.path.join(folder, f"*.{fmt}")) for fmt in FORMATS])
+
+
+def analysis_outputs(ranking="with --ranking"):
+    """An analysis folder's files for --help, [(names, what)]: plots.FIGURES, the
+    kinematics' figures, the ranking (written `ranking`) and TABLES."""
+    always = ", ".join(f"{stem}.png" for stem, f in FIGURES.items() if not f[3])
+    rows = [(always, "the analysis's figures (each one's caption in index.html)")]
+    rows += [(f"{stem}.png", f[3]) for stem, f in FIGURES.items() if f[3]]
+    variables = "{" + ",".join(v.name for v in VARIABLES) + "}"
+    rows += [(f"{KINEMATICS_STEM.format(variables)}.png",
+              "real-track efficiency and ghost rejection at each working point vs p, pT, eta "
+              "and the hit counts (where the input has their branches)"),
+             (f"{RANKING_STEM}.png, {RANKING_CSV}",
+              f"{ranking}: the features ranked by the drop in AUC and in ghost rejection at "
+              "99 % when each is shuffled")]
+    return rows + list(TABLES.items())
+
+
+def _table(folder, name):
+    """The path of one of the analysis folder's registered files."""
+    if name not in TABLES and name != RANKING_CSV:
+        raise ValueError(f"{name} is not in report.TABLES")
+    return os.path.join(folder, name)
 
 
 def write_tables(out, folder, e):
@@ -220,11 +352,11 @@ def write_tables(out, folder, e):
     results.root (where ROOT is installed): the names written after the first two."""
     a = e.analysis
     files = []
-    out.save_json(os.path.join(folder, "metrics.json"), e.metrics())
-    out.save_bytes(os.path.join(folder, "thresholds.csv"),
+    out.save_json(_table(folder, "metrics.json"), e.metrics())
+    out.save_bytes(_table(folder, "thresholds.csv"),
                    table_csv(a.table, a.working_points).encode())
     if e.plot.curves:
-        out.save_bytes(os.path.join(folder, "comparison.csv"),
+        out.save_bytes(_table(folder, "comparison.csv"),
                        comparison_csv(e.plot.curves).encode())
         files.append("comparison.csv")
     try:
@@ -235,9 +367,8 @@ def write_tables(out, folder, e):
     rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
     rows += [{**w.to_dict(), "target_efficiency_wp": w.target_efficiency}
              for w in a.working_points]
-    write_results(out.tmp(os.path.join(folder, "results.root")),
-                  *results_root(a, e.splits(), rows),
-                  shown=os.path.join(folder, "results.root"))
+    path = _table(folder, "results.root")
+    write_results(out.tmp(path), *results_root(a, e.splits(), rows), shown=path)
     files.append("results.root")
     return files
 
@@ -260,6 +391,6 @@ def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, 
                             f"{name}: ghosts and real tracks, each normalized to unit area."))
     headline = {"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
                 "features": ", ".join(names)}
-    out.save_bytes(os.path.join(plots_dir, "index.html"),
+    out.save_bytes(os.path.join(plots_dir, PAGE),
                    index_html("The features, ghosts vs real tracks", figures, headline,
                               []).encode())

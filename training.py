@@ -2,9 +2,9 @@
 
     python training.py -f ../data/dataset --save
 
-reads the arrays written by make_dataset.py and, with --save, writes
-ghost_model.pth, ghost_model_config.pkl (+ .json) and ghost_model.onnx
-(+ ghost_model_int8.* with --int8) into --output-dir.
+reads the arrays written by make_dataset.py and, with --save, writes the model files
+and the training report (below) into --output-dir.  The console ends with the answer:
+the chosen network, its test AUC and ghost rejection at its working point.
 """
 import contextlib
 import os
@@ -17,13 +17,14 @@ import provenance
 import search_folder
 import training_report
 from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
-from artifacts import ARTIFACT, SavedConfig, save_model_files
+from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, save_model_files
 from baseline import baseline_scores, fit_baseline
 from cli import Parser, add_format_option, parse_formats, run_cli
 from dataset import load_dataset, load_meta, load_spectators
 from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
 from outputs import AtomicOutputs, FolderLock, plain_name, prepare_folder, remove_stale_temporaries
+from report import PAGE, print_headline, training_headline
 from search import (
     SELECT,
     SPACES,
@@ -43,7 +44,7 @@ from utils import GhostError, Stopwatch, log, pick_device
 
 
 def parse_args(argv=None):
-    p = Parser(__doc__)
+    p = Parser(__doc__, training_report.outputs())
     p.add_argument("-f", "--filename", required=True,
                    help="dataset prefix written by make_dataset.py")
     add_search_options(p.add_argument_group("search and training"))
@@ -71,8 +72,8 @@ def parse_args(argv=None):
 
 def add_search_options(p):
     p.add_argument("--epochs", type=int, default=20, help="epochs per trial (default 20)")
-    p.add_argument("-n", "--num_samples", type=int, default=8,
-                   help="configurations to explore (default 8)")
+    p.add_argument("-n", "--num-samples", "--num_samples", type=int, default=8,
+                   dest="num_samples", help="configurations to explore (default 8)")
     p.add_argument("--space", choices=SPACES, default="default",
                    help="default: 1-3 hidden layers within --max-macs, AdamW, weight decay, "
                         "--schedule, batch size; original: the seed's one-hidden-layer space "
@@ -117,10 +118,11 @@ def add_machine_options(p):
     p.add_argument("--trials-per-gpu", type=int, default=4,
                    help="trials sharing one GPU with --gpu (default 4)")
     p.add_argument("--cuda", type=int, default=None,
-                   help="CUDA device for the final evaluation and INT8 fine-tuning")
+                   help="CUDA device for the final evaluation and INT8 fine-tuning (default 0 "
+                        "where CUDA is available)")
     p.add_argument("--nocuda", action="store_true", help="never use CUDA")
     p.add_argument("--address", default=None,
-                   help="join this Ray cluster (host:port) instead of starting one")
+                   help="join this Ray cluster (host:port) (default: start one here)")
 
 
 def add_output_options(p):
@@ -248,7 +250,7 @@ def finish(args, splits, meta, setup, params, state):
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
     rows = {"validation": evaluate(model, *valid, args.threshold, setup.weights),
             "test": evaluate(model, *test, args.threshold, setup.weights)}
-    wanted = splits if args.save else ("valid",)  # the report wants every split
+    wanted = splits if args.save else ("valid", "test")  # the report wants every split
     scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
                         threshold=args.threshold, training=settings,
@@ -333,7 +335,7 @@ def print_table(rows, mix):
 
 def save(args, artifacts, report, trials, best):
     """Every model's files and the report folder, all renamed into place together."""
-    folder = os.path.join(args.output_dir, "training_report")
+    folder = os.path.join(args.output_dir, training_report.REPORT)
     prepare_folder(folder, "the report folder")
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
@@ -387,6 +389,25 @@ def run(args, signals):
                 lambda x: predict(model, x))
             save(args, artifacts, report, trials, params)
     log(f"total time {clock():.1f} s")
+    print_headline(*headline(args, splits, meta, artifacts, scores, {**rows, **extra}))
+
+
+def headline(args, splits, meta, artifacts, scores, rows):
+    """The answer (report.training_headline): the chosen network, each model's test
+    AUC and ghost rejection at its own working point (the validation split's cut),
+    the baseline and the limit, the files and the report's page."""
+    models = [(name, rows[row]["auc"], scores[name]["test"], saved.working_point)
+              for (_, _, saved), name, row in zip(artifacts, ("network", "INT8"),
+                                                  ("test", "test (INT8)"))]
+    references = [(name.removesuffix(" (test)"), row["auc"], row["rejection@0.99"])
+                  for name, row in rows.items() if name in ("baseline (test)", "limit (test)")]
+    files = (f"model files in {args.output_dir}: {ARTIFACT}{{{','.join(MODEL_FILES)}}}"
+             + (f", {ARTIFACT}_int8.*" if len(artifacts) > 1 else "") if args.save
+             else "no files written (--save writes the model and the report)")
+    page = (os.path.join(args.output_dir, training_report.REPORT, PAGE)
+            if args.save else None)
+    return training_headline(artifacts[0][2].model, splits["test"][1].ravel() > 0.5,
+                             meta.mix(), models, references, files, page)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,43 @@ from dataclasses import dataclass
 import numpy as np
 
 import kinematics
+from artifacts import ARTIFACT, MODEL_FILES
 from diagnostic_plots import correlation_figure, history, search_front
 from diagnostics import correlations
 from evaluation import Sample, evaluate, rank_features, report_context
 from features import LIMIT
 from plots import style
-from report import trials_csv, write_analysis, write_ranking
+from report import analysis_outputs, trials_csv, write_analysis, write_ranking
 from utils import log
 
 RANKING_TRACKS = 100_000  # permutation ranking on this many test tracks (one pass each)
+# The report's own files beside the analysis's (report.analysis_outputs): figure stem
+# -> caption, then the trials' table; what write writes and training.py's --help lists
+FIGURES = {
+    "search_front": "The search's quality-vs-cost front: validation AUC and rejection at 99 % "
+                    "against multiply-adds per track.",
+    "history": "Validation loss and AUC per epoch of every trial, the chosen one bold.",
+    "correlations": "Rank correlations of the features, ghosts and real tracks.",
+}
+TRIALS_CSV = "search_trials.csv"
+
+
+REPORT = "training_report"  # the report's folder in --output-dir
+
+
+def outputs():
+    """Every file training.py --save writes, for its --help: [(heading, [(names, what)])]:
+    the model files (artifacts.MODEL_FILES), then the report's."""
+    suffixes = "{" + ",".join(MODEL_FILES) + "}"
+    return [
+        ("files in --output-dir with --save:",
+         [(f"{ARTIFACT}{suffix}", what) for suffix, what in MODEL_FILES.items()]
+         + [(f"{ARTIFACT}_int8{suffixes}", "with --int8: the INT8 model's files")]),
+        (f"files in --output-dir/{REPORT} with --save (figures as .png; .pdf as well with "
+         "--format png,pdf):",
+         analysis_outputs(f"on up to {RANKING_TRACKS:,} test tracks")
+         + [(f"{stem}.png", caption) for stem, caption in FIGURES.items()]
+         + [(TRIALS_CSV, "every trial: hyperparameters, cost, best validation metrics")])]
 
 
 @dataclass
@@ -52,16 +80,14 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42):
     e.ranking = rank_features(r.score_fn, test_x[rows], labels[rows], names, seed)
     with style() as plt:
         figures = [
-            ("search_front", search_front(plt, trials, best), "The search's quality-vs-cost "
-             "front: validation AUC and rejection at 99 % against multiply-adds per track."),
-            ("history", history(plt, trials, best), "Validation loss and AUC per epoch of "
-             "every trial, the chosen one bold."),
+            ("search_front", search_front(plt, trials, best), FIGURES["search_front"]),
+            ("history", history(plt, trials, best), FIGURES["history"]),
             e.ranking.figure(plt, "test split"),
             ("correlations", correlation_figure(plt, correlations(test_x, labels), names),
-             "Rank correlations of the features, ghosts and real tracks."),
+             FIGURES["correlations"]),
         ] if formats else []
-    out.save_bytes(os.path.join(folder, "search_trials.csv"), trials_csv(trials).encode())
+    out.save_bytes(os.path.join(folder, TRIALS_CSV), trials_csv(trials).encode())
     write_ranking(out, folder, e.ranking)
     files, _ = write_analysis(out, folder, e, formats, extra_figures=figures)
     log(e.ranking.line("ranking of the features on the test split", top=5))
-    return files + ["search_trials.csv", "ranking.csv"]
+    return files + [TRIALS_CSV, "ranking.csv"]

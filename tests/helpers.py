@@ -169,6 +169,51 @@ def made_once(tmp_path_factory, name, make):
     return value
 
 
+def script_help(script):
+    """A script's --help as a user sees it."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT_DIR, script), "--help"],
+                          capture_output=True, text=True, cwd=ROOT_DIR, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def expand(pattern):
+    """Shell-like brace expansion: "a{b,c}{d,e}" -> {"abd", "abe", "acd", "ace"}."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return {pattern}
+    return {name for alt in match.group(1).split(",")
+            for name in expand(pattern[:match.start()] + alt + pattern[match.end():])}
+
+
+def help_outputs(script):
+    """The files a script's --help lists (cli.outputs_text), {section heading:
+    [(names, what they hold)]}: each row's comma-separated names brace-expanded."""
+    text = script_help(script)
+    sections, heading, rows = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("files ") and line.endswith(":"):
+            heading, rows = line, []
+            sections[heading] = rows
+        elif heading and line.startswith("  ") and not line.startswith("   "):
+            rows.append([set().union(*(expand(n.strip()) for n in line.split(", "))), ""])
+        elif heading and line.startswith(" " * 6):
+            rows[-1][1] = " ".join((rows[-1][1] + " " + line.strip()).split())
+    return {h: [tuple(row) for row in r] for h, r in sections.items()}
+
+
+def listed(rows, skip=(), **placeholders):
+    """Every file name of help_outputs' `rows` but those whose description starts with
+    one of `skip`, each placeholder (e.g. PREFIX) replaced by its value."""
+    names = set()
+    for row_names, what in rows:
+        if not what.startswith(tuple(skip)):
+            names |= row_names
+    for key, value in placeholders.items():
+        names = {n.replace(key, value) for n in names}
+    return names
+
+
 def lines_starting(text, prefix):
     """The lines of `text` that start with `prefix` (e.g. "warning:")."""
     return [ln for ln in text.splitlines() if ln.startswith(prefix)]

@@ -180,3 +180,40 @@ def test_run_cli_calls_the_failure_hooks_once(capsys):
         run_cli(main, ["input"])
     assert ended.value.code == 2 and called == [1]
     assert capsys.readouterr().err == "error: bad input\n"
+
+
+def _options(help_text):
+    """{option strings: its help text} of a --help's options."""
+    blocks, key = {}, None
+    for line in help_text.split("\n\nfiles ")[0].splitlines():
+        if line.startswith("  -"):
+            key = line.split("  ")[1].strip() if "  " in line.strip() else line.strip()
+            blocks[key] = line
+        elif key and line.startswith(" " * 10):
+            blocks[key] += " " + line.strip()
+        elif not line.startswith(" "):
+            key = None
+    return blocks
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_option_shows_its_default(script):
+    """An option that takes a value says its default (or, without one, what happens
+    then); --help itself and the flags (off unless given) need not."""
+    options = _options(_run(script, "--help").stdout)
+    assert len(options) >= 8
+    takes_value = {k: v for k, v in options.items()
+                   if not k.startswith("-h,") and any(w.isupper() or w.startswith("{")
+                                                       for w in k.split()[1:2])}
+    silent = [k for k, v in takes_value.items() if "default" not in v and "required" not in v]
+    assert silent == []
+
+
+def test_options_are_spelled_with_hyphens_the_seeds_spelling_kept():
+    """--num-samples is the spelling; the seed's --num_samples still works."""
+    for spelling in ("--num-samples", "--num_samples", "-n"):
+        assert training.parse_args(["-f", "d", spelling, "3"]).num_samples == 3
+    for script in SCRIPTS:
+        names = {n for k in _options(_run(script, "--help").stdout) for n in k.split(", ")
+                 for n in [n.split()[0]]}
+        assert {n for n in names if "_" in n} <= {"--num_samples"}, script

@@ -16,7 +16,15 @@ import rootio
 import rootwrite
 from dataset import load_split
 from features import DEFAULT_TREE, features_for
-from helpers import ROOT_DIR, assert_clean_error, run_inference, run_script, torch_scores
+from helpers import (
+    ROOT_DIR,
+    assert_clean_error,
+    help_outputs,
+    listed,
+    run_inference,
+    run_script,
+    torch_scores,
+)
 from metrics import roc_auc
 from utils import GhostError
 
@@ -136,8 +144,8 @@ def test_inference_working_points_everywhere(trained_model, matching_file, tmp_p
     assert inference.main(["-f", matching_file, "--model", model,
                            "--working-point", "0.99,0.9", "--plots-dir", str(plots)]) == 0
     text = capsys.readouterr().out
-    assert "working point 99.0% efficiency (this input)" in text
-    assert "working point model's 99.0% point (the model (its validation split))" in text
+    assert "    99.0% efficiency: cut p > " in text  # the headline's lines
+    assert "    model's 99.0% point: cut p > " in text and "(fixed on the validation split)" in text
     metrics = json.loads((plots / "metrics.json").read_text())
     wps = metrics["working_points"]
     assert [w["label"] for w in wps] == ["99.0% efficiency", "90.0% efficiency",
@@ -295,3 +303,75 @@ def test_unwritable_outputs_fail_before_scoring(quick_models, matching_file, tmp
                       *where)
     assert_clean_error(proc, *needles)
     assert "scored" not in proc.stdout and "read " not in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# the answer first, and the files --help names
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_run(quick_models, raw_dataset, tmp_path_factory):
+    """inference.py with every output asked for, on a dataset prefix (the train split,
+    the limit, the kinematics' spectators), with --compare, --ranking, --output and
+    --export-cpp: (its folder, its console)."""
+    d = tmp_path_factory.mktemp("full_run")
+    proc = run_script("inference.py", "-f", raw_dataset, "--model", quick_models["net1"],
+                      "--compare", quick_models["int8"], "--ranking", "--output", d / "p.root",
+                      "--export-cpp", d / "m.hpp", "--plots-dir", d / "plots")
+    assert proc.returncode == 0, proc.stderr
+    return d, proc.stdout
+
+
+def test_the_files_written_are_those_its_help_names(full_run):
+    d, _ = full_run
+    sections = help_outputs("inference.py")
+    plots = next(rows for heading, rows in sections.items() if "--plots-dir" in heading)
+    assert set(os.listdir(d / "plots")) == listed(plots)
+    named = next(rows for heading, rows in sections.items() if "named by options" in heading)
+    assert {n.split()[0] for names, _ in named for n in names} == {"--output", "--export-cpp"}
+    assert sorted(os.listdir(d)) == ["m.hpp", "p.root", "plots"]
+
+
+def headline(console):
+    """The block that ends a script's console: its title line (`=== ...`) and the
+    lines under it."""
+    lines = console.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("=== "))
+    block = lines[start:]
+    assert all(line.startswith("    ") for line in block[1:]), block
+    return block
+
+
+def test_the_headline_ends_the_console_and_matches_metrics_json(full_run):
+    d, out = full_run
+    block = headline(out)
+    m = json.loads((d / "plots" / "metrics.json").read_text())
+    assert len(block) <= 9
+    assert block[1] == f"    ROC AUC {m['roc_auc']:.4f} (the limit, truth_llr: " \
+                      f"{m['limit']['auc']:.4f})"
+    points = m["working_points"]  # 99 % and 95 % (quick models record no point of their own)
+    assert len(points) == 2
+    for wp, line in zip(points, block[2:4]):
+        assert line == (f"    {wp['label']}: cut p > {wp['threshold']:.4f} ({wp['origin']}): "
+                        f"real-track efficiency {wp['real_efficiency']:.2%}, ghost rejection "
+                        f"{wp['ghost_rejection']:.2%}")
+    gap = m["gap_to_limit"]
+    assert block[4] == (f"    gap to the limit: AUC {gap['auc_gap']:.4f} lower; "
+                        f"{gap['rejection_fraction@0.99']:.1%} of the limit's ghost rejection "
+                        "at 99 % real-track efficiency")
+    assert block[5:] == [f"    open {d / 'plots' / 'index.html'}",
+                         f"    per-track ghost probabilities: {d / 'p.root'}"]
+
+
+def test_the_threshold_table_only_with_verbose(quick_models, raw_dataset, tmp_path):
+    table = "thresh     acc      TP      TN"  # the table's head, in ML words
+    consoles = {}
+    for flag in ([], ["--verbose"]):
+        proc = run_script("inference.py", "-f", raw_dataset, "--model", quick_models["net1"],
+                          "--no-plots", "--plots-dir", tmp_path / "plots", *flag)
+        assert proc.returncode == 0, proc.stderr
+        consoles[bool(flag)] = proc.stdout
+    assert table not in consoles[False] and "best threshold by" not in consoles[False]
+    assert table in consoles[True] and consoles[True].count("\n") >= 26
+    assert headline(consoles[False]) == headline(consoles[True])  # the same answer

@@ -12,7 +12,7 @@ import pytest
 import make_dataset
 from dataset import SPLITS, load_dataset, load_meta, load_spectators, split_paths
 from features import FIXED_BOUNDS, LIMIT, TRACK_FEATURES, TRUTH, features_for
-from helpers import assert_clean_error, run_script
+from helpers import assert_clean_error, help_outputs, listed, run_script
 from metrics import roc_auc
 from rootio import read_root
 
@@ -368,3 +368,20 @@ def test_stale_temporaries_of_killed_runs_are_removed(tmp_path, matching_file):
     alive.write_text("busy")
     make(tmp_path, "-f", matching_file, "--track", "matching")
     assert not stale.exists() and alive.exists()
+
+
+def test_the_files_written_are_those_its_help_names(matching_file, tmp_path):
+    """Every file --help lists for a matching input with --plot is written (the
+    spectators: the sample has them), nothing else; the headline says what was kept."""
+    proc = run_script("make_dataset.py", "-f", matching_file, "--output", tmp_path / "d",
+                      "--track", "matching", "--plot", "--plots-dir", tmp_path / "plots")
+    assert proc.returncode == 0, proc.stderr
+    files, plots = help_outputs("make_dataset.py").values()
+    assert set(os.listdir(tmp_path)) == listed(files, PREFIX="d") | {"plots"}
+    assert set(os.listdir(tmp_path / "plots")) == listed(plots, skip=["with --track forward"])
+    meta = load_meta(str(tmp_path / "d"))
+    block = proc.stdout.splitlines()[-5:]
+    assert block[0] == "=== dataset matching: 13 features"
+    ghosts = sum(c["ghost"] for c in meta.counts.values())
+    assert f"kept {ghosts:,} ghosts" in block[1] and f"read {meta.tracks_read:,} " in block[1]
+    assert block[-1] == f"    open {tmp_path / 'plots' / 'index.html'}"

@@ -11,7 +11,7 @@ import pytest
 
 import make_sample
 from features import LIMIT, features_for
-from helpers import ROOT_DIR
+from helpers import ROOT_DIR, help_outputs
 from metrics import roc_auc
 
 with warnings.catch_warnings():
@@ -231,8 +231,13 @@ def test_cli_writes_file(tmp_path):
     out = tmp_path / "cli.root"
     p = cli("-o", str(out), "--tracks", "300", "--track", "forward", "--seed", "3")
     assert p.returncode == 0, p.stderr
-    assert "300" in p.stdout and str(out) in p.stdout
-    assert os.listdir(tmp_path) == ["cli.root"]
+    ghosts = int(ROOT.RDataFrame(TREE, str(out)).Sum("ghost").GetValue())
+    title, line = p.stdout.splitlines()[-2:]
+    assert title == f"=== synthetic Allen sample: {out} (ttree, {TREE})"
+    assert line.startswith(f"    300 forward tracks: {ghosts} ghosts ({ghosts / 300:.2%}), ")
+    assert os.listdir(tmp_path) == ["cli.root"]  # the one file its --help names (-o)
+    (names, _), = help_outputs("make_sample.py")["files named by options:"]
+    assert names == {"-o/--output FILE.root"}
     assert ROOT.RDataFrame(TREE, str(out)).Count().GetValue() == 300
 
 

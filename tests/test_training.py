@@ -15,7 +15,16 @@ import torch
 from architecture import ModelConfig
 from artifacts import load_config
 from dataset import load_dataset, load_meta
-from helpers import ROOT_DIR, SEARCH, assert_clean_error, recount, run_script, search
+from helpers import (
+    ROOT_DIR,
+    SEARCH,
+    assert_clean_error,
+    help_outputs,
+    listed,
+    recount,
+    run_script,
+    search,
+)
 from models import build_model
 
 SMALL = ["-n", "1", "--epochs", "1", "--batch", "512", "--cpu", "1"]  # a search that runs
@@ -86,7 +95,9 @@ def test_baseline_and_limit_are_reported_beside_the_network(trained_model, raw_d
 
 def test_baseline_rows_on_the_console(trained_model):
     out = trained_model.stdout
-    assert out.splitlines()[-1].startswith("total time")  # the run's last line: it ended
+    lines = out.splitlines()
+    assert lines[-1].startswith("    open ")  # the headline is the run's end: it ended
+    assert any(line.startswith("total time") for line in lines[-10:])
     rows = {ln.split()[0]: ln for ln in out.splitlines()
             if ln.startswith(("test ", "baseline (test)", "limit (test)"))}
     assert set(rows) == {"test", "baseline", "limit"}
@@ -298,3 +309,47 @@ def test_two_searches_at_once_one_is_refused(contested):
     assert_clean_error(contested.second, "in use by another run", str(contested.first.pid))
     assert contested.first.returncode == 0, contested.err
     assert (contested.out / "ghost_model.onnx").is_file()
+
+
+# ---------------------------------------------------------------------------
+# the answer first, and the files --help names
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_the_files_written_are_those_its_help_names(trained_model):
+    """The session's search ran with --save --int8 --baseline --format png,pdf: every
+    file --help lists is written, and nothing else."""
+    models = trained_model.models
+    sections = help_outputs("training.py")
+    files = next(rows for heading, rows in sections.items() if "--output-dir with" in heading)
+    report = next(rows for heading, rows in sections.items() if "training_report" in heading)
+    assert set(os.listdir(models)) == listed(files) | {"training_report"}
+    figures = {n for n in listed(report) if n.endswith(".png")}
+    assert set(os.listdir(models / "training_report")) == \
+        listed(report) | {n.replace(".png", ".pdf") for n in figures}
+
+
+@pytest.mark.ray
+def test_the_headline_ends_the_console_and_matches_metrics_json(trained_model):
+    models = trained_model.models
+    m = json.loads((models / "training_report" / "metrics.json").read_text())
+    lines = trained_model.stdout.splitlines()
+    block = lines[max(i for i, line in enumerate(lines) if line.startswith("=== ")):]
+    assert len(block) <= 9 and block[0].startswith("=== the chosen network: ")
+    own = next(w for w in m["working_points"] if w["label"].startswith("model's"))
+    assert block[1] == (f"    network: ROC AUC {m['roc_auc']:.4f}; cut p > "
+                        f"{own['threshold']:.4f} (its 99.0% point, from the validation "
+                        f"split): real-track efficiency {own['real_efficiency']:.2%}, "
+                        f"ghost rejection {own['ghost_rejection']:.2%}")
+    config = load_config(str(models / "ghost_model_config.json"))
+    assert own["threshold"] == pytest.approx(config["working_point"]["threshold"])
+    curves = {c["name"].split()[0]: c for c in m["comparison"]}
+    assert block[2].startswith(f"    INT8: ROC AUC {curves['INT8']['auc']:.4f}; cut p > ")
+    for name, line in zip(("baseline", "limit"), block[3:5]):
+        rejection = next(r["ghost_rejection"] for r in curves[name]["ghost_rejection"]
+                         if r["target_efficiency"] == 0.99)
+        assert line == (f"    {name}: ROC AUC {curves[name]['auc']:.4f}; ghost rejection "
+                        f"{rejection:.2%} at 99.0% real-track efficiency")
+    assert block[5].startswith(f"    model files in {models}: ghost_model{{.pth,")
+    assert block[6] == f"    open {models / 'training_report' / 'index.html'}"
