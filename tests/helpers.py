@@ -24,7 +24,7 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CXX = shutil.which("g++") or shutil.which("c++")
 # the fixtures that start a Ray search: a module's own, and the session's trained model
 # (conftest marks their users `ray`)
-SEARCH_FIXTURES = {"budget_search", "stopped", "contested"}
+SEARCH_FIXTURES = {"budget_search", "stopped", "contested", "readme_session"}
 RAY_FIXTURES = SEARCH_FIXTURES | {"trained_model"}
 
 # The search of the session's trained model (conftest.trained_model); the options that
