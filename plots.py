@@ -260,7 +260,8 @@ def comparison(plt, p):
 
 def kinematics_caption(v):
     return (f"Real-track efficiency and ghost rejection at the working points vs "
-            f"{v['label']}, binomial uncertainties.")
+            f"{v['label']}; error bars: Clopper-Pearson 68.3 % intervals (as ROOT's "
+            f"TEfficiency), empty bins left out.")
 
 
 def kinematics_figure(plt, name, v, title):
@@ -271,24 +272,45 @@ def kinematics_figure(plt, name, v, title):
     lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
     hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
     bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
-    centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
-                                                                         bounds[:-1])
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
-    for wp in v["points"]:
-        label = f"{wp['label']} (p > {wp['threshold']:.3f})"
-        ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
-                    ms=3, label=label)
-        ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
-                     ms=3, label=label)
-    for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
+    scale = (np.log, np.exp) if v["log"] else (lambda x: x, lambda x: x)
+    left, right = scale[0](bounds[:-1]), scale[0](bounds[1:])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 5.6))
+    points = v["points"]
+    for i, wp in enumerate(points):
+        # each working point's markers a little apart inside the bin, none hiding another
+        at = scale[1](left + (right - left) * (0.5 + 0.5 * (i - (len(points) - 1) / 2) /
+                                               max(len(points), 2)))
+        label = f"{wp['label']} (score > {wp['threshold']:.3f})"
+        for a, key in ((ax, "efficiency"), (ax2, "rejection")):
+            f = np.asarray(wp[key], dtype=float)
+            lo, hi = (np.asarray(wp[f"{key}_{s}"], dtype=float) for s in ("low", "high"))
+            full = np.isfinite(f)  # empty bins left out
+            a.errorbar(at[full], f[full], yerr=[f[full] - lo[full], hi[full] - f[full]],
+                       fmt="o", ms=4, capsize=2, label=label)
+    for a, key, what in ((ax, "efficiency", "Real-track efficiency"),
+                         (ax2, "rejection", "Ghost rejection")):
         if v["log"]:
             a.set_xscale("log")
+        a.set_xlim(bounds[0], bounds[-1])
         a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
         a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
+        a.set_ylim(*_headroom([wp[f"{key}_low"] for wp in points],
+                              [wp[f"{key}_high"] for wp in points]))
         decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
-                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
-                 loc="best")
+                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed")
+        a.get_legend().remove()
+    handles, labels = ax.get_legend_handles_labels()  # one legend, below the panels
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False)
+    fig.subplots_adjust(bottom=0.24, wspace=0.25)
     return fig
+
+
+def _headroom(lows, highs):
+    """y limits that hold every error bar with a margin, within [-0.03, 1.03]."""
+    lo = np.nanmin(np.asarray(lows, dtype=float), initial=1.0)
+    hi = np.nanmax(np.asarray(highs, dtype=float), initial=0.0)
+    margin = 0.06 * max(hi - lo, 0.05)
+    return max(lo - margin, -0.03), min(hi + margin, 1.03)
 
 
 def always(p):

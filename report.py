@@ -84,7 +84,12 @@ def print_summary(e):
             f"{wp.ghost_rejection:.4f}")
     if over:
         log("overtraining check (train vs test scores, KS test): " + ", ".join(
-            f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
+            f"{k} p = {over[k]['p_value']:.3g}" for k in ("ghost", "real")))
+        for r in over.get("working_points", ()):
+            log(f"  at {r['label']} (score > {r['threshold']:.4f}): real-track efficiency "
+                f"{r['real_efficiency_train']:.4f} train / {r['real_efficiency_test']:.4f} "
+                f"test, ghost rejection {r['ghost_rejection_train']:.4f} / "
+                f"{r['ghost_rejection_test']:.4f}")
     if e.plot.curves:
         log(format_comparison(e.plot.curves, a.n))
     if e.gap is not None:

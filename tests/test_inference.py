@@ -186,12 +186,26 @@ def test_dataset_prefix_overtraining(quick_models, raw_dataset, tmp_path, capsys
     plots = tmp_path / "plots"
     assert run_inference("-f", raw_dataset, "--model", quick_models["net1_pth"], "--config",
                          quick_models["net1_pkl"], "--plots-dir", plots) == 0
-    assert "overtraining check" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "overtraining check" in out
     for name in SEED_PLOTS + ["overtraining.png", "scores.png", "rejection.png"]:
         assert (plots / name).is_file(), name
     over = json.loads((plots / "metrics.json").read_text())["overtraining"]
     for cls in ("ghost", "real"):
         assert 0.0 <= over[cls]["p_value"] <= 1.0 and over[cls]["n_train"] > over[cls]["n_test"]
+    # as TMVA prints it: each working point's efficiency and rejection on both splits
+    metrics = json.loads((plots / "metrics.json").read_text())
+    train_data, train_labels = load_split(raw_dataset, "train")
+    train_scores = torch_scores(quick_models, "net1", train_data)
+    train_labels = train_labels[:, 0] > 0.5
+    assert len(over["working_points"]) == len(metrics["working_points"])
+    for row, wp in zip(over["working_points"], metrics["working_points"]):
+        assert row["label"] == wp["label"] and row["threshold"] == wp["threshold"]
+        assert row["real_efficiency_test"] == pytest.approx(wp["real_efficiency"])
+        assert row["ghost_rejection_test"] == pytest.approx(wp["ghost_rejection"])
+        kept = train_scores[~train_labels] <= wp["threshold"]  # within one track
+        assert row["real_efficiency_train"] == pytest.approx(kept.mean(), abs=1 / kept.size)
+    assert "real-track efficiency" in out.split("overtraining check")[1].splitlines()[1]
 
 
 def test_one_class_and_empty_inputs(quick_models, raw_dataset, tmp_path, capsys):
