@@ -71,18 +71,41 @@ def search_front(plt, trials, best):
     return fig
 
 
+METRIC_NAMES = {"auc": "ROC AUC", "loss": "loss"}
+
+
 def history(plt, trials, best):
-    """Validation loss and AUC against the epoch for every trial, the chosen one bold."""
+    """Per epoch of every trial, the chosen one bold: the training (dashed) and
+    validation (solid) loss, and the selection metric (the validation AUC when the
+    loss selects); the chosen trial's best epoch by the selection metric marked."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, key, label in ((axes[0], "loss", "validation loss"),
-                           (axes[1], "auc", "validation ROC AUC")):
+    from matplotlib.ticker import MaxNLocator
+    select = trials[0].get("select", "loss") if trials else "loss"
+    right = "auc" if select == "loss" else select
+    for ax, keys, label in ((axes[0], ("train_loss", "loss"), "loss"),
+                            (axes[1], (right,), "validation " + METRIC_NAMES.get(right, right))):
         for t in trials:
             chosen = t["params"] == best
-            ax.plot(t["history"]["epoch"], t["history"][key], "-",
-                    color="tab:red" if chosen else "tab:blue", lw=2.5 if chosen else 1,
-                    alpha=1 if chosen else 0.5, zorder=3 if chosen else 2,
-                    label="chosen trial" if chosen else None)
+            h = t["history"]
+            for key in keys:
+                if key not in h:  # a search stored before the training loss was kept
+                    continue
+                ax.plot(h["epoch"], h[key], "--" if key == "train_loss" else "-",
+                        color="tab:red" if chosen else "tab:blue", lw=2.5 if chosen else 1,
+                        alpha=1 if chosen else 0.5, zorder=3 if chosen else 2,
+                        label=f"chosen trial, {'training' if key == 'train_loss' else 'validation'}"
+                              if chosen else None)
+            if chosen and "best_epoch" in t:
+                at = h["epoch"].index(t["best_epoch"])
+                ax.plot(t["best_epoch"], h[keys[-1]][at], "*", ms=14, color="black", zorder=4,
+                        label=f"best epoch by {select} ({t['best_epoch']})")
         ax.plot([], [], color="tab:blue", alpha=0.5, label="other trials")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        last = max((max(t["history"]["epoch"]) for t in trials), default=1)
+        ax.set_xlim(0.7, last + 0.3)  # the first and the last epoch's markers inside
+        low, high = ax.dataLim.y0, ax.dataLim.y1
+        pad = 0.08 * max(high - low, 1e-3)
+        ax.set_ylim(low - pad, high + pad)
         decorate(ax, f"{label} per epoch", f"{len(trials)} trials", "epoch", label,
                  loc="best")
     return fig

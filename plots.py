@@ -68,7 +68,7 @@ def write_figure(fig, files, keep=False):
         warnings.simplefilter("ignore")
         fig.tight_layout()
     for path in files:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=150)
     if not keep:
         pyplot().close(fig)
 

@@ -54,8 +54,9 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42):
         figures = [
             ("search_front", search_front(plt, trials, best), "The search's quality-vs-cost "
              "front: validation AUC and rejection at 99 % against multiply-adds per track."),
-            ("history", history(plt, trials, best), "Validation loss and AUC per epoch of "
-             "every trial, the chosen one bold."),
+            ("history", history(plt, trials, best), "Training (dashed) and validation loss, and "
+             "the selection metric, per epoch of every trial; the chosen one bold, its best "
+             "epoch marked."),
             e.ranking.figure(plt, "test split"),
             ("correlations", correlation_figure(plt, correlations(test_x, labels), names),
              "Rank correlations of the features, ghosts and real tracks."),
