@@ -66,8 +66,9 @@ def search_front(plt, trials, best):
             ax.scatter([chosen[0]["macs"]], [chosen[0].get(key, np.nan)], s=140,
                        facecolors="none", edgecolors="tab:red", lw=2, label="chosen")
         ax.set_xscale("log")
+        ax.margins(x=0.1, y=0.15)  # the chosen trial's ring inside the frame
         decorate(ax, f"{label} vs cost", f"{len(trials)} trials of the search",
-                 "multiply-adds per track (log scale)", label, loc="lower right")
+                 "multiply-adds per track (log scale)", label, loc="best")
     return fig
 
 
@@ -127,14 +128,18 @@ def ranking(plt, reference, rows, title):
 
 def correlation_figure(plt, matrices, names):
     """The features' rank correlations for ghosts and for real tracks."""
-    fig, axes = plt.subplots(1, 2, figsize=(0.55 * len(names) * 2 + 4, 0.55 * len(names) + 2))
+    size = 0.6 * len(names) + 2.5
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size), layout="constrained")
     for ax, (cls, m) in zip(axes, matrices.items()):
         image = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=9)
+        ax.set_yticks(range(len(names)), names, fontsize=9)
+        ax.tick_params(which="both", top=False, right=False, length=0)  # cells, not a scale
+        ax.minorticks_off()
         for (i, k), v in np.ndenumerate(m):
-            if i != k and abs(v) >= 0.2:
-                ax.text(k, i, f"{v:.1f}", ha="center", va="center", fontsize=6)
+            if i != k and abs(v) >= 0.2:  # white on the dark cells
+                ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(v) > 0.6 else "black")
         ax.set_title(f"{cls} tracks: Spearman rank correlation")
-    fig.colorbar(image, ax=axes, shrink=0.8)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="rank correlation")
     return fig

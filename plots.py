@@ -47,6 +47,8 @@ def style():
                                       "xtick.labelsize": 10, "ytick.labelsize": 10}]
     except ImportError:
         sheet = ["default"]
+    # headroom: no marker or curve on the frame (the LHCb style's margins are 0)
+    sheet.append({"axes.xmargin": 0.04, "axes.ymargin": 0.06})
     with plt.style.context(sheet), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. a log axis over an empty class
         yield plt
@@ -66,7 +68,8 @@ def write_figure(fig, files, keep=False):
     close it unless it is kept to be shown."""
     with warnings.catch_warnings():  # axes tight_layout cannot place (a colorbar)
         warnings.simplefilter("ignore")
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure may bring its own (constrained)
+            fig.tight_layout()
     for path in files:
         fig.savefig(path, dpi=150)
     if not keep:
