@@ -150,7 +150,7 @@ def confusion(plt, p):
                     va="center", color="white" if v > 0.5 else "black")
         ax.set_xticks([0, 1], ["called ghost", "called real"])
         ax.set_yticks([0, 1], ["true ghost", "true real"])
-        ax.set_title(f"{label}\np > {cut:.3f}, fractions of all tracks")
+        ax.set_title(f"{label}\nscore > {cut:.3f}, fractions of all tracks")
     fig.suptitle(p.title, fontsize=12)
     return fig
 
@@ -169,7 +169,7 @@ def roc(plt, p):
                 label=f"the {len(a.table['threshold'])} thresholds")
         for wp in a.working_points:
             ax.plot(1 - wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
-                    label=f"{wp.label} (p > {wp.threshold:.3f})")
+                    label=f"{wp.label} (score > {wp.threshold:.3f})")
         if log:
             ax.set_xscale("log")
             ax.set_xlim(max(1.0 / max(a.n_real, 1), 1e-5), 1)
@@ -185,18 +185,18 @@ def roc(plt, p):
 
 def scores(plt, p):
     a = p.analysis
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7, 5.6))
     for arr, label, color in ((a.reals, "real tracks", "tab:blue"),
                               (a.ghosts, "ghosts", "tab:red")):
         counts, _ = np.histogram(arr, bins=SCORE_BINS)
         ax.stairs(counts / max(len(arr), 1), SCORE_BINS, color=color, lw=1.5,
                   label=f"{label} ({len(arr):,})")
-    for wp in a.working_points:
-        ax.axvline(wp.threshold, ls=":", color="gray")
-        ax.text(wp.threshold, 0.5, f" {wp.label}", rotation=90, va="center",
-                fontsize=8, transform=ax.get_xaxis_transform())
-    decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True,
-             loc="upper center")
+    for wp, ls, color in zip(a.working_points, (":", "--", "-.", (0, (1, 3))),
+                             ("0.2", "tab:green", "tab:purple", "tab:brown")):
+        ax.axvline(wp.threshold, ls=ls, color=color, lw=1.5,  # in the legend, not on
+                   label=f"{wp.label}: score > {wp.threshold:.3f}")  # each other
+    decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
     return fig
 
 
@@ -209,7 +209,7 @@ def rejection(plt, p):
     for wp in a.working_points:
         ax.plot(wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
                 label=f"{wp.label}: rejection {wp.ghost_rejection:.3f} "
-                      f"(p > {wp.threshold:.3f})")
+                      f"(score > {wp.threshold:.3f})")
     ax.set_xlim(0.8, 1.002), ax.set_ylim(0, 1.005)
     decorate(ax, "Ghost rejection vs real-track efficiency", p.title,
              "real-track efficiency (fraction of real tracks kept)",
