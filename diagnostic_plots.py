@@ -4,7 +4,7 @@ ranking, the correlations).  Each function draws one Figure with a pyplot given
 (plots.style()); report.py writes them and their pages."""
 import numpy as np
 
-from features import axis_label
+from features import axis_label, display_values
 from plots import decorate
 
 # --- features -----------------------------------------------------------------
@@ -24,6 +24,9 @@ def _bins(x, heavy):
 def feature_figure(plt, name, x, ghost, heavy, transformed=False):
     """One feature's distribution for ghosts and real tracks (each normalized to unit
     area), with the tracks outside the range counted in the legend."""
+    from matplotlib.ticker import MaxNLocator
+    if not transformed:
+        x = display_values(name, x)
     bins, logx = _bins(x, heavy and not transformed)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for sel, label, color in ((~ghost, "real", "tab:blue"), (ghost, "ghost", "tab:red")):
@@ -37,6 +40,9 @@ def feature_figure(plt, name, x, ghost, heavy, transformed=False):
         ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")
+    finite = x[np.isfinite(x)]
+    if finite.size and np.array_equal(finite, np.round(finite)):  # counters: whole ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"{name} after the model's input transform (standardized)" if transformed
                   else axis_label(name))
     ax.set_ylabel("density (unit area)")

@@ -59,3 +59,28 @@ def test_history_shows_training_and_validation_and_the_best_epoch():
             ticks = [t for t in ax.get_xticks() if x0 <= t <= x1]
             assert ticks and all(float(t).is_integer() for t in ticks)
         plt.close(fig)
+
+
+def test_feature_axes_in_readable_units_and_counters_at_whole_ticks():
+    """q/p drawn in 1/GeV (its tick labels no longer run into each other), the stored
+    values untouched; an integer counter ticks at integers only."""
+    from diagnostic_plots import feature_figure
+    from plots import style
+    rng = np.random.default_rng(0)
+    ghost = rng.random(5000) < 0.2
+    qop = (rng.normal(size=5000) * 2e-4).astype(np.float32)
+    kept = qop.copy()
+    counts = rng.integers(3, 7, 5000).astype(np.float32)
+    with style() as plt:
+        fig = feature_figure(plt, "qop", qop, ghost, heavy=False)
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == "qop [1/GeV]" and np.array_equal(qop, kept)
+        lo, hi = ax.get_xlim()
+        assert hi - lo > 1.0  # in 1/GeV: about +-1, not +-0.001
+        plt.close(fig)
+        fig = feature_figure(plt, "n_velo", counts, ghost, heavy=False)
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        plt.close(fig)
