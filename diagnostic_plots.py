@@ -4,7 +4,7 @@ ranking, the correlations).  Each function draws one Figure with a pyplot given
 (plots.style()); report.py writes them and their pages."""
 import numpy as np
 
-from features import axis_label
+from features import axis_label, display_values
 from plots import decorate
 
 # --- features -----------------------------------------------------------------
@@ -24,6 +24,9 @@ def _bins(x, heavy):
 def feature_figure(plt, name, x, ghost, heavy, transformed=False):
     """One feature's distribution for ghosts and real tracks (each normalized to unit
     area), with the tracks outside the range counted in the legend."""
+    from matplotlib.ticker import MaxNLocator
+    if not transformed:
+        x = display_values(name, x)
     bins, logx = _bins(x, heavy and not transformed)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for sel, label, color in ((~ghost, "real", "tab:blue"), (ghost, "ghost", "tab:red")):
@@ -37,6 +40,9 @@ def feature_figure(plt, name, x, ghost, heavy, transformed=False):
         ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")
+    finite = x[np.isfinite(x)]
+    if finite.size and np.array_equal(finite, np.round(finite)):  # counters: whole ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"{name} after the model's input transform (standardized)" if transformed
                   else axis_label(name))
     ax.set_ylabel("density (unit area)")
@@ -66,23 +72,47 @@ def search_front(plt, trials, best):
             ax.scatter([chosen[0]["macs"]], [chosen[0].get(key, np.nan)], s=140,
                        facecolors="none", edgecolors="tab:red", lw=2, label="chosen")
         ax.set_xscale("log")
+        ax.margins(x=0.1, y=0.15)  # the chosen trial's ring inside the frame
         decorate(ax, f"{label} vs cost", f"{len(trials)} trials of the search",
-                 "multiply-adds per track (log scale)", label, loc="lower right")
+                 "multiply-adds per track (log scale)", label, loc="best")
     return fig
 
 
+METRIC_NAMES = {"auc": "ROC AUC", "loss": "loss"}
+
+
 def history(plt, trials, best):
-    """Validation loss and AUC against the epoch for every trial, the chosen one bold."""
+    """Per epoch of every trial, the chosen one bold: the training (dashed) and
+    validation (solid) loss, and the selection metric (the validation AUC when the
+    loss selects); the chosen trial's best epoch by the selection metric marked."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, key, label in ((axes[0], "loss", "validation loss"),
-                           (axes[1], "auc", "validation ROC AUC")):
+    from matplotlib.ticker import MaxNLocator
+    select = trials[0].get("select", "loss") if trials else "loss"
+    right = "auc" if select == "loss" else select
+    for ax, keys, label in ((axes[0], ("train_loss", "loss"), "loss"),
+                            (axes[1], (right,), "validation " + METRIC_NAMES.get(right, right))):
         for t in trials:
             chosen = t["params"] == best
-            ax.plot(t["history"]["epoch"], t["history"][key], "-",
-                    color="tab:red" if chosen else "tab:blue", lw=2.5 if chosen else 1,
-                    alpha=1 if chosen else 0.5, zorder=3 if chosen else 2,
-                    label="chosen trial" if chosen else None)
+            h = t["history"]
+            for key in keys:
+                if key not in h:  # a search stored before the training loss was kept
+                    continue
+                ax.plot(h["epoch"], h[key], "--" if key == "train_loss" else "-",
+                        color="tab:red" if chosen else "tab:blue", lw=2.5 if chosen else 1,
+                        alpha=1 if chosen else 0.5, zorder=3 if chosen else 2,
+                        label=f"chosen trial, {'training' if key == 'train_loss' else 'validation'}"
+                              if chosen else None)
+            if chosen and "best_epoch" in t:
+                at = h["epoch"].index(t["best_epoch"])
+                ax.plot(t["best_epoch"], h[keys[-1]][at], "*", ms=14, color="black", zorder=4,
+                        label=f"best epoch by {select} ({t['best_epoch']})")
         ax.plot([], [], color="tab:blue", alpha=0.5, label="other trials")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        last = max((max(t["history"]["epoch"]) for t in trials), default=1)
+        ax.set_xlim(0.7, last + 0.3)  # the first and the last epoch's markers inside
+        low, high = ax.dataLim.y0, ax.dataLim.y1
+        pad = 0.08 * max(high - low, 1e-3)
+        ax.set_ylim(low - pad, high + pad)
         decorate(ax, f"{label} per epoch", f"{len(trials)} trials", "epoch", label,
                  loc="best")
     return fig
@@ -104,14 +134,18 @@ def ranking(plt, reference, rows, title):
 
 def correlation_figure(plt, matrices, names):
     """The features' rank correlations for ghosts and for real tracks."""
-    fig, axes = plt.subplots(1, 2, figsize=(0.55 * len(names) * 2 + 4, 0.55 * len(names) + 2))
+    size = 0.6 * len(names) + 2.5
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size), layout="constrained")
     for ax, (cls, m) in zip(axes, matrices.items()):
         image = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=9)
+        ax.set_yticks(range(len(names)), names, fontsize=9)
+        ax.tick_params(which="both", top=False, right=False, length=0)  # cells, not a scale
+        ax.minorticks_off()
         for (i, k), v in np.ndenumerate(m):
-            if i != k and abs(v) >= 0.2:
-                ax.text(k, i, f"{v:.1f}", ha="center", va="center", fontsize=6)
+            if i != k and abs(v) >= 0.2:  # white on the dark cells
+                ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(v) > 0.6 else "black")
         ax.set_title(f"{cls} tracks: Spearman rank correlation")
-    fig.colorbar(image, ax=axes, shrink=0.8)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="rank correlation")
     return fig

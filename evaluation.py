@@ -158,7 +158,7 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
         limit = limit.result() if limit is not None else None
     over = None
     if sample.train is not None:
-        over = overtraining(*sample.train, sample.scores, sample.labels)
+        over = overtraining(*sample.train, sample.scores, sample.labels, a.working_points)
     curves = [Curve.from_analysis(sample.name, a, sample.macs)]
     for name, theirs, macs in others:
         ok = np.isfinite(theirs)

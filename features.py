@@ -49,9 +49,19 @@ UNITS = {"best_pt": "MeV", "qop": "1/MeV", "first_qop": "1/MeV", "pr_match_dx": 
          "n_velo": "hits", "n_scifi": "hits", "ndof": "degrees of freedom"}
 
 
+# Shown in friendlier units on plots only (factor, unit): q/p in 1/GeV, not 1e-4/MeV.
+DISPLAY_UNITS = {"qop": (1e3, "1/GeV"), "first_qop": (1e3, "1/GeV")}
+
+
 def axis_label(name):
-    unit = UNITS.get(name)
+    unit = DISPLAY_UNITS.get(name, (1, UNITS.get(name)))[1]
     return f"{name} [{unit}]" if unit else name
+
+
+def display_values(name, x):
+    """x in the unit axis_label(name) names (the stored values are untouched)."""
+    factor = DISPLAY_UNITS.get(name, (1, None))[0]
+    return x * np.float32(factor) if factor != 1 else x
 
 # Simulation truth, never a feature.  LIMIT: the exact log-likelihood ratio that
 # make_sample.py's generator knows for each of its tracks, the best any classifier

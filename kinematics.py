@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metrics import clopper_pearson, ratio
+
 BRANCHES = ("qop", "best_pt", "tx", "ty", "n_velo", "n_scifi")
 
 
@@ -60,11 +62,10 @@ def available(columns):
     return [v for v in VARIABLES if all(b in columns for b in v.needs)]
 
 
-def _binomial(k, n):
-    """k / n and its binomial uncertainty sqrt(f (1 - f) / n); NaN for empty bins."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.where(n > 0, k / np.maximum(n, 1), np.nan)
-        return f, np.where(n > 0, np.sqrt(f * (1 - f) / np.maximum(n, 1)), np.nan)
+def _efficiency(k, n):
+    """k / n and its Clopper-Pearson interval (TEfficiency's, 68.3 %); NaN for
+    empty bins."""
+    return (ratio(k, n), *clopper_pearson(k, n))
 
 
 def edges_at_or_below(x, edges):
@@ -84,7 +85,8 @@ def edges_at_or_below(x, edges):
 
 def performance(columns, scores, labels, working_points):
     """{variable: {"edges", "n_real", "n_ghost", "points": [{efficiency target,
-    threshold, efficiency, efficiency_error, rejection, rejection_error}]}} for the
+    threshold, efficiency (and its interval: efficiency_low, efficiency_high),
+    rejection (rejection_low, rejection_high)}]}} for the
     tracks given (finite and labelled); `working_points`: metrics.WorkingPoint.
 
     One pass per variable: each track's bin, class and "level" (how many of the
@@ -111,13 +113,14 @@ def performance(columns, scores, labels, working_points):
             # score > cut exactly when more than r of the sorted cuts are below it
             kept = counts[:, 0, :r + 1].sum(axis=1)
             removed = counts[:, 1, r + 1:].sum(axis=1)
-            eff, eff_err = _binomial(kept, n_real)
-            rej, rej_err = _binomial(removed, n_ghost)
+            eff, eff_lo, eff_hi = _efficiency(kept, n_real)
+            rej, rej_lo, rej_hi = _efficiency(removed, n_ghost)
             points.append({"label": wp.label, "target_efficiency": wp.target_efficiency,
                            "threshold": wp.threshold,
                            "real_kept": kept, "ghosts_removed": removed,
-                           "efficiency": eff, "efficiency_error": eff_err,
-                           "rejection": rej, "rejection_error": rej_err})
+                           "efficiency": eff, "efficiency_low": eff_lo,
+                           "efficiency_high": eff_hi, "rejection": rej,
+                           "rejection_low": rej_lo, "rejection_high": rej_hi})
         out[var.name] = {"label": var.label, "edges": list(var.edges), "log": var.log,
                          "n_real": n_real, "n_ghost": n_ghost, "points": points}
     return out

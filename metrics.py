@@ -22,6 +22,22 @@ WORKING_POINTS = (0.99, 0.95)
 MODEL_WORKING_POINT = 0.99
 
 
+# The confidence level of every interval: one Gaussian sigma, as ROOT's TEfficiency.
+CONFIDENCE = math.erf(1 / math.sqrt(2))  # 0.6827
+
+
+def clopper_pearson(k, n, level=CONFIDENCE):
+    """The Clopper-Pearson interval (TEfficiency's default) of k passing out of n:
+    (low, high) as float64 arrays, the central `level` of the exact binomial
+    interval (low 0 when k is 0, high 1 when k is n); NaN where n is 0."""
+    from scipy.stats import beta
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    tail = (1 - level) / 2
+    low = np.where(k > 0, beta.ppf(tail, np.maximum(k, 1), n - k + 1), 0.0)
+    high = np.where(k < n, beta.ppf(1 - tail, k + 1, np.maximum(n - k, 1)), 1.0)
+    return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+
+
 def ratio(a, b):
     """a / b elementwise as float64, NaN where b is 0."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -237,17 +253,26 @@ class WorkingPoint:
     def ghost_rejection(self):
         return self.rates["sensitivity"]
 
+    def intervals(self):
+        """Clopper-Pearson intervals of the real-track efficiency (real tracks kept,
+        n_tn of n_tn + n_fp) and of the ghost rejection (n_tp of n_tp + n_fn)."""
+        r = self.rates
+        (e_lo, r_lo), (e_hi, r_hi) = clopper_pearson(
+            [r["n_tn"], r["n_tp"]], [r["n_tn"] + r["n_fp"], r["n_tp"] + r["n_fn"]])
+        return {"real_efficiency_low": float(e_lo), "real_efficiency_high": float(e_hi),
+                "ghost_rejection_low": float(r_lo), "ghost_rejection_high": float(r_hi)}
+
     def to_dict(self):
         """The row metrics.json, thresholds.csv and results.root write (keys in the
-        order they have always had)."""
+        order they have always had, the intervals last)."""
         cut = {"target_efficiency": self.target_efficiency, "threshold": self.threshold}
         if self.fixed:
             return {"label": self.label, **cut, "origin": self.origin, **self.rates,
                     "real_efficiency": self.real_efficiency,
-                    "ghost_rejection": self.ghost_rejection}
+                    "ghost_rejection": self.ghost_rejection, **self.intervals()}
         return {**cut, "real_efficiency": self.real_efficiency,
                 "ghost_rejection": self.ghost_rejection, "label": self.label,
-                "origin": self.origin, **self.rates}
+                "origin": self.origin, **self.rates, **self.intervals()}
 
 
 def working_points(ss, efficiencies, model_point=None):
@@ -297,10 +322,24 @@ def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99
         working_points=working_points(ss, efficiencies, model_point) if n_g and n_r else [])
 
 
-def overtraining(train_scores, train_labels, test_scores, test_labels):
-    """Train vs test score distributions per class: two-sample KS test."""
+def overtraining(train_scores, train_labels, test_scores, test_labels, points=()):
+    """Train vs test score distributions per class: two-sample KS test; and, as TMVA
+    prints them, the real-track efficiency and ghost rejection on each split at the
+    thresholds of `points` (WorkingPoint), under "working_points"."""
     from scipy.stats import ks_2samp
     out = {}
+    rows = []
+    for wp in points:
+        row_ = {"label": wp.label, "threshold": wp.threshold}
+        for split, (s, y) in (("train", (train_scores, train_labels)),
+                              ("test", (test_scores, test_labels))):
+            ok = np.isfinite(s)
+            s, y = s[ok], np.asarray(y[ok], dtype=bool)
+            row_[f"real_efficiency_{split}"] = float(ratio((s[~y] <= wp.threshold).sum(),
+                                                           (~y).sum()))
+            row_[f"ghost_rejection_{split}"] = float(ratio((s[y] > wp.threshold).sum(),
+                                                           y.sum()))
+        rows.append(row_)
     for name, want in (("ghost", True), ("real", False)):
         a = train_scores[train_labels == want]
         b = test_scores[test_labels == want]
@@ -312,4 +351,6 @@ def overtraining(train_scores, train_labels, test_scores, test_labels):
         else:
             out[name] = {"ks_statistic": math.nan, "p_value": math.nan,
                          "n_train": len(a), "n_test": len(b)}
+    if rows:
+        out["working_points"] = rows
     return out

@@ -47,6 +47,8 @@ def style():
                                       "xtick.labelsize": 10, "ytick.labelsize": 10}]
     except ImportError:
         sheet = ["default"]
+    # headroom: no marker or curve on the frame (the LHCb style's margins are 0)
+    sheet.append({"axes.xmargin": 0.04, "axes.ymargin": 0.06})
     with plt.style.context(sheet), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. a log axis over an empty class
         yield plt
@@ -66,9 +68,10 @@ def write_figure(fig, files, keep=False):
     close it unless it is kept to be shown."""
     with warnings.catch_warnings():  # axes tight_layout cannot place (a colorbar)
         warnings.simplefilter("ignore")
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure may bring its own (constrained)
+            fig.tight_layout()
     for path in files:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=150)
     if not keep:
         pyplot().close(fig)
 
@@ -147,7 +150,7 @@ def confusion(plt, p):
                     va="center", color="white" if v > 0.5 else "black")
         ax.set_xticks([0, 1], ["called ghost", "called real"])
         ax.set_yticks([0, 1], ["true ghost", "true real"])
-        ax.set_title(f"{label}\np > {cut:.3f}, fractions of all tracks")
+        ax.set_title(f"{label}\nscore > {cut:.3f}, fractions of all tracks")
     fig.suptitle(p.title, fontsize=12)
     return fig
 
@@ -166,7 +169,7 @@ def roc(plt, p):
                 label=f"the {len(a.table['threshold'])} thresholds")
         for wp in a.working_points:
             ax.plot(1 - wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
-                    label=f"{wp.label} (p > {wp.threshold:.3f})")
+                    label=f"{wp.label} (score > {wp.threshold:.3f})")
         if log:
             ax.set_xscale("log")
             ax.set_xlim(max(1.0 / max(a.n_real, 1), 1e-5), 1)
@@ -182,18 +185,18 @@ def roc(plt, p):
 
 def scores(plt, p):
     a = p.analysis
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7, 5.6))
     for arr, label, color in ((a.reals, "real tracks", "tab:blue"),
                               (a.ghosts, "ghosts", "tab:red")):
         counts, _ = np.histogram(arr, bins=SCORE_BINS)
         ax.stairs(counts / max(len(arr), 1), SCORE_BINS, color=color, lw=1.5,
                   label=f"{label} ({len(arr):,})")
-    for wp in a.working_points:
-        ax.axvline(wp.threshold, ls=":", color="gray")
-        ax.text(wp.threshold, 0.5, f" {wp.label}", rotation=90, va="center",
-                fontsize=8, transform=ax.get_xaxis_transform())
-    decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True,
-             loc="upper center")
+    for wp, ls, color in zip(a.working_points, (":", "--", "-.", (0, (1, 3))),
+                             ("0.2", "tab:green", "tab:purple", "tab:brown")):
+        ax.axvline(wp.threshold, ls=ls, color=color, lw=1.5,  # in the legend, not on
+                   label=f"{wp.label}: score > {wp.threshold:.3f}")  # each other
+    decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
     return fig
 
 
@@ -206,7 +209,7 @@ def rejection(plt, p):
     for wp in a.working_points:
         ax.plot(wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
                 label=f"{wp.label}: rejection {wp.ghost_rejection:.3f} "
-                      f"(p > {wp.threshold:.3f})")
+                      f"(score > {wp.threshold:.3f})")
     ax.set_xlim(0.8, 1.002), ax.set_ylim(0, 1.005)
     decorate(ax, "Ghost rejection vs real-track efficiency", p.title,
              "real-track efficiency (fraction of real tracks kept)",
@@ -260,7 +263,8 @@ def comparison(plt, p):
 
 def kinematics_caption(v):
     return (f"Real-track efficiency and ghost rejection at the working points vs "
-            f"{v['label']}, binomial uncertainties.")
+            f"{v['label']}; error bars: Clopper-Pearson 68.3 % intervals (as ROOT's "
+            f"TEfficiency), empty bins left out.")
 
 
 def kinematics_figure(plt, name, v, title):
@@ -271,24 +275,45 @@ def kinematics_figure(plt, name, v, title):
     lo = edges[0] / (edges[1] / edges[0]) if v["log"] else edges[0] - width
     hi = edges[-1] * (edges[-1] / edges[-2]) if v["log"] else edges[-1] + width
     bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
-    centers = np.sqrt(bounds[1:] * bounds[:-1]) if v["log"] else 0.5 * (bounds[1:] +
-                                                                         bounds[:-1])
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
-    for wp in v["points"]:
-        label = f"{wp['label']} (p > {wp['threshold']:.3f})"
-        ax.errorbar(centers, wp["efficiency"], yerr=wp["efficiency_error"], fmt="o-",
-                    ms=3, label=label)
-        ax2.errorbar(centers, wp["rejection"], yerr=wp["rejection_error"], fmt="o-",
-                     ms=3, label=label)
-    for a, what in ((ax, "Real-track efficiency"), (ax2, "Ghost rejection")):
+    scale = (np.log, np.exp) if v["log"] else (lambda x: x, lambda x: x)
+    left, right = scale[0](bounds[:-1]), scale[0](bounds[1:])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 5.6))
+    points = v["points"]
+    for i, wp in enumerate(points):
+        # each working point's markers a little apart inside the bin, none hiding another
+        at = scale[1](left + (right - left) * (0.5 + 0.5 * (i - (len(points) - 1) / 2) /
+                                               max(len(points), 2)))
+        label = f"{wp['label']} (score > {wp['threshold']:.3f})"
+        for a, key in ((ax, "efficiency"), (ax2, "rejection")):
+            f = np.asarray(wp[key], dtype=float)
+            lo, hi = (np.asarray(wp[f"{key}_{s}"], dtype=float) for s in ("low", "high"))
+            full = np.isfinite(f)  # empty bins left out
+            a.errorbar(at[full], f[full], yerr=[f[full] - lo[full], hi[full] - f[full]],
+                       fmt="o", ms=4, capsize=2, label=label)
+    for a, key, what in ((ax, "efficiency", "Real-track efficiency"),
+                         (ax2, "rejection", "Ghost rejection")):
         if v["log"]:
             a.set_xscale("log")
+        a.set_xlim(bounds[0], bounds[-1])
         a.axvspan(bounds[0], edges[0], color="gray", alpha=0.1)
         a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
+        a.set_ylim(*_headroom([wp[f"{key}_low"] for wp in points],
+                              [wp[f"{key}_high"] for wp in points]))
         decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
-                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed",
-                 loc="best")
+                 "fraction of real tracks kept" if a is ax else "fraction of ghosts removed")
+        a.get_legend().remove()
+    handles, labels = ax.get_legend_handles_labels()  # one legend, below the panels
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False)
+    fig.subplots_adjust(bottom=0.24, wspace=0.25)
     return fig
+
+
+def _headroom(lows, highs):
+    """y limits that hold every error bar with a margin, within [-0.03, 1.03]."""
+    lo = np.nanmin(np.asarray(lows, dtype=float), initial=1.0)
+    hi = np.nanmax(np.asarray(highs, dtype=float), initial=0.0)
+    margin = 0.06 * max(hi - lo, 0.05)
+    return max(lo - margin, -0.03), min(hi + margin, 1.03)
 
 
 def always(p):

@@ -95,7 +95,12 @@ def print_summary(e, verbose=False):
         print_details(e)
     if over:
         log("overtraining check (train vs test scores, KS test): " + ", ".join(
-            f"{k} p = {v['p_value']:.3g}" for k, v in over.items()))
+            f"{k} p = {over[k]['p_value']:.3g}" for k in ("ghost", "real")))
+        for r in over.get("working_points", ()):
+            log(f"  at {r['label']} (score > {r['threshold']:.4f}): real-track efficiency "
+                f"{r['real_efficiency_train']:.4f} train / {r['real_efficiency_test']:.4f} "
+                f"test, ghost rejection {r['ghost_rejection_train']:.4f} / "
+                f"{r['ghost_rejection_test']:.4f}")
     if e.plot.curves:
         log(format_comparison(e.plot.curves, a.n))
 
@@ -142,7 +147,7 @@ def print_headline(title, lines):
 def point_line(wp):
     """One working point (metrics.WorkingPoint) for a headline."""
     source = "fixed on the validation split" if wp.fixed else wp.origin
-    return (f"{wp.label}: cut p > {wp.threshold:.4f} ({source}): real-track efficiency "
+    return (f"{wp.label}: score > {wp.threshold:.4f} ({source}): real-track efficiency "
             f"{wp.real_efficiency:.2%}, ghost rejection {wp.ghost_rejection:.2%}")
 
 
@@ -192,7 +197,7 @@ def training_headline(config, labels, mix, models, references, files, page):
     lines = []
     for name, auc, scores, point in models:
         wp = working_points(SortedScores.of(scores, labels), [], point)[0]
-        lines.append(f"{name}: ROC AUC {auc:.4f}; cut p > {wp.threshold:.4f} (its "
+        lines.append(f"{name}: ROC AUC {auc:.4f}; score > {wp.threshold:.4f} (its "
                      f"{wp.target_efficiency:.1%} point, from the validation split): real-track "
                      f"efficiency {wp.real_efficiency:.2%}, ghost rejection "
                      f"{wp.ghost_rejection:.2%}")

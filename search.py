@@ -402,16 +402,21 @@ def best_trial(results, select="loss"):
     return dict(best.config), state["model"], int(state["epoch"])
 
 
-def trial_table(results):
-    """Every trial's hyperparameters and its best validation metrics (by its own
-    history), for the quality-vs-cost front: a list of dicts."""
+def trial_table(results, select="loss"):
+    """Every trial's hyperparameters, its best validation metrics (by its own
+    history) and its history per epoch (training and validation loss, AUC and the
+    `select` metric; `best_epoch`: the epoch best by it), for the quality-vs-cost
+    front and the history figure: a list of dicts."""
     rows = []
     for r in results:
         history = r.metrics_dataframe
         if r.error is not None or history is None or history.empty:
             continue
+        keys = dict.fromkeys(("epoch", "loss", "train_loss", "auc", select))
+        pick = history[select].idxmin() if SELECT[select] == "min" else history[select].idxmax()
         rows.append({"params": dict(r.config), "epochs": int(history["epoch"].max()),
-                     "history": {k: history[k].tolist() for k in ("epoch", "loss", "auc")},
+                     "history": {k: history[k].tolist() for k in keys if k in history},
+                     "select": select, "best_epoch": int(history["epoch"][pick]),
                      "macs": int(history["macs"].iloc[-1]),
                      "params_count": int(history["params"].iloc[-1]),
                      "loss": float(history["loss"].min()), "auc": float(history["auc"].max()),

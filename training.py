@@ -228,7 +228,7 @@ def run_search_step(args, splits, setup, record, signals):
         with signals.search():
             results = run_search(args, {s: splits[s] for s in ("train", "valid")}, setup,
                                  record)
-        return (*best_trial(results, setup.select), trial_table(results))
+        return (*best_trial(results, setup.select), trial_table(results, setup.select))
     finally:
         import ray
         ray.shutdown()

@@ -24,7 +24,8 @@ RANKING_TRACKS = 100_000  # permutation ranking on this many test tracks (one pa
 FIGURES = {
     "search_front": "The search's quality-vs-cost front: validation AUC and rejection at 99 % "
                     "against multiply-adds per track.",
-    "history": "Validation loss and AUC per epoch of every trial, the chosen one bold.",
+    "history": "Training (dashed) and validation loss, and the selection metric, per epoch "
+               "of every trial; the chosen one bold, its best epoch starred.",
     "correlations": "Rank correlations of the features, ghosts and real tracks.",
 }
 TRIALS_CSV = "search_trials.csv"

@@ -177,7 +177,8 @@ def test_own_threshold_only_a_number_in_range():
 
 def test_working_point_rows_keep_their_order():
     """to_dict: the keys metrics.json, thresholds.csv and results.root have always
-    had, in the same order, for an asked point and for the model's own."""
+    had, in the same order, for an asked point and for the model's own, then the
+    Clopper-Pearson intervals of the efficiency and the rejection."""
     rng = np.random.default_rng(1)
     labels = rng.random(2000) < 0.4
     scores = rng.random(2000) * 0.5 + 0.5 * labels
@@ -186,10 +187,12 @@ def test_working_point_rows_keep_their_order():
     rates = ["n_tp", "n_tn", "n_fp", "n_fn", "accuracy", "tp", "tn", "fp", "fn",
              "sensitivity", "specificity", "fpr", "fnr", "precision", "f1", "pred_ghost",
              "pred_real", "true_ghost", "true_real", "youden_j"]
+    intervals = ["real_efficiency_low", "real_efficiency_high", "ghost_rejection_low",
+                 "ghost_rejection_high"]
     assert list(asked.to_dict()) == ["target_efficiency", "threshold", "real_efficiency",
-                                     "ghost_rejection", "label", "origin", *rates]
+                                     "ghost_rejection", "label", "origin", *rates, *intervals]
     assert list(own.to_dict()) == ["label", "target_efficiency", "threshold", "origin",
-                                   *rates, "real_efficiency", "ghost_rejection"]
+                                   *rates, "real_efficiency", "ghost_rejection", *intervals]
     assert not asked.fixed and own.fixed and own.threshold == 0.8
     assert asked.to_dict()["real_efficiency"] == asked.real_efficiency == \
         asked.rates["specificity"]
@@ -207,7 +210,7 @@ def test_kinematic_columns_of_features_and_spectators():
 
 # the analysis rooms, lowest first: each imports only rooms below it, never a
 # script; no import inside a function but of a heavy library
-LAYERS = [{"utils"}, {"metrics", "kinematics"}, {"compare", "diagnostics"}, {"plots"},
+LAYERS = [{"utils"}, {"metrics"}, {"kinematics"}, {"compare", "diagnostics"}, {"plots"},
           {"diagnostic_plots"}, {"report", "evaluation"}, {"training_report"}]
 HEAVY = {"matplotlib", "mplhep", "scipy", "ROOT", "torch", "sklearn", "ray", "onnx2torch"}
 SCRIPTS = {"inference", "training", "make_dataset", "make_sample"}

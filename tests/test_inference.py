@@ -144,8 +144,8 @@ def test_inference_working_points_everywhere(trained_model, matching_file, tmp_p
     assert inference.main(["-f", matching_file, "--model", model,
                            "--working-point", "0.99,0.9", "--plots-dir", str(plots)]) == 0
     text = capsys.readouterr().out
-    assert "    99.0% efficiency: cut p > " in text  # the headline's lines
-    assert "    model's 99.0% point: cut p > " in text and "(fixed on the validation split)" in text
+    assert "    99.0% efficiency: score > " in text  # the headline's lines
+    assert "    model's 99.0% point: score > " in text and "(fixed on the validation split)" in text
     metrics = json.loads((plots / "metrics.json").read_text())
     wps = metrics["working_points"]
     assert [w["label"] for w in wps] == ["99.0% efficiency", "90.0% efficiency",
@@ -194,12 +194,26 @@ def test_dataset_prefix_overtraining(quick_models, raw_dataset, tmp_path, capsys
     plots = tmp_path / "plots"
     assert run_inference("-f", raw_dataset, "--model", quick_models["net1_pth"], "--config",
                          quick_models["net1_pkl"], "--plots-dir", plots) == 0
-    assert "overtraining check" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "overtraining check" in out
     for name in SEED_PLOTS + ["overtraining.png", "scores.png", "rejection.png"]:
         assert (plots / name).is_file(), name
     over = json.loads((plots / "metrics.json").read_text())["overtraining"]
     for cls in ("ghost", "real"):
         assert 0.0 <= over[cls]["p_value"] <= 1.0 and over[cls]["n_train"] > over[cls]["n_test"]
+    # as TMVA prints it: each working point's efficiency and rejection on both splits
+    metrics = json.loads((plots / "metrics.json").read_text())
+    train_data, train_labels = load_split(raw_dataset, "train")
+    train_scores = torch_scores(quick_models, "net1", train_data)
+    train_labels = train_labels[:, 0] > 0.5
+    assert len(over["working_points"]) == len(metrics["working_points"])
+    for row, wp in zip(over["working_points"], metrics["working_points"]):
+        assert row["label"] == wp["label"] and row["threshold"] == wp["threshold"]
+        assert row["real_efficiency_test"] == pytest.approx(wp["real_efficiency"])
+        assert row["ghost_rejection_test"] == pytest.approx(wp["ghost_rejection"])
+        kept = train_scores[~train_labels] <= wp["threshold"]  # within one track
+        assert row["real_efficiency_train"] == pytest.approx(kept.mean(), abs=1 / kept.size)
+    assert "real-track efficiency" in out.split("overtraining check")[1].splitlines()[1]
 
 
 def test_one_class_and_empty_inputs(quick_models, raw_dataset, tmp_path, capsys):
@@ -353,7 +367,7 @@ def test_the_headline_ends_the_console_and_matches_metrics_json(full_run):
     points = m["working_points"]  # 99 % and 95 % (quick models record no point of their own)
     assert len(points) == 2
     for wp, line in zip(points, block[2:4]):
-        assert line == (f"    {wp['label']}: cut p > {wp['threshold']:.4f} ({wp['origin']}): "
+        assert line == (f"    {wp['label']}: score > {wp['threshold']:.4f} ({wp['origin']}): "
                         f"real-track efficiency {wp['real_efficiency']:.2%}, ghost rejection "
                         f"{wp['ghost_rejection']:.2%}")
     gap = m["gap_to_limit"]

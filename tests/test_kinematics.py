@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import inference
-from metrics import WorkingPoint
+from metrics import WorkingPoint, clopper_pearson
 
 
 def test_kinematic_counts_equal_brute_force_masks():
@@ -52,8 +52,11 @@ def test_kinematic_efficiencies_add_up_to_the_global_ones(trained_model, matchin
             assert sum(point["ghosts_removed"]) / n_ghost.sum() == pytest.approx(
                 wp["ghost_rejection"])
             eff = np.array(point["efficiency"], dtype=float)
-            err = np.array(point["efficiency_error"], dtype=float)
+            lo, hi = (np.array(point[f"efficiency_{s}"], dtype=float) for s in ("low", "high"))
             full = n_real > 0
-            assert np.allclose(err[full], np.sqrt(eff[full] * (1 - eff[full]) / n_real[full]))
+            assert np.isnan(eff[~full]).all() and np.isnan(lo[~full]).all()
+            assert (lo[full] <= eff[full]).all() and (eff[full] <= hi[full]).all()
+            want = clopper_pearson(np.array(point["real_kept"])[full], n_real[full])
+            assert np.allclose(lo[full], want[0]) and np.allclose(hi[full], want[1])
     for name in ("p", "pt", "eta", "n_velo", "n_scifi"):
         assert (plots / f"kinematics_{name}.png").stat().st_size > 10_000

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 import report
-from metrics import SortedScores, analyse, rejection_at, roc_auc, threshold_table, working_points
+from metrics import (
+    SortedScores,
+    analyse,
+    clopper_pearson,
+    rejection_at,
+    roc_auc,
+    threshold_table,
+    working_points,
+)
 from utils import plain
 
 
@@ -74,3 +82,36 @@ def test_working_points_are_the_empirical_quantiles():
     own = a.working_points[-1]
     assert own.threshold == 0.7 and own.origin.startswith("the model")
     assert own.real_efficiency == (reals <= 0.7).mean()
+
+
+def test_clopper_pearson_is_tefficiency():
+    """The intervals of every efficiency and rejection: ROOT's TEfficiency default
+    (Clopper-Pearson, 68.3 %), on the same counts, edges included (0 of n, n of n,
+    1 of 1, large n); NaN for an empty bin."""
+    from rootio import import_root
+    ROOT = import_root()
+    rng = np.random.default_rng(0)
+    n = np.r_[rng.integers(1, 60, 200), rng.integers(1, 10**6, 200), [1, 1, 7, 7, 10**6]]
+    k = np.r_[(rng.random(400) * n[:400]).astype(np.int64), [0, 1, 0, 7, 10**6]]
+    low, high = clopper_pearson(k, n)
+    level = 0.682689492137086  # TEfficiency's default: one sigma
+    for kk, nn, lo, hi in zip(k, n, low, high):
+        assert lo == pytest.approx(ROOT.TEfficiency.ClopperPearson(int(nn), int(kk), level,
+                                                                   False), rel=1e-9)
+        assert hi == pytest.approx(ROOT.TEfficiency.ClopperPearson(int(nn), int(kk), level,
+                                                                   True), rel=1e-9)
+    assert (low[k == 0] == 0).all() and (high[k == n] == 1).all()
+    assert np.isnan(clopper_pearson([0], [0])).all()
+
+
+def test_working_points_carry_their_intervals():
+    rng = np.random.default_rng(3)
+    labels = rng.random(20_000) < 0.2
+    scores = np.where(labels, rng.beta(5, 2, labels.size), rng.beta(2, 5, labels.size))
+    for wp in working_points(SortedScores.of(scores, labels), [0.9, 0.99]):
+        d, r = wp.to_dict(), wp.rates
+        lo, hi = clopper_pearson([r["n_tn"], r["n_tp"]],
+                                 [r["n_tn"] + r["n_fp"], r["n_tp"] + r["n_fn"]])
+        assert (d["real_efficiency_low"], d["real_efficiency_high"]) == (lo[0], hi[0])
+        assert (d["ghost_rejection_low"], d["ghost_rejection_high"]) == (lo[1], hi[1])
+        assert lo[0] < d["real_efficiency"] < hi[0] and lo[1] < d["ghost_rejection"] < hi[1]

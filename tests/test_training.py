@@ -338,14 +338,14 @@ def test_the_headline_ends_the_console_and_matches_metrics_json(trained_model):
     block = lines[max(i for i, line in enumerate(lines) if line.startswith("=== ")):]
     assert len(block) <= 9 and block[0].startswith("=== the chosen network: ")
     own = next(w for w in m["working_points"] if w["label"].startswith("model's"))
-    assert block[1] == (f"    network: ROC AUC {m['roc_auc']:.4f}; cut p > "
+    assert block[1] == (f"    network: ROC AUC {m['roc_auc']:.4f}; score > "
                         f"{own['threshold']:.4f} (its 99.0% point, from the validation "
                         f"split): real-track efficiency {own['real_efficiency']:.2%}, "
                         f"ghost rejection {own['ghost_rejection']:.2%}")
     config = load_config(str(models / "ghost_model_config.json"))
     assert own["threshold"] == pytest.approx(config["working_point"]["threshold"])
     curves = {c["name"].split()[0]: c for c in m["comparison"]}
-    assert block[2].startswith(f"    INT8: ROC AUC {curves['INT8']['auc']:.4f}; cut p > ")
+    assert block[2].startswith(f"    INT8: ROC AUC {curves['INT8']['auc']:.4f}; score > ")
     for name, line in zip(("baseline", "limit"), block[3:5]):
         rejection = next(r["ghost_rejection"] for r in curves[name]["ghost_rejection"]
                          if r["target_efficiency"] == 0.99)
