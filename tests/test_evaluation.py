@@ -57,7 +57,7 @@ def _inference_record(c, seed=42):
     """inference.py's analysis stages on the case, read as a dataset prefix."""
     (x, y), (tx, ty) = c.test, c.train
     args = Namespace(filename="ds/raw", model="net.onnx", compare=None, output=None,
-                     backend="auto", nocuda=True, batch=None, seed=seed)
+                     backend="auto", nocuda=True, batch=None, seed=seed, verbose=False)
     model = SimpleNamespace(saved=c.saved, path="net.onnx", kind="onnx", int8=False)
     settings = SimpleNamespace(track="matching", features=NAMES, network=0,
                                normalization=None, normalization_origin=None)
@@ -211,7 +211,7 @@ def test_kinematic_columns_of_features_and_spectators():
 # the analysis rooms, lowest first: each imports only rooms below it, never a
 # script; no import inside a function but of a heavy library
 LAYERS = [{"utils"}, {"metrics"}, {"kinematics"}, {"compare", "diagnostics"}, {"plots"},
-          {"diagnostic_plots"}, {"report", "evaluation"}, {"training_report"}]
+          {"diagnostic_plots"}, {"evaluation"}, {"report"}, {"training_report"}]
 HEAVY = {"matplotlib", "mplhep", "scipy", "ROOT", "torch", "sklearn", "ray", "onnx2torch"}
 SCRIPTS = {"inference", "training", "make_dataset", "make_sample"}
 
