@@ -34,7 +34,10 @@ def toolkit_version():
 
 
 def file_record(path):
-    """A file as provenance records it: {"name", "bytes", "sha256"} (of its content)."""
+    """A file as provenance records it: {"name", "bytes", "sha256"} (of its content);
+    only its name where there is no such file (a model built in memory)."""
+    if not os.path.isfile(path):
+        return {"name": os.path.basename(path)}
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -14,7 +14,7 @@ from functools import partial
 
 import search_folder
 from architecture import ACTIVATIONS, ModelConfig, hidden_widths, macs_and_params
-from metrics import EFFICIENCIES, MODEL_WORKING_POINT
+from metrics import EFFICIENCIES
 from search_folder import CHECKPOINT
 from trainer import (
     Trainer,
@@ -83,13 +83,12 @@ class TrialSetup:
     standardization: object  # features.Standardize
     epochs: int
     seed: int
-    threshold: float         # of the accuracy column; None: the working point's
+    threshold: float         # of the accuracy; None: the trial's own 99 % point
     use_gpu: bool
     batch: int = 2048        # where the search does not choose it
     schedule: str = "onecycle"
     weights: tuple = None    # (real, ghost) loss weights, or None
     select: str = "loss"
-    working_point: float = MODEL_WORKING_POINT  # the real-track efficiency it keeps
 
     def model_config(self, params):
         return ModelConfig(network=self.network, n_features=self.n_features,
@@ -139,8 +138,7 @@ def train_trial(params, setup, data):
     macs, params_count = config.cost()
     for epoch in range(start, settings.epochs):
         train_loss = trainer.epoch()
-        metrics = evaluate(model, vx, vy, setup.threshold, setup.weights, raw=raw,
-                           efficiency=setup.working_point)
+        metrics = evaluate(model, vx, vy, setup.threshold, setup.weights, raw=raw)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "epoch": epoch + 1}, os.path.join(folder, CHECKPOINT))

@@ -209,8 +209,7 @@ def make_setup(args, meta, splits):
         network=network, n_features=splits["train"][0].shape[1],
         inputs=args.inputs if normalizes_inside(network) else "minmax",
         normalization=meta.normalization, standardization=meta.standardization,
-        epochs=args.epochs, seed=args.seed, threshold=args.threshold,
-        working_point=args.working_point, use_gpu=args.gpu > 0,
+        epochs=args.epochs, seed=args.seed, threshold=args.threshold, use_gpu=args.gpu > 0,
         batch=args.batch or 2048, schedule=args.schedule, select=args.select,
         weights=(weights["real"], weights["ghost"]) if weights else None)
 
