@@ -11,7 +11,7 @@ layers as _int8_layers says, and the last layer's logit as a float.  Its integer
 codes are onnxruntime's but where onnxruntime's vectorized log (network 1's
 standardized inputs) or activation differs from the C library's in the last bit and
 that moves x / scale across a rounding boundary: about 1 track in 10^5, one code of
-one input (README, "INT8"; tests/test_cpp_export.py measures it).
+one input (README, "What the headers compute"; tests/test_cpp_export.py measures it).
 """
 import datetime
 import re
