@@ -83,7 +83,8 @@ class SavedConfig:
     training: TrainSettings = None  # None: the record holds no training setting
     metrics: dict = field(default_factory=dict)
     # the model's own working point: {"efficiency": 0.99, "threshold": t}, t found on
-    # the validation split (the efficiency of real tracks it keeps there)
+    # the validation split (the efficiency of real tracks it keeps there); training.py
+    # writes the same t as `threshold`
     working_point: dict = None
     # the class mix the raw output is calibrated to (0.5: both classes weighed the
     # same in training) and the training input's own ghost fraction
@@ -95,6 +96,15 @@ class SavedConfig:
 
     EXTRA = ("working_point", "training_prior", "ghost_fraction", "training_ranges",
              "provenance")
+
+    def cut(self):
+        """(the model's threshold, the real-track efficiency it keeps on the validation
+        split or None): the working point's where one is recorded (configs of older
+        toolkits carry a `threshold` of 0.5 beside it, which it replaces), else the
+        recorded threshold; (None, None) where neither is."""
+        if self.working_point:
+            return float(self.working_point["threshold"]), float(self.working_point["efficiency"])
+        return (None if self.threshold is None else float(self.threshold)), None
 
     def to_dict(self):
         d = {**(self.model.to_dict() if self.model else {}),
@@ -217,6 +227,9 @@ def onnx_bytes(model, saved):
                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, **names)
             proto = program.model_proto
     del proto.metadata_props[:]
+    for node in proto.graph.node:  # the exporter's stack traces hold this machine's paths
+        del node.metadata_props[:]
+        node.doc_string = ""
     for key, value in onnx_metadata(saved).items():
         proto.metadata_props.add(key=key, value=value)
     prov = saved.provenance or {}
@@ -232,16 +245,21 @@ def onnx_bytes(model, saved):
 
 def onnx_metadata(saved):
     """METADATA_KEY holds the whole record, which is what this toolkit reads back.
-    The loose keys beside it are for C++ deployments, which read a feature list or a
-    threshold from an InferenceSession's metadata without a JSON parser."""
+    The loose keys beside it are for C++ deployments, which read a feature list or the
+    threshold from an InferenceSession's metadata without a JSON parser: `threshold`
+    is the model's one threshold (SavedConfig.cut: its working point's), and
+    `working_point_efficiency` the fraction of the validation split's real tracks it
+    keeps."""
     record = saved.to_dict()
     model = saved.model
+    threshold, efficiency = saved.cut()
     return {
         METADATA_KEY: json.dumps(record),
         "track": str(saved.track or ""),
         "features": ",".join(saved.features or []),
         "network": str(model.network if model else ""),
-        "threshold": str("" if saved.threshold is None else saved.threshold),
+        "threshold": "" if threshold is None else repr(threshold),
+        "working_point_efficiency": "" if efficiency is None else repr(efficiency),
         "int8": str(bool(model and model.int8)).lower(),
         "normalization": json.dumps(record.get("normalization")),
         "producer": "ghost-tracks",

@@ -5,11 +5,13 @@ biases as constexpr arrays, the feature names in order, and one inline function
 `float ghost_probability(const float* features)`, __host__ __device__ under CUDA.
 
 The float header computes what the ONNX graph computes (to float rounding).  The
-INT8 header reproduces the quantized arithmetic exactly as onnxruntime runs the
-INT8 ONNX file: inputs quantized as QuantizeLinear does (x / scale, clamp, round
-half to even), integer sums of 7-bit weights with int32 biases, requantized like
-onnxruntime's fused integer kernels (sum x (input scale x weight scale / output
-scale), clamp, round), and the last layer's logit as a float.
+INT8 header follows the quantized arithmetic as onnxruntime runs the INT8 ONNX file:
+inputs quantized as QuantizeLinear does (x / scale, clamp, round half to even), the
+layers as _int8_layers says, and the last layer's logit as a float.  Its integer
+codes are onnxruntime's but where onnxruntime's vectorized log (network 1's
+standardized inputs) or activation differs from the C library's in the last bit and
+that moves x / scale across a rounding boundary: about 1 track in 10^5, one code of
+one input (README, "What the headers compute"; tests/test_cpp_export.py measures it).
 """
 import datetime
 import re
@@ -84,9 +86,14 @@ def _float_layers(model):
 
 
 def _int8_layers(model):
-    """Integer sums on the codes: the input of layer k quantized with its FakeQuant's
-    (scale, zero point), weights w_q = round(w / w_scale) in [-63, 63], biases
-    b_q = round(b / (in_scale x w_scale))."""
+    """The layers on the codes: the input of layer k quantized with its FakeQuant's
+    (scale, zero point), weights w_q = round(w / w_scale) in [-63, 63].  With ReLU,
+    onnxruntime fuses each hidden layer into an integer kernel (QGemm): integer sums
+    with int32 biases b_q = round(b / (in_scale x w_scale)), requantized as
+    sum x (in_scale x w_scale / out_scale).  Other activations it runs in float
+    (FusedGemm on the dequantized codes: one fused multiply-add per input, in
+    order, then the float bias, the activation, QuantizeLinear), and so does the
+    header.  The last layer's logit is float: the integer sum times both scales."""
     lines = []
     n = len(model.linears)
     for k, (fc, quant) in enumerate(zip(model.linears, model.quants)):
@@ -97,30 +104,35 @@ def _int8_layers(model):
         bq = np.round(bias.detach().cpu().numpy() / grid).astype(np.int64)
         n_out, n_in = wq.shape
         lines += [f"    // layer {k}: {n_in} -> {n_out}, input scale {s_in!r}, zero point "
-                  f"{zp_in}, weight scale {w_scale!r}",
-                  _array(f"w{k}", wq, "int"), _array(f"b{k}", bq, "int"),
-                  f"    std::int32_t acc{k}[{n_out}];",
-                  f"    for (int j = 0; j < {n_out}; ++j) {{",
-                  f"        std::int32_t acc = b{k}[j];",
-                  f"        for (int i = 0; i < {n_in}; ++i)",
-                  f"            acc += (q{k}[i] - {zp_in}) * w{k}[j][i];",
-                  f"        acc{k}[j] = acc;",
-                  "    }"]
+                  f"{zp_in}, weight scale {w_scale!r}", _array(f"w{k}", wq, "int")]
+        integer = k == n - 1 or model.act_name == "relu"
+        lines += ([_array(f"b{k}", bq, "int"),
+                   f"    std::int32_t acc{k}[{n_out}];",
+                   f"    for (int j = 0; j < {n_out}; ++j) {{",
+                   f"        std::int32_t acc = b{k}[j];",
+                   f"        for (int i = 0; i < {n_in}; ++i)",
+                   f"            acc += (q{k}[i] - {zp_in}) * w{k}[j][i];",
+                   f"        acc{k}[j] = acc;",
+                   "    }"] if integer else [_array(f"b{k}", bias.detach().cpu().numpy())])
         if k == n - 1:  # the logit stays float: the integer sum times both scales plus 0
             scale = f"({_f(s_in)} * {_f(w_scale)})"
             lines += [f"    const float logit = (float)acc{k}[0] * {scale};"]
             continue
         s_out, zp_out = model.quants[k + 1].frozen[0], model.quants[k + 1].frozen[1]
-        # onnxruntime's requantization scale: (1 x in_scale x weight_scale) / out_scale
-        multiplier = (np.float32(1.0) * np.float32(s_in) * np.float32(w_scale)) / np.float32(s_out)
         lines += [f"    std::int32_t q{k + 1}[{n_out}];",
-                  f"    for (int j = 0; j < {n_out}; ++j) {{",
-                  f"        float v = (float)acc{k}[j] * {_f(multiplier)};"
-                  if model.act_name == "relu" else
-                  f"        float v = detail::activation((float)acc{k}[j] * ({_f(s_in)} * "
-                  f"{_f(w_scale)})) / {_f(s_out)};",
-                  f"        q{k + 1}[j] = detail::quantize(v, {zp_out});",
-                  "    }"]
+                  f"    for (int j = 0; j < {n_out}; ++j) {{"]
+        if integer:
+            # onnxruntime's requantization scale: (1 x in_scale x weight_scale) / out_scale
+            multiplier = (np.float32(1.0) * np.float32(s_in) * np.float32(w_scale)
+                          ) / np.float32(s_out)
+            lines += [f"        float v = (float)acc{k}[j] * {_f(multiplier)};"]
+        else:
+            lines += ["        float s = 0.0f;",
+                      f"        for (int i = 0; i < {n_in}; ++i)",
+                      f"            s = fmaf((float)(q{k}[i] - {zp_in}) * {_f(s_in)}, "
+                      f"(float)w{k}[j][i] * {_f(w_scale)}, s);",
+                      f"        float v = detail::activation(s + b{k}[j]) / {_f(s_out)};"]
+        lines += [f"        q{k + 1}[j] = detail::quantize(v, {zp_out});", "    }"]
     return lines, "logit"
 
 
@@ -156,6 +168,22 @@ def cpp_identifier(name):
     return ident
 
 
+def _threshold_lines(saved):
+    """The model's one threshold (SavedConfig.cut) and the real-track efficiency it
+    keeps; no constant where the record holds no threshold (code using it then does
+    not compile, rather than cut at a made-up value)."""
+    threshold, efficiency = saved.cut()
+    if threshold is None:
+        return ["// (no threshold recorded: choose one on your own sample)"]
+    if efficiency is None:
+        return ["// the threshold recorded with the model (no working point recorded)",
+                f"constexpr float threshold = {_f(threshold)};"]
+    return [f"// the working point: the threshold keeping {efficiency:.1%} of the validation "
+            "split's real tracks",
+            f"constexpr float threshold = {_f(threshold)};",
+            f"constexpr float working_point_efficiency = {efficiency!r}f;"]
+
+
 def export_header(model, saved, namespace="ghost_model"):
     """The C++ header of a models.GhostNet in eval mode (frozen if INT8) and its
     artifacts.SavedConfig, in the C++ namespace made of `namespace`
@@ -179,17 +207,12 @@ def export_header(model, saved, namespace="ghost_model"):
             "//   a NaN or infinite feature gives a NaN probability (drop such tracks, as the",
             "//   toolkit does)."]
     head += [f"// {line}" for line in comment_lines(saved.provenance or {})]
-    wp = saved.working_point
     lines = [*head, "#pragma once", "#include <cmath>", "#include <cstdint>", "",
              "#if defined(__CUDACC__)", "#define GHOST_HD __host__ __device__", "#else",
              "#define GHOST_HD", "#endif", "", f"namespace {namespace} {{", "",
              f"constexpr int n_features = {config.n_features};",
              f"constexpr bool int8 = {'true' if int8 else 'false'};",
-             f"constexpr float threshold = "
-             f"{_f(0.5 if saved.threshold is None else saved.threshold)};",
-             f"// the threshold keeping {wp['efficiency']:.1%} of the validation split's real "
-             "tracks" if wp else "// (no working point recorded)",
-             f"constexpr float working_point_threshold = {_f(wp['threshold'] if wp else 0.5)};",
+             *_threshold_lines(saved),
              "inline constexpr const char* feature_names[n_features] = {"
              + ", ".join(f'"{n}"' for n in names) + "};", "",
              "namespace detail {",

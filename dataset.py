@@ -61,6 +61,13 @@ def _counts(v):
         and all(is_int(n) and n >= 0 for n in c.values()) for k, c in v.items())
 
 
+def _input_files(v):
+    """File names (older toolkits: paths), or provenance.file_record's dicts."""
+    return is_names(v) or (isinstance(v, list) and all(
+        isinstance(f, dict) and is_text(f.get("name")) and _tracks(f.get("bytes"))
+        and is_text(f.get("sha256")) for f in v))
+
+
 def _tracks(v):
     return is_int(v) and v >= 0
 
@@ -71,7 +78,7 @@ FIELD_TYPES = {
     "features": (is_distinct_names, "a list of distinct branch names"),
     "label": (is_text, "a string"),
     "tree": (is_text, "a string"),
-    "input_files": (is_names, "a list of file names"),
+    "input_files": (_input_files, 'a list of file names or of {"name", "bytes", "sha256"}'),
     "seed": (is_int, "a whole number"),
     "fraction": (in_range(0, 1, open_lo=True), "a number in (0, 1]"),
     "tracks_read": (_tracks, "a whole number >= 0"),
@@ -98,7 +105,7 @@ class DatasetMeta:
     features: list = None          # branch names, in column order
     label: str = None
     tree: str = None
-    input_files: list = field(default_factory=list)
+    input_files: list = field(default_factory=list)  # provenance.file_record's
     seed: int = None
     fraction: float = None
     tracks_read: int = None

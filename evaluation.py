@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compare import Curve, gap_to_limit
+from dataset import dataset_files
 from diagnostic_plots import ranking as ranking_figure
 from diagnostics import permutation_ranking, ranking_csv
 from features import LIMIT
@@ -21,6 +22,7 @@ from inputs import finite_part
 from kinematics import performance
 from metrics import DEFAULT_THRESHOLDS, WORKING_POINTS, analyse, overtraining, row
 from plots import PlotInput
+from provenance import file_record
 from scoring import model_macs
 from utils import log, plain
 
@@ -128,9 +130,10 @@ class Evaluation:
 
 
 def own_threshold(saved):
-    """The threshold a model records, where it is a number in [0, 1]; else None."""
+    """The model's threshold (SavedConfig.cut: its working point's, else the one it
+    records), where it is a number in [0, 1]; else None."""
     try:
-        own = float(saved.threshold)
+        own = float(saved.cut()[0])
     except (TypeError, ValueError):
         return None
     return own if 0.0 <= own <= 1.0 else None
@@ -173,6 +176,15 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
                       gap_to_limit(curves[0], limit) if limit is not None else None)
 
 
+def input_record(source):
+    """An inference input as provenance records files (never a path): a .root file's
+    file_record, a dataset's name and the file_record of each of its files."""
+    if source.kind == "root":
+        return file_record(source.path)
+    return {"name": os.path.basename(os.path.normpath(source.path)),
+            "files": [file_record(f) for f in dataset_files(source.path) if os.path.isfile(f)]}
+
+
 def run_context(source, model, settings, finite, scored):
     """What metrics.json records about an inference.py run before its numbers: the
     input (inputs.Source), the model (scoring.LoadedModel), the settings it was read
@@ -180,8 +192,8 @@ def run_context(source, model, settings, finite, scored):
     scores, description, seconds and cross-check)."""
     n, seconds = len(scored.scores), scored.seconds
     context = {
-        "input": os.path.abspath(source.path), "input_kind": source.kind,
-        "model": os.path.abspath(model.path), "model_kind": model.kind,
+        "input": input_record(source), "input_kind": source.kind,
+        "model": file_record(model.path), "model_kind": model.kind,
         "int8": model.int8, "scoring": scored.desc, "track": settings.track,
         "features": settings.features, "network": settings.network,
         "macs_per_track": model_macs(model),

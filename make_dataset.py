@@ -32,6 +32,7 @@ from outputs import (
     prepare_folder,
     refuse_overwriting_inputs,
 )
+from provenance import file_record
 from report import PAGE, dataset_headline, print_headline, write_feature_figures
 from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log
@@ -210,7 +211,7 @@ def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spect
     minmax, standardize = scalings
     return DatasetMeta(
         track=args.track, features=features_for(args.track), label=LABEL, tree=args.tree,
-        input_files=[os.path.abspath(f) for f in files], seed=args.seed,
+        input_files=[file_record(f) for f in files], seed=args.seed,
         fraction=args.fraction, tracks_read=n_read,
         tracks_dropped_nonfinite=n_read - len(rows), dropped_per_feature=dropped,
         counts={s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}

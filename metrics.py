@@ -211,6 +211,13 @@ def rejection_at(ss, efficiencies=EFFICIENCIES):
     return out
 
 
+def threshold_at(scores, labels, efficiency):
+    """The threshold keeping `efficiency` of the real tracks (labels False) of these
+    scores: rejection_at's, the empirical quantile of the real tracks' scores.  The
+    model's threshold is this on the validation split at its working point."""
+    return rejection_at(SortedScores.of(scores, labels), [efficiency])[0]["threshold"]
+
+
 @dataclass
 class Analysis:
     """Everything computed from the finite, labelled scores of one input."""

@@ -217,7 +217,10 @@ class GhostNet(nn.Module):
         return self.core(self.norm(x))
 
     def forward(self, x):
-        return torch.sigmoid(self.logits(x))
+        """Ghost probabilities; NaN for a track with a NaN or infinite feature, here,
+        in the ONNX graph (float and INT8) and in the C++ header alike: x - x is 0
+        for a finite value and NaN for NaN and +-inf, and p + 0 is p exactly."""
+        return torch.sigmoid(self.logits(x)) + (x - x).sum(dim=1, keepdim=True)
 
     def fake_quants(self):
         return [m for m in self.modules() if isinstance(m, FakeQuant)]

@@ -1,7 +1,10 @@
 """Where an artifact comes from: the toolkit's version and git commit, the library
 versions, the date, the dataset, the search and its result.  Recorded in the saved
-config, the ONNX metadata and the C++ header's comment."""
+config, the ONNX metadata and the C++ header's comment.  Files are recorded by name,
+size and SHA-256 of their content (file_record), never by a path of the machine
+that wrote them."""
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +33,26 @@ def toolkit_version():
     return version, commit
 
 
+def file_record(path):
+    """A file as provenance records it: {"name", "bytes", "sha256"} (of its content);
+    only its name where there is no such file (a model built in memory)."""
+    if not os.path.isfile(path):
+        return {"name": os.path.basename(path)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"name": os.path.basename(path), "bytes": os.path.getsize(path),
+            "sha256": digest.hexdigest()}
+
+
+def input_files(recorded):
+    """A dataset's input files as recorded: file_record's dicts; the paths an older
+    toolkit recorded, as their file names."""
+    return [f if isinstance(f, dict) else {"name": os.path.basename(str(f))}
+            for f in recorded or []]
+
+
 def library_versions():
     import onnx
     import torch
@@ -37,15 +60,19 @@ def library_versions():
             "onnx": str(onnx.__version__)}
 
 
-def record(dataset_prefix, meta, search, hyperparameters, test_metrics):
-    """The provenance of a trained model, plain data."""
+def record(dataset_prefix, meta, search, hyperparameters, test_metrics, files=()):
+    """The provenance of a trained model, plain data: the dataset by the name of its
+    prefix and its `files` (file_record of each file read), its input files as
+    make_dataset recorded them."""
     version, commit = toolkit_version()
     return {
         "toolkit": f"ghost-tracks {version}", "commit": commit,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **library_versions(),
-        "dataset": {"prefix": os.path.abspath(dataset_prefix), "track": meta.track,
-                    "input_files": meta.input_files, "seed": meta.seed,
+        "dataset": {"name": os.path.basename(os.path.normpath(dataset_prefix)),
+                    "files": [file_record(f) for f in files if os.path.isfile(f)],
+                    "track": meta.track,
+                    "input_files": input_files(meta.input_files), "seed": meta.seed,
                     "balance": meta.balance, "counts": meta.counts,
                     "tracks_read": meta.tracks_read},
         "search": search, "hyperparameters": hyperparameters,

@@ -155,8 +155,12 @@ def _write_file(ROOT, path, shown, fill, check, compression=None):
     ROOT.ghost_write.start()
     problem = ""
     try:
+        # opened by its bare name in its folder: a TFile records the name it was
+        # created under, and a file keeps no path of the machine that wrote it
+        folder, name = os.path.split(os.path.abspath(path))
         try:
-            f = ROOT.TFile.Open(path, "RECREATE", "", *([compression] if compression else []))
+            with contextlib.chdir(folder):
+                f = ROOT.TFile.Open(name, "RECREATE", "", *([compression] if compression else []))
         except OSError:  # how PyROOT reports a file it cannot open
             f = None
         if not f or f.IsZombie():

@@ -83,7 +83,7 @@ class TrialSetup:
     standardization: object  # features.Standardize
     epochs: int
     seed: int
-    threshold: float
+    threshold: float         # of the accuracy; None: the trial's own 99 % point
     use_gpu: bool
     batch: int = 2048        # where the search does not choose it
     schedule: str = "onecycle"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from metrics import quality
+from metrics import MODEL_WORKING_POINT, quality, threshold_at
 from records import check_fields, in_range, is_int, is_text
 from utils import GhostError, log
 
@@ -259,10 +259,12 @@ class Trainer:
         return float(torch.stack(losses).mean())
 
 
-def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False):
-    """Loss (class-weighted with `weights`, as in training), accuracy at `threshold`,
-    ROC AUC and ghost rejection at the EFFICIENCIES of a model on (x, y), in large
-    no-grad chunks; x is already scaled by the model's layer (to_tensors), or `raw`
+def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False,
+             efficiency=MODEL_WORKING_POINT):
+    """Loss (class-weighted with `weights`, as in training), accuracy at `threshold`
+    (None: at the threshold keeping `efficiency` of these real tracks), ROC AUC and
+    ghost rejection at the EFFICIENCIES of a model on (x, y), in large no-grad
+    chunks; x is already scaled by the model's layer (to_tensors), or `raw`
     branch values scaled chunk by chunk."""
     import torch
     import torch.nn.functional as F
@@ -273,9 +275,11 @@ def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False):
         loss = float(F.binary_cross_entropy_with_logits(logits, y,
                                                         weight=loss_weights(y, weights)))
         prob = torch.sigmoid(logits)
+        p, labels = prob.cpu().numpy().ravel(), y.cpu().numpy().ravel()
+        if threshold is None:
+            threshold = threshold_at(p, labels > 0.5, efficiency)
         accuracy = float(((prob > threshold).float() == y).float().mean())
-    return {"loss": loss, "accuracy": accuracy,
-            **quality(prob.cpu().numpy(), y.cpu().numpy())}
+    return {"loss": loss, "accuracy": accuracy, **quality(p, labels)}
 
 
 def predict(model, data, device=None, chunk=1 << 18):

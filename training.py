@@ -20,9 +20,9 @@ from architecture import INPUT_LAYERS, default_network, normalizes_inside, refus
 from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, save_model_files
 from baseline import baseline_scores, fit_baseline
 from cli import Parser, add_format_option, parse_formats, run_cli
-from dataset import load_dataset, load_meta, load_spectators
+from dataset import dataset_files, load_dataset, load_meta, load_spectators
 from features import LIMIT
-from metrics import EFFICIENCIES, MODEL_WORKING_POINT, SortedScores, quality, working_points
+from metrics import EFFICIENCIES, MODEL_WORKING_POINT, quality, threshold_at
 from outputs import AtomicOutputs, FolderLock, plain_name, prepare_folder, remove_stale_temporaries
 from report import PAGE, print_headline, training_headline
 from search import (
@@ -59,8 +59,10 @@ def parse_args(argv=None):
         raise GhostError("--batch must be at least 1")
     if args.gpu < 0 or args.int8_epochs < 1:
         raise GhostError("--gpu must be >= 0 and --int8-epochs >= 1")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise GhostError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if not 0.0 < args.working_point < 1.0:
+        raise GhostError(f"--working-point must be in (0, 1), got {args.working_point}")
     if args.gpu and args.nocuda:
         raise GhostError("--gpu and --nocuda contradict each other")
     args.formats = parse_formats(args.format)
@@ -102,8 +104,16 @@ def add_model_options(p):
     p.add_argument("--inputs", choices=INPUT_LAYERS, default="standard",
                    help="network 1's first layer: standard (signed log1p on heavy tails, "
                         "then standardized) or minmax (the original) (default standard)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="probability above which a track is a ghost (default 0.5)")
+    p.add_argument("--working-point", type=float, default=MODEL_WORKING_POINT,
+                   metavar="EFFICIENCY",
+                   help="the model's working point: its threshold (a track is a ghost when "
+                        "p > threshold) keeps this fraction of the validation split's real "
+                        "tracks; it is the `threshold` of every file written (config, ONNX "
+                        "metadata, C++ headers) (default 0.99)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="the cut of the accuracy column only (console table, the config's "
+                        "metrics), e.g. 0.5 as in the original study; never the model's "
+                        "threshold (default: the working point's threshold)")
     p.add_argument("--int8", action="store_true",
                    help="quantization-aware fine-tuning of the best model to INT8")
     p.add_argument("--int8-epochs", type=int, default=3,
@@ -248,25 +258,27 @@ def finish(args, splits, meta, setup, params, state):
     model.load_state_dict(state)
     model = model.to(device).eval()
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
-    rows = {"validation": evaluate(model, *valid, args.threshold, setup.weights),
-            "test": evaluate(model, *test, args.threshold, setup.weights)}
     wanted = splits if args.save else ("valid", "test")  # the report wants every split
     scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
+    record = model_record(meta, splits, scores["network"], args.working_point)
+    cut = accuracy_cut(args, record)
+    rows = {"validation": evaluate(model, *valid, cut, setup.weights),
+            "test": evaluate(model, *test, cut, setup.weights)}
     saved = SavedConfig(model=config, track=meta.track or "", features=meta.features,
-                        threshold=args.threshold, training=settings,
-                        metrics=dict(rows), **model_record(meta, splits, scores["network"]),
+                        training=settings, metrics=dict(rows), **record,
                         provenance=provenance.record(
                             args.filename, meta, search_record(args), dict(params),
-                            rows["test"]))
+                            rows["test"], dataset_files(args.filename)))
     artifacts = [(ARTIFACT, model, saved)]
     if args.int8:  # same input layer: the scaled test tensors serve both
         qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
                           setup.weights)
-        rows["test (INT8)"] = evaluate(qmodel, *test, args.threshold, setup.weights)
         scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in wanted}
+        qrecord = model_record(meta, splits, scores["INT8"], args.working_point)
+        rows["test (INT8)"] = evaluate(qmodel, *test, accuracy_cut(args, qrecord),
+                                       setup.weights)
         qsaved = replace(saved, model=replace(config, int8=True),
-                         metrics={**saved.metrics, "test": rows["test (INT8)"]},
-                         **model_record(meta, splits, scores["INT8"]),
+                         metrics={**saved.metrics, "test": rows["test (INT8)"]}, **qrecord,
                          provenance={**saved.provenance, "test_metrics": provenance.record(
                              args.filename, meta, {}, {}, rows["test (INT8)"])["test_metrics"]})
         artifacts.append((f"{ARTIFACT}_int8", qmodel, qsaved))
@@ -280,21 +292,26 @@ def search_record(args):
             "seed": args.seed, "inputs": args.inputs}
 
 
-def model_record(meta, splits, scores):
-    """What a model records beside its architecture for inference: its own working
-    point (the threshold keeping MODEL_WORKING_POINT of the validation split's real
-    tracks), the class mix its output is calibrated to, and the training ranges of
-    the raw features (none for a normalized dataset)."""
-    labels = splits["valid"][1].ravel() > 0.5
-    point = working_points(SortedScores.of(scores["valid"], labels), [MODEL_WORKING_POINT])[0]
+def model_record(meta, splits, scores, efficiency):
+    """What a model records beside its architecture for inference: its threshold, the
+    working point's (the threshold keeping `efficiency` of the validation split's real
+    tracks: the model's one threshold, in every file), the class mix its output is
+    calibrated to, and the training ranges of the raw features (none for a normalized
+    dataset)."""
+    threshold = threshold_at(scores["valid"], splits["valid"][1].ravel() > 0.5, efficiency)
     train = splits["train"][0]
     ranges = None if meta.normalized else {
         name: [float(train[:, j].min()), float(train[:, j].max())]
         for j, name in enumerate(meta.features)}
-    return {"working_point": {"efficiency": MODEL_WORKING_POINT,
-                              "threshold": point.threshold},
+    return {"threshold": threshold,
+            "working_point": {"efficiency": efficiency, "threshold": threshold},
             "training_prior": 0.5, "ghost_fraction": meta.ghost_fraction,
             "training_ranges": ranges}
+
+
+def accuracy_cut(args, record):
+    """The threshold of the accuracy column: --threshold, else the model's own."""
+    return record["threshold"] if args.threshold is None else args.threshold
 
 
 def references(args, splits, setup, spectators):
@@ -308,9 +325,13 @@ def references(args, splits, setup, spectators):
         trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
         scores = {"test": baseline_scores(trees, test_x)}
         p, y = scores["test"].astype(np.float64), test_y.ravel()
+        cut = args.threshold  # else the baseline's own working point, as the network's
+        if cut is None:
+            cut = threshold_at(baseline_scores(trees, splits["valid"][0]),
+                               splits["valid"][1].ravel() > 0.5, args.working_point)
         rows["baseline (test)"] = {
             "loss": log_loss(p, y, setup.weights),
-            "accuracy": float(np.mean((p > args.threshold) == (y > 0.5))),
+            "accuracy": float(np.mean((p > cut) == (y > 0.5))),
             **quality(p, y)}
         log(f"baseline: gradient-boosted trees, {trees.n_iter_} iterations, "
             f"{clock():.1f} s")
@@ -322,14 +343,16 @@ def references(args, splits, setup, spectators):
 COLUMNS = ["loss", "accuracy", "auc"] + [f"rejection@{e:g}" for e in EFFICIENCIES]
 
 
-def print_table(rows, mix):
+def print_table(rows, mix, args):
     """rows: {name: {metric: value}} -> one aligned table."""
     heads = ["loss", "acc", "AUC"] + [f"rej@{e:.1%}" for e in EFFICIENCIES]
     log(f"{'':<18}" + "".join(f"{c:>10}" for c in heads))
     for name, metrics in rows.items():
         log(f"{name:<18}" + "".join(f"{metrics.get(c, float('nan')):>10.4f}"
                                     for c in COLUMNS))
-    log(f"(loss and accuracy at threshold 0.5 on {mix}; AUC and ghost rejection at a "
+    cut = (f"threshold {args.threshold:g} (--threshold)" if args.threshold is not None else
+           f"each model's threshold, its {args.working_point:.1%} working point")
+    log(f"(loss and accuracy on {mix}, accuracy at {cut}; AUC and ghost rejection at a "
         "real-track efficiency do not depend on the mix)")
 
 
@@ -378,7 +401,10 @@ def run(args, signals):
             f"{describe_params(params, setup.n_features)} (epoch {epoch})")
         artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
         extra, baseline = references(args, splits, setup, spectators)
-        print_table({**rows, **extra}, meta.mix())
+        print_table({**rows, **extra}, meta.mix(), args)
+        for stem, _, saved in artifacts:
+            log(f"threshold of {stem}: {saved.threshold!r} (ghost when p > threshold; keeps "
+                f"{args.working_point:.1%} of the validation split's real tracks)")
         for _, _, saved in artifacts:  # "baseline (test)" -> "baseline"
             saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
         if args.save:

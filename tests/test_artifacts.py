@@ -53,7 +53,7 @@ def test_config_is_plain_and_complete(trained_model, raw_dataset):
     assert config["macs"] <= 20000  # the default --max-macs
     assert config["optimizer"] == "adamw" and config["schedule"] == "onecycle"
     assert config["batch"] == 512 and config["weight_decay"] > 0
-    assert config["int8"] is False and config["threshold"] == 0.5
+    assert config["int8"] is False and config["threshold"] == config["working_point"]["threshold"]
     assert 0.5 < config["metrics"]["test"]["auc"] <= 1.0
     assert load_config(str(trained / "ghost_model_int8_config.pkl"))["int8"] is True
 
@@ -73,7 +73,7 @@ def test_onnx_matches_torch_and_describes_itself(trained_model, raw_dataset):
     assert props["track"] == "matching" and props["network"] == "1"
     assert props["features"].split(",") == config["features"]
     assert json.loads(props["normalization"]) == config["normalization"]
-    assert float(props["threshold"]) == 0.5 and METADATA_KEY in props
+    assert float(props["threshold"]) == config["threshold"] and METADATA_KEY in props
     assert onnx_record(proto)["l0"] == config["l0"]
     session = ort.InferenceSession(str(trained / "ghost_model.onnx"))
     got = session.run(None, {"features": x})[0]
@@ -198,3 +198,57 @@ def test_a_malformed_training_setting_is_named(key, value):
         SavedConfig.from_dict({"n_features": 3, "l0": 8, key: value})
     with pytest.raises(ValueError, match=f"'{key}'"):
         TrainSettings.from_dict({key: value})
+
+
+def _validation_quantile(trained, stem, prefix, efficiency=0.99):
+    """The model's threshold recomputed: its scores (torch, from the .pth) on the
+    validation split, and the real tracks' quantile at `efficiency`."""
+    from metrics import threshold_at
+    from trainer import predict
+    config = load_config(str(trained / f"{stem}_config.json"))
+    model = load_model(ModelConfig.from_dict(config),
+                       torch.load(trained / f"{stem}.pth", weights_only=True))
+    x, y = load_split(prefix, "valid")
+    return threshold_at(predict(model, x), y.ravel() > 0.5, efficiency)
+
+
+def test_one_threshold_in_every_artifact(trained_model, raw_dataset):
+    """The working point's threshold (99 % of the validation split's real tracks) is
+    the threshold of the configs, the ONNX metadata, the headers, the console and the
+    report's metrics.json, float and INT8; 0.5 is in none of them."""
+    import re
+    trained = trained_model.models
+    for stem in ("ghost_model", "ghost_model_int8"):
+        want = _validation_quantile(trained, stem, raw_dataset)
+        assert want != 0.5
+        json_config = load_config(str(trained / f"{stem}_config.json"))
+        for config in (json_config, load_config(str(trained / f"{stem}_config.pkl"))):
+            assert config["threshold"] == want
+            assert config["working_point"] == {"efficiency": 0.99, "threshold": want}
+        props = {p.key: p.value for p in onnx.load(str(trained / f"{stem}.onnx")).metadata_props}
+        assert float(props["threshold"]) == want
+        assert float(props["working_point_efficiency"]) == 0.99
+        assert json.loads(props[METADATA_KEY])["threshold"] == want
+        header = (trained / f"{stem}.hpp").read_text()
+        found = re.findall(r"constexpr float (\w*threshold\w*) = ([-0-9.e]+)f;", header)
+        assert found == [("threshold", repr(float(np.float32(want))))], found
+        assert "constexpr float working_point_efficiency = 0.99f;" in header
+        console = [ln for ln in trained_model.stdout.splitlines()
+                   if ln.startswith(f"threshold of {stem}: ")]
+        assert len(console) == 1 and float(console[0].split()[3]) == want, console
+    report = json.load(open(trained / "training_report" / "metrics.json"))
+    want = _validation_quantile(trained, "ghost_model", raw_dataset)
+    assert report["model_threshold"]["threshold"] == want
+    own = [w for w in report["working_points"] if w["origin"].startswith("the model")]
+    assert [(w["target_efficiency"], w["threshold"]) for w in own] == [(0.99, want)]
+
+
+def test_the_threshold_cut_prefers_the_working_point():
+    """SavedConfig.cut: an older config's threshold 0.5 beside a working point loads, and
+    the working point's threshold is the model's; a config without one keeps its own."""
+    old = SavedConfig.from_dict({"n_features": 3, "l0": 8, "threshold": 0.5,
+                                 "working_point": {"efficiency": 0.99, "threshold": 0.83}})
+    assert old.threshold == 0.5 and old.cut() == (0.83, 0.99)
+    assert onnx_metadata(old)["threshold"] == "0.83"
+    assert SavedConfig.from_dict({"n_features": 3, "l0": 8, "threshold": 0.5}).cut() == (0.5, None)
+    assert SavedConfig.from_dict({"n_features": 3, "l0": 8}).cut() == (None, None)

@@ -126,3 +126,86 @@ def test_export_cpp_with_a_run_writes_the_header_with_its_outputs(quick_models, 
     assert proc.returncode == 0, proc.stderr
     assert "namespace model {" in header.read_text() and out.exists()
     assert str(header) in lines_starting(proc.stdout, "wrote ")[-1]
+
+
+def _int8_ties(header_text, x, per_feature=40):
+    """Tracks of `x` with one feature set so that its input x0 / scale is exactly
+    k + 0.5 in float32, as QuantizeLinear computes it: for every feature the header
+    does not take the log of ((v - mean) * inv_scale, no transcendental function)."""
+    def floats(name):
+        body = re.search(rf"{name}\[\d+\] = \{{(.*?)\}};", header_text, re.S).group(1)
+        return np.array([float(v.rstrip("f")) for v in body.split(",")], dtype=np.float32)
+    shift, inv = floats("shift"), floats("inv_scale")
+    logs = [int(v) for v in re.search(r"take_log\[\d+\] = \{(.*?)\};", header_text).group(1)
+            .split(",")]
+    m = re.search(r"q0\[i\] = detail::quantize\(x0\[i\] / ([-0-9.e]+)f, (-?\d+)\);", header_text)
+    s0, zp = np.float32(m.group(1)), int(m.group(2))
+    rows = []
+    for j in (j for j, lg in enumerate(logs) if not lg):
+        start = len(rows)
+        for k in range(-zp, 255 - zp):
+            t = np.float32((k + 0.5) * s0)
+            v = np.float32(t / inv[j] + shift[j])
+            up, down = np.nextafter(v, np.float32(np.inf)), np.nextafter(v, np.float32(-np.inf))
+            for cand in (v, up, down):
+                if np.float32(np.float32(cand - shift[j]) * inv[j]) / s0 == np.float32(k + 0.5):
+                    row = x[len(rows) % len(x)].copy()
+                    row[j] = cand
+                    rows.append(row)
+                    break
+            if len(rows) - start >= per_feature:
+                break
+    return np.array(rows, dtype=np.float32)
+
+
+def test_the_int8_header_agrees_with_onnxruntime_on_200k_tracks(trained_model, tmp_path):
+    """Over 200,000 generated tracks and crafted ties (x / scale exactly k + 0.5 at the
+    first QuantizeLinear): every tie gives onnxruntime's codes; the few tracks whose
+    probability differs (onnxruntime's vectorized log differs from the C library's in
+    the last bit, which can move x / scale across a rounding boundary) stay within the
+    bound the README states: at most 1 in 20,000 tracks, by less than 5e-3."""
+    from features import features_for
+    from make_sample import generate
+    stem = "ghost_model_int8"
+    header = trained_model.models / f"{stem}.hpp"
+    cols = generate(200_000, "matching", seed=7, nonfinite=0)
+    x = np.stack([cols[n] for n in features_for("matching")], axis=1).astype(np.float32)
+    ties = _int8_ties(header.read_text(), x)
+    assert len(ties) >= 100
+    x = np.concatenate([x, ties])
+    got = compile_and_run(header, stem, x, tmp_path)
+    want = ort.InferenceSession(str(trained_model.models / f"{stem}.onnx")).run(
+        None, {"features": x})[0].ravel()
+    diff = np.abs(got.astype(np.float64) - want)
+    assert np.isfinite(got).all()
+    assert diff[-len(ties):].max() < 1e-6  # every tie rounds half to even, as onnxruntime
+    differ = int((diff > 1e-6).sum())
+    print(f"INT8 header vs onnxruntime: {differ} of {len(x):,} tracks differ, max {diff.max():.2e}")
+    assert differ <= len(x) / 20_000 and diff.max() < 5e-3, (differ, diff.max())
+
+
+def test_nonfinite_features_give_nan_in_every_engine(trained_model, raw_dataset, tmp_path):
+    """NaN, +inf and -inf in any feature: NaN from both headers, the torch models and
+    onnxruntime (float and INT8); the other tracks finite."""
+    import torch
+
+    from architecture import ModelConfig
+    from models import load_model
+    trained = trained_model.models
+    x = load_split(raw_dataset, "test")[0][:40].copy()
+    n_features = x.shape[1]
+    bad = [(row, row % n_features, (np.nan, np.inf, -np.inf)[row % 3]) for row in range(30)]
+    for row, col, value in bad:
+        x[row, col] = value
+    for stem in ("ghost_model", "ghost_model_int8"):
+        config = load_config(str(trained / f"{stem}_config.json"))
+        model = load_model(ModelConfig.from_dict(config),
+                           torch.load(trained / f"{stem}.pth", weights_only=True))
+        with torch.inference_mode():
+            engines = {"torch": model(torch.from_numpy(x)).numpy().ravel(),
+                       "onnxruntime": ort.InferenceSession(str(trained / f"{stem}.onnx")).run(
+                           None, {"features": x})[0].ravel(),
+                       "header": compile_and_run(trained / f"{stem}.hpp", stem, x, tmp_path)}
+        for engine, p in engines.items():
+            assert np.isnan(p[:30]).all(), (stem, engine, p[:30])
+            assert np.isfinite(p[30:]).all(), (stem, engine)

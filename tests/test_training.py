@@ -129,6 +129,9 @@ def _write(prefix, **arrays):
     ("gpu", ["--gpu", "1"], ["CUDA is not available"]),
     ("address", ["--address", "127.0.0.1:9"], ["cannot reach the Ray cluster"]),
     ("net1_on_normalized", ["--network", "1"], ["already normalized"]),
+    ("working_point_1", ["--working-point", "1"], ["--working-point", "(0, 1)"]),
+    ("working_point_0", ["--working-point", "0"], ["--working-point", "(0, 1)"]),
+    ("threshold_2", ["--threshold", "2"], ["--threshold", "[0, 1]"]),
 ])
 def test_bad_input(tmp_path, case, extra, needles):
     prefix = _write(str(tmp_path / "ds"))
@@ -156,6 +159,17 @@ def test_network0_on_raw_dataset_is_refused(raw_dataset, tmp_path):
     proc = run_script("training.py", "-f", raw_dataset, "--network", "0",
                       "--path", tmp_path / "ray")
     assert_clean_error(proc, "expects normalized inputs", "--normalize")
+
+
+def test_threshold_only_cuts_the_accuracy_column():
+    """--threshold T: the accuracy's cut; by default the model's own threshold (its
+    working point's), which is the model's threshold either way."""
+    import training
+    record = {"threshold": 0.83}
+    assert training.accuracy_cut(SimpleNamespace(threshold=None), record) == 0.83
+    assert training.accuracy_cut(SimpleNamespace(threshold=0.5), record) == 0.5
+    help_text = run_script("training.py", "--help").stdout
+    assert "--working-point" in help_text and "default 0.99" in help_text
 
 
 def test_help_imports_neither_ray_nor_torch():
