@@ -181,10 +181,10 @@ def comparison(plt, p):
         ax2.plot((1 - c.fpr)[keep], c.tpr[keep], fmt,
                  label=f"{c.name}: {c.rejection_at(0.99):.3f} at 99 %")
     ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
+    ax.set_xlim(1e-4, 1.5)  # the curves' ends at (1, 1) inside the frame
     decorate(ax, "ROC curves", p.title, "real tracks called ghost (1 - efficiency, log)",
              "ghosts called ghost", loc="upper left")
-    ax2.set_xlim(0.9, 1.0), ax2.set_ylim(0, 1.005)
+    ax2.set_xlim(0.9, 1.003), ax2.set_ylim(0, 1.005)  # 100 % efficiency inside the frame
     ax2.axvline(0.99, color="gray", ls=":")
     decorate(ax2, "Ghost rejection vs real-track efficiency", p.title,
              "real-track efficiency (fraction of real tracks kept)",
