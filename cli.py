@@ -16,6 +16,7 @@ import textwrap
 from utils import GhostError
 
 FORMATS = ("png", "pdf")  # figure formats, --format's choices
+LABEL = "LHCb simulation"  # --label's default: the experiment's text on every figure
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -61,10 +62,13 @@ def outputs_text(sections):
     return "\n".join(lines)
 
 
-def add_format_option(parser, what):
-    """--format, the same in every script: `what` says which figures."""
+def add_plot_options(parser, what):
+    """--format and --label, the same in every script: `what` says which figures."""
     parser.add_argument("--format", default="png",
                         help=f"{what} formats, comma-separated: png, pdf (default png)")
+    parser.add_argument("--label", default=LABEL, metavar="TEXT",
+                        help=f"the text at the top left of every {what.split()[-1]}, e.g. "
+                             f"'LHCb preliminary'; '' for none (default {LABEL!r})")
 
 
 def parse_formats(text):

@@ -1,11 +1,11 @@
 """The figures beside the analysis: the features (make_dataset.py --plot) and what
 a search and a trained model tell (the search's front and history, the variable
 ranking, the correlations).  Each function draws one Figure with a pyplot given
-(plots.style()); report.py writes them and their pages."""
+(drawing.style()); report.py writes them and their pages."""
 import numpy as np
 
+from drawing import decorate
 from features import axis_label, display_values
-from plots import decorate
 
 # --- features -----------------------------------------------------------------
 

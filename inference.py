@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifacts import model_header
-from cli import Parser, add_format_option, add_threads_option, parse_formats, parse_numbers, run_cli
+from cli import Parser, add_plot_options, add_threads_option, parse_formats, parse_numbers, run_cli
 from compare import compared_model_paths, curve_names
 from dataset import dataset_files
+from drawing import pyplot, style
 from evaluation import Sample, evaluate, rank_features, run_context
 from features import DEFAULT_TREE, LABEL, TRACK_TYPES
 from inputs import (
@@ -33,7 +34,6 @@ from inputs import (
 )
 from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
-from plots import pyplot, style
 from report import (
     PAGE,
     analysis_files,
@@ -148,7 +148,7 @@ def add_output_options(p):
                         "which is calibrated to the balanced mix of training")
     p.add_argument("--plots-dir", default="plots",
                    help="folder for the figures, tables and pages below (default plots)")
-    add_format_option(p, "figure")
+    add_plot_options(p, "figure")
     p.add_argument("--show", action="store_true", help="also open the plots in windows")
     p.add_argument("--no-plots", action="store_true",
                    help="write the tables, metrics.json and results.root but no figures")
@@ -346,9 +346,8 @@ def feature_ranking(args, scorer, s):
 
 
 def write_outputs(args, out, scores, record, formats, header=None):
-    """--export-cpp (`header`: artifacts.model_header's), --output, then the plots
-    folder (report.write_analysis of the evaluation `record`) with the ranking;
-    returns the figures kept open for --show and what was written."""
+    """--export-cpp (`header`: artifacts.model_header's), --output, the plots folder
+    (report.write_analysis of `record`, the ranking): (figures kept for --show, written)."""
     written, kept = [], []
     if header is not None:
         out.save_bytes(args.export_cpp, header[0])
@@ -369,7 +368,8 @@ def write_outputs(args, out, scores, record, formats, header=None):
             if formats:
                 with style() as plt:
                     figures = [record.ranking.figure(plt, record.title)]
-        files, kept = write_analysis(out, args.plots_dir, record, formats, args.show, figures)
+        files, kept = write_analysis(out, args.plots_dir, record, formats, args.show, figures,
+                                     args.label)
         written.append(f"{args.plots_dir}/ ({len(files)} files: "
                        f"{sum(f.endswith(('.png', '.pdf')) for f in files)} figures, the "
                        "tables, metrics.json, results.root, index.html)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features import axis_label
 from metrics import clopper_pearson, ratio
 
 BRANCHES = ("qop", "best_pt", "tx", "ty", "n_velo", "n_scifi")
@@ -19,7 +20,7 @@ BRANCHES = ("qop", "best_pt", "tx", "ty", "n_velo", "n_scifi")
 @dataclass(frozen=True)
 class Variable:
     name: str
-    label: str        # axis label, with units
+    label: str        # axis label, with units (features.UNITS for the features)
     edges: tuple      # inner bin edges; under- and overflow bins are added
     needs: tuple      # branches it is computed from
     log: bool = False
@@ -40,8 +41,8 @@ VARIABLES = (
              log=True),
     Variable("eta", "pseudorapidity eta (from tx, ty)", tuple(np.linspace(2.0, 5.0, 13)),
              ("tx", "ty")),
-    Variable("n_velo", "VELO hits n_velo", tuple(np.arange(2.5, 24.0)), ("n_velo",)),
-    Variable("n_scifi", "SciFi hits n_scifi", tuple(np.arange(9.5, 13.0)), ("n_scifi",)),
+    Variable("n_velo", axis_label("n_velo"), tuple(np.arange(2.5, 24.0)), ("n_velo",)),
+    Variable("n_scifi", axis_label("n_scifi"), tuple(np.arange(9.5, 13.0)), ("n_scifi",)),
 )
 COMPUTE = {"p": _p, "pt": lambda c: c["best_pt"], "eta": _eta,
            "n_velo": lambda c: c["n_velo"], "n_scifi": lambda c: c["n_scifi"]}

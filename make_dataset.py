@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from cli import FORMATS, Parser, add_format_option, add_threads_option, parse_formats, run_cli
+from cli import FORMATS, Parser, add_plot_options, add_threads_option, parse_formats, run_cli
 from dataset import SPLITS, DatasetMeta, dataset_files, dataset_outputs, meta_path, write_dataset
 from features import (
     DEFAULT_TREE,
@@ -73,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--plot-transformed", action="store_true",
                    help="with --plot: the features as network 1 sees them, after the "
                         "transform and standardization")
-    add_format_option(p, "--plot's figure")
+    add_plot_options(p, "--plot's figure")
     p.add_argument("--normalize", action="store_true",
                    help="min-max normalize the features into [0, 1] (for network 0)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
@@ -258,7 +258,8 @@ def main(argv=None):
         if args.plot:
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
-                                  scalings[1] if args.plot_transformed else None, args.formats)
+                                  scalings[1] if args.plot_transformed else None, args.formats,
+                                  args.label)
 
     kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
             if args.balance == "subsample" else

@@ -1,89 +1,22 @@
-"""Figures, one function each, drawn headless (Agg) unless asked to show them, in
-LHCb's style (mplhep) where it is installed, as PNG and optionally PDF.
-
-The analysis figures take a PlotInput and return a Figure; FIGURES is their
-registry (file stem -> figure, whether the input has what it needs, a one-line
-caption for index.html), the performance vs kinematics one figure per variable
-beside it.  Every file is written through write_figure; draw_figures draws them in
-worker processes.  The features' and the search's figures are in diagnostic_plots.py,
-the pages (index.html) in report.py.
+"""The analysis figures, one function each: they take a PlotInput and return a
+Figure; FIGURES is their registry (file stem -> figure, whether the input has what
+it needs, a one-line caption for index.html), the performance vs kinematics one
+figure per variable beside it.  drawing.py styles, lays out, draws and writes them;
+the features' and the search's figures are in diagnostic_plots.py, the pages
+(index.html) in report.py.
 """
-import contextlib
-import logging
-import multiprocessing
-import os
-import warnings
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
+from drawing import decorate, legend_below
 from metrics import downsample_roc
 
 THRESHOLD_AXIS = "threshold (ghost when probability > threshold)"
 SCORE_AXIS = "ghost probability (model output)"
 PER_BIN_AXIS = "fraction of the class per bin (0.01 wide)"
 SCORE_BINS = np.linspace(0.0, 1.0, 101)
-
-
-def pyplot(show=False):
-    import matplotlib
-    if not show:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-@contextlib.contextmanager
-def style():
-    """LHCb's plot style (mplhep's LHCb2), a little smaller for panels with titles and
-    legends; matplotlib's own where mplhep is not installed."""
-    plt = pyplot()
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # style's fallbacks
-    try:
-        import mplhep
-        sheet = [mplhep.style.LHCb2, {"font.size": 12, "axes.titlesize": 11,
-                                      "axes.labelsize": 12, "legend.fontsize": 9,
-                                      "xtick.labelsize": 10, "ytick.labelsize": 10}]
-    except ImportError:
-        sheet = ["default"]
-    # headroom: no marker or curve on the frame (the LHCb style's margins are 0)
-    sheet.append({"axes.xmargin": 0.04, "axes.ymargin": 0.06})
-    with plt.style.context(sheet), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. a log axis over an empty class
-        yield plt
-
-
-def save_figure(out, path, fig, keep=False, formats=("png",)):
-    """Write `fig` as path's stem in each format through `out`
-    (outputs.AtomicOutputs); close it unless it is kept to be shown.  Returns the
-    file names written."""
-    stem = os.path.splitext(path)[0]
-    write_figure(fig, [out.tmp(f"{stem}.{fmt}") for fmt in formats], keep)
-    return [os.path.basename(f"{stem}.{fmt}") for fmt in formats]
-
-
-def write_figure(fig, files, keep=False):
-    """Lay `fig` out, write it to each of `files` (a format each, by extension) and
-    close it unless it is kept to be shown."""
-    with warnings.catch_warnings():  # axes tight_layout cannot place (a colorbar)
-        warnings.simplefilter("ignore")
-        if fig.get_layout_engine() is None:  # a figure may bring its own (constrained)
-            fig.tight_layout()
-    for path in files:
-        fig.savefig(path, dpi=150)
-    if not keep:
-        pyplot().close(fig)
-
-
-def decorate(ax, what, title, xlabel, ylabel, logy=False, loc="best"):
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{what}\n{title}" if title else what)
-    ax.grid(alpha=0.3)
-    ax.legend(loc=loc)
 
 
 @dataclass
@@ -103,7 +36,7 @@ class PlotInput:
 def thresholds(plt, p):
     """The original study's threshold scan in four panels."""
     a, t = p.analysis, p.analysis.table["threshold"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 11))
     panels = (
         ("Accuracy", "fraction classified right", [("accuracy", "accuracy", "o-")]),
         ("Predicted and true fractions", "fraction of all tracks",
@@ -127,7 +60,7 @@ def thresholds(plt, p):
         if what.startswith("Predicted"):
             ax.axhline(a.true_ghost, color="tab:red", ls="--", label="true ghost fraction")
             ax.axhline(a.true_real, color="tab:blue", ls="--", label="true real fraction")
-        decorate(ax, what, None, THRESHOLD_AXIS, ylabel)
+        decorate(ax, what, None, THRESHOLD_AXIS, ylabel, loc="below", ncol=2)
     fig.suptitle(f"Threshold scan: {p.title}", fontsize=12)
     return fig
 
@@ -170,16 +103,14 @@ def roc(plt, p):
         for wp in a.working_points:
             ax.plot(1 - wp.real_efficiency, wp.ghost_rejection, "*", ms=11,
                     label=f"{wp.label} (score > {wp.threshold:.3f})")
-        if log:
+        if log:  # from one real track called ghost, every point inside the frame
             ax.set_xscale("log")
-            ax.set_xlim(max(1.0 / max(a.n_real, 1), 1e-5), 1)
+            ax.set_xlim(max(1.0 / max(a.n_real, 1), 1e-5) / 1.5, 1.5)
         else:
             ax.plot([0, 1], [0, 1], ":", color="gray", label="random guess")
-            ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.005)
         decorate(ax, "ROC curve" + (", log scale" if log else ""), p.title,
-                 "real tracks called ghost (1 - efficiency)", "ghosts called ghost",
-                 loc="lower right")
+                 "real tracks called ghost (1 - efficiency)", "ghosts called ghost")
+    legend_below(fig)
     return fig
 
 
@@ -195,8 +126,8 @@ def scores(plt, p):
                              ("0.2", "tab:green", "tab:purple", "tab:brown")):
         ax.axvline(wp.threshold, ls=ls, color=color, lw=1.5,  # in the legend, not on
                    label=f"{wp.label}: score > {wp.threshold:.3f}")  # each other
-    decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+    decorate(ax, "Score distributions", p.title, SCORE_AXIS, PER_BIN_AXIS, logy=True,
+             loc="below", ncol=2)
     return fig
 
 
@@ -234,7 +165,7 @@ def overtraining(plt, p):
                     label=f"{name}, test ({len(b):,}); KS p = "
                           f"{p.overtraining[name]['p_value']:.3g}")
     decorate(ax, "Overtraining check: train vs test scores", p.title, SCORE_AXIS,
-             PER_BIN_AXIS, logy=True, loc="upper center")
+             PER_BIN_AXIS, logy=True, loc="below", ncol=2)
     return fig
 
 
@@ -250,10 +181,10 @@ def comparison(plt, p):
         ax2.plot((1 - c.fpr)[keep], c.tpr[keep], fmt,
                  label=f"{c.name}: {c.rejection_at(0.99):.3f} at 99 %")
     ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
+    ax.set_xlim(1e-4, 1.5)  # the curves' ends at (1, 1) inside the frame
     decorate(ax, "ROC curves", p.title, "real tracks called ghost (1 - efficiency, log)",
              "ghosts called ghost", loc="upper left")
-    ax2.set_xlim(0.9, 1.0), ax2.set_ylim(0, 1.005)
+    ax2.set_xlim(0.9, 1.003), ax2.set_ylim(0, 1.005)  # 100 % efficiency inside the frame
     ax2.axvline(0.99, color="gray", ls=":")
     decorate(ax2, "Ghost rejection vs real-track efficiency", p.title,
              "real-track efficiency (fraction of real tracks kept)",
@@ -277,6 +208,7 @@ def kinematics_figure(plt, name, v, title):
     bounds = np.r_[lo, edges, hi]  # under- and overflow drawn as one more bin each
     scale = (np.log, np.exp) if v["log"] else (lambda x: x, lambda x: x)
     left, right = scale[0](bounds[:-1]), scale[0](bounds[1:])
+    from matplotlib.ticker import MaxNLocator
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 5.6))
     points = v["points"]
     for i, wp in enumerate(points):
@@ -299,12 +231,11 @@ def kinematics_figure(plt, name, v, title):
         a.axvspan(edges[-1], bounds[-1], color="gray", alpha=0.1)
         a.set_ylim(*_headroom([wp[f"{key}_low"] for wp in points],
                               [wp[f"{key}_high"] for wp in points]))
+        if not v["log"] and np.allclose(edges % 1, 0.5):  # a counter's bins: whole ticks
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
         decorate(a, f"{what} vs {name} (shaded: under/overflow)", title, v["label"],
                  "fraction of real tracks kept" if a is ax else "fraction of ghosts removed")
-        a.get_legend().remove()
-    handles, labels = ax.get_legend_handles_labels()  # one legend, below the panels
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False)
-    fig.subplots_adjust(bottom=0.24, wspace=0.25)
+    legend_below(fig)
     return fig
 
 
@@ -353,67 +284,3 @@ def figure_jobs(p):
               partial(kinematics_figure, name=name, v=v, title=p.title),
               kinematics_caption(v)) for name, v in (p.kinematics or {}).items()]
     return jobs
-
-
-def _draw_job(job, targets, keep=False):
-    """Draw one job and write it to its temporary files; the Figure if kept."""
-    stem, draw, _ = job
-    with style() as plt:
-        fig = draw(plt)
-        write_figure(fig, targets, keep)
-    return fig if keep else None
-
-
-_JOBS = []  # what forked workers draw: (job, temporary files), set before the fork
-
-
-def _draw_in_worker(index):
-    job, targets = _JOBS[index]
-    _draw_job(job, targets)
-    return index
-
-
-class PendingFigures:
-    """Figures being drawn, in forked worker processes or already here; wait()
-    returns ([(file names, caption)], figures kept open)."""
-
-    def __init__(self, written, kept, pool=None, result=None):
-        self.written, self.kept, self.pool, self.result = written, kept, pool, result
-
-    def wait(self):
-        if self.pool is not None:
-            try:
-                self.result.get()
-            finally:
-                self.cancel()
-        return self.written, self.kept
-
-    def cancel(self):
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
-
-
-def draw_figures(jobs, plots_dir, out, show=False, formats=("png",), workers=None):
-    """Start drawing `jobs` (figure_jobs) into plots_dir through `out`
-    (outputs.AtomicOutputs): with several cores, in forked worker processes (one
-    per core, at most one per figure), so the caller can write its other outputs
-    meanwhile; here, one by one, when there is one core or the figures are to be
-    shown.  Returns a PendingFigures."""
-    written, targets = [], []
-    for stem, _, caption in jobs:
-        files = [out.tmp(os.path.join(plots_dir, f"{stem}.{fmt}")) for fmt in formats]
-        targets.append(files)
-        written.append(([f"{stem}.{fmt}" for fmt in formats], caption))
-    if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), len(jobs))
-    if show or workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        kept = [_draw_job(job, files, keep=show) for job, files in zip(jobs, targets)]
-        return PendingFigures(written, [f for f in kept if f is not None])
-    with style():  # matplotlib, mplhep and the fonts loaded once, before the fork
-        pass
-    _JOBS[:] = list(zip(jobs, targets))
-    pool = multiprocessing.get_context("fork").Pool(workers)
-    return PendingFigures(written, [], pool, pool.map_async(_draw_in_worker, range(len(jobs)),
-                                                            chunksize=1))

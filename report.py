@@ -14,20 +14,13 @@ import numpy as np
 from cli import FORMATS
 from compare import comparison_csv, format_comparison
 from diagnostic_plots import feature_figure
+from drawing import draw_figures, save_figure, style
 from evaluation import RANKING_STEM
 from features import DEFAULT_TREE, LIMIT
 from kinematics import VARIABLES
 from metrics import SortedScores, downsample_roc, row, working_points
 from outputs import Pattern
-from plots import (
-    FIGURES,
-    KINEMATICS_STEM,
-    SCORE_BINS,
-    draw_figures,
-    figure_jobs,
-    save_figure,
-    style,
-)
+from plots import FIGURES, KINEMATICS_STEM, SCORE_BINS, figure_jobs
 from rootio import import_root
 from rootwrite import write_results
 from utils import GhostError, log
@@ -290,7 +283,7 @@ def results_root(a, scores_by_split, table_rows):
     return histograms, graphs, table
 
 
-def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=()):
+def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(), label=""):
     """A plots folder for the evaluation.Evaluation `e`: metrics.json, thresholds.csv
     (the scan and the working points), comparison.csv (with curves compared), every
     figure plus `extra_figures` ([(stem, figure, caption)]), results.root for ROOT
@@ -299,7 +292,7 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
     files = ["metrics.json", "thresholds.csv"]
     pending = None
     if formats:  # drawn meanwhile, in worker processes where there are several cores
-        pending = draw_figures(figure_jobs(e.plot), folder, out, show, formats)
+        pending = draw_figures(figure_jobs(e.plot), folder, out, show, formats, label=label)
     try:
         files += write_tables(out, folder, e)
     except BaseException:
@@ -309,7 +302,7 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
     figures, kept = pending.wait() if pending else ([], [])
     for stem, fig, caption in extra_figures:
         figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
-                                    formats=formats), caption))
+                                    formats=formats, label=label), caption))
     out.save_bytes(_table(folder, PAGE),
                    index_html(e.title, figures, summary(e),
                               e.analysis.working_points).encode())
@@ -379,7 +372,7 @@ def write_tables(out, folder, e):
 
 
 def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
-                          standardize=None, formats=("png",)):
+                          standardize=None, formats=("png",), label=""):
     """make_dataset.py --plot's folder: one figure per feature (the given rows of its
     column, ghosts vs real tracks; with `standardize` (features.Standardize), as
     network 1 sees them) and the folder's index.html."""
@@ -392,7 +385,7 @@ def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, 
             fig = feature_figure(plt, name, x, ghost, name in heavy_tailed,
                                  transformed=standardize is not None)
             figures.append((save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig,
-                                        formats=formats),
+                                        formats=formats, label=label),
                             f"{name}: ghosts and real tracks, each normalized to unit area."))
     headline = {"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
                 "features": ", ".join(names)}

@@ -19,7 +19,7 @@ import training_report
 from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
 from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, save_model_files
 from baseline import baseline_scores, fit_baseline
-from cli import Parser, add_format_option, parse_formats, run_cli
+from cli import Parser, add_plot_options, parse_formats, run_cli
 from dataset import dataset_files, load_dataset, load_meta, load_spectators
 from features import LIMIT
 from metrics import EFFICIENCIES, MODEL_WORKING_POINT, quality, threshold_at
@@ -140,7 +140,7 @@ def add_output_options(p):
                    help="write the model files (and the search's report in "
                         "OUTPUT_DIR/training_report)")
     p.add_argument("--output-dir", default=".", help="where --save writes (default .)")
-    add_format_option(p, "the report's figure")
+    add_plot_options(p, "the report's figure")
     p.add_argument("--path", default="ray_results",
                    help="folder for Ray's output: metrics and checkpoints (default ray_results)")
     p.add_argument("--name", default="ghost_search",
@@ -364,7 +364,7 @@ def save(args, artifacts, report, trials, best):
         for stem, model, saved in artifacts:
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
         files = training_report.write(out, folder, report, trials, best, args.formats,
-                                      args.seed)
+                                      args.seed, args.label)
     log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx, {ARTIFACT}.hpp"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
         + f" in {os.path.abspath(args.output_dir)}; the report ({len(files)} files, "

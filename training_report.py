@@ -12,9 +12,9 @@ import kinematics
 from artifacts import ARTIFACT, MODEL_FILES
 from diagnostic_plots import correlation_figure, history, search_front
 from diagnostics import correlations
+from drawing import style
 from evaluation import Sample, evaluate, rank_features, report_context
 from features import LIMIT
-from plots import style
 from report import analysis_outputs, trials_csv, write_analysis, write_ranking
 from utils import log
 
@@ -61,8 +61,9 @@ class ReportInput:
     score_fn: object        # raw data -> the network's probabilities (for the ranking)
 
 
-def write(out, folder, r, trials, best, formats=("png",), seed=42):
-    """Every file of the report through `out`; returns the files written."""
+def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
+    """Every file of the report through `out`, the figures under `label`
+    (drawing.write_figure); returns the files written."""
     test_x, test_y = r.splits["test"]
     labels = test_y.ravel() > 0.5
     train_labels = r.splits["train"][1].ravel() > 0.5
@@ -89,6 +90,6 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42):
         ] if formats else []
     out.save_bytes(os.path.join(folder, TRIALS_CSV), trials_csv(trials).encode())
     write_ranking(out, folder, e.ranking)
-    files, _ = write_analysis(out, folder, e, formats, extra_figures=figures)
+    files, _ = write_analysis(out, folder, e, formats, extra_figures=figures, label=label)
     log(e.ranking.line("ranking of the features on the test split", top=5))
     return files + [TRIALS_CSV, "ranking.csv"]

@@ -13,6 +13,7 @@ import json
 import os
 
 import pytest
+from figure_checks import recording
 
 from helpers import (
     RAY_FIXTURES,
@@ -166,10 +167,12 @@ def small_file(tmp_path_factory):
 def trained_model(raw_dataset, tmp_path_factory):
     """The session's one Ray search with --save (helpers.SEARCH: 2 trials of 2 epochs,
     INT8, the baseline, figures as PNG and PDF), shared by every test that only
-    reads a trained model, its report or its console: a SavedSearch."""
+    reads a trained model, its report or its console: a SavedSearch.  Each figure of
+    its report is checked as it is written (figure_checks.recording, into
+    folder/figure_checks; tests/test_plots.py reads them)."""
     def make(folder):
         console = io.StringIO()
-        with contextlib.redirect_stdout(console):
+        with contextlib.redirect_stdout(console), recording(folder / "figure_checks"):
             models = search(raw_dataset, folder, *SEARCH, "--format", "png,pdf")
         return SavedSearch(models, folder / "ray", console.getvalue())
     return made_once(tmp_path_factory, "trained", make)

@@ -32,7 +32,7 @@ def test_history_shows_training_and_validation_and_the_best_epoch():
     """history.png: training (dashed) and validation loss, the selection metric, the
     chosen trial's best epoch marked, integer epochs, every point inside the frame."""
     from diagnostic_plots import history
-    from plots import style
+    from drawing import style
     trials = [{"params": {"l": 1}, "select": "rejection@0.99", "best_epoch": 3,
                "history": {"epoch": [1, 2, 3, 4], "loss": [0.41, 0.35, 0.33, 0.34],
                            "train_loss": [0.55, 0.35, 0.31, 0.29], "auc": [0.9] * 4,
@@ -65,7 +65,7 @@ def test_feature_axes_in_readable_units_and_counters_at_whole_ticks():
     """q/p drawn in 1/GeV (its tick labels no longer run into each other), the stored
     values untouched; an integer counter ticks at integers only."""
     from diagnostic_plots import feature_figure
-    from plots import style
+    from drawing import style
     rng = np.random.default_rng(0)
     ghost = rng.random(5000) < 0.2
     qop = (rng.normal(size=5000) * 2e-4).astype(np.float32)

@@ -18,7 +18,7 @@ WINGS = [
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
                "scoring", "inputs"]),
     ("search", ["search_folder", "search"]),
-    ("figures", ["plots", "diagnostic_plots"]),
+    ("figures", ["drawing", "plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
     ("report", ["report", "training_report"]),
     ("entry points", ["make_sample", "make_dataset", "training", "inference"]),

@@ -1,0 +1,131 @@
+"""drawing.py, plots.py and diagnostic_plots.py: every figure the tools write passes
+figure_checks.check (no text over text, no data cut by the frame, no legend over
+data, integer axes at whole ticks, one font family), under the --label text, in
+each --format; and the checker catches each defect it is for."""
+import os
+
+import numpy as np
+from figure_checks import check, recorded, recording, style_family
+
+from features import features_for
+from helpers import run_inference
+
+
+def test_every_figure_of_a_run_passes_the_checks(trained_model, matching_file, tmp_path):
+    """make_dataset.py --plot (as PDF only, --label ''), training.py --save's report
+    (checked as the trained_model fixture wrote it: PNG and PDF, the default label)
+    and inference.py with --compare and --ranking (--label 'LHCb preliminary'):
+    every figure written, checked as it was saved."""
+    import make_dataset
+    checks = tmp_path / "checks"
+    with recording(checks / "features"):
+        make_dataset.main(["-f", matching_file, "--output", str(tmp_path / "ds"), "--track",
+                           "matching", "--plot", "--plots-dir", str(tmp_path / "features"),
+                           "--format", "pdf", "--label", ""])
+    models = trained_model.models
+    with recording(checks / "inference"):
+        assert run_inference("-f", matching_file, "--model", models / "ghost_model.onnx",
+                             "--compare", models / "ghost_model_int8.onnx", "--ranking",
+                             "--plots-dir", tmp_path / "inference",
+                             "--label", "LHCb preliminary") == 0
+    runs = {"features": (checks / "features", tmp_path / "features", ["pdf"], []),
+            "training report": (models.parent / "figure_checks", models / "training_report",
+                                ["png", "pdf"], ["LHCb simulation"]),
+            "inference": (checks / "inference", tmp_path / "inference", ["png"],
+                          ["LHCb preliminary"])}
+    defects = {}
+    for run, (folder, plots, formats, label) in runs.items():
+        found = recorded(folder)
+        for fmt in formats:  # every figure written was checked, in every format
+            assert {f[:-4] for f in os.listdir(plots) if f.endswith(f".{fmt}")} == set(found)
+        assert not any(f.endswith(".png") for f in os.listdir(plots)) or "png" in formats
+        for stem, r in found.items():
+            assert r["formats"] == formats and r["texts"] == label, (run, stem)
+            defects.update({f"{run}/{stem}": r["defects"]} if r["defects"] else {})
+    assert set(recorded(checks / "features")) == set(features_for("matching"))
+    assert all((tmp_path / "features" / f"{n}.pdf").read_bytes().startswith(b"%PDF")
+               for n in features_for("matching"))
+    assert {"search_front", "history", "ranking", "correlations", "overtraining", "scores",
+            "roc", "rejection", "thresholds", "confusion", "compare", "kinematics_p",
+            "kinematics_n_velo", "kinematics_n_scifi"} <= set(recorded(models.parent /
+                                                                     "figure_checks"))
+    assert {"compare", "ranking", "kinematics_eta"} <= set(recorded(checks / "inference"))
+    assert not defects, "\n".join(f"{k}: {line}" for k, v in defects.items() for line in v)
+
+
+def _figure(plt, **kw):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(10.0), np.arange(10.0) ** 0.5, "o-", label="data", **kw)
+    ax.set_xlabel("x [cm]")
+    ax.set_ylabel("y")
+    return fig, ax
+
+
+def test_the_checker_catches_each_defect():
+    """A clean figure passes; text over text, a marker on the frame, a histogram's
+    peak cut, a legend over a curve, half-integer ticks on a counter, a second font
+    each give their defect."""
+    from matplotlib.ticker import MultipleLocator
+
+    from drawing import style
+    family = style_family()
+    with style() as plt:
+        fig, ax = _figure(plt)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        assert check(fig, family) == []
+
+        ax.set_title("a title")
+        ax.text(0.5, 1.01, "on the title", transform=ax.transAxes, ha="center")
+        assert any("overlaps" in d for d in check(fig, family))
+        plt.close(fig)
+
+        fig, ax = _figure(plt)
+        ax.set_xlim(0, 9.5)  # the first marker centred on the frame
+        assert any("cut by the frame" in d and "(0, 0)" in d for d in check(fig, family))
+        plt.close(fig)
+
+        fig, ax = _figure(plt, ls="none")
+        ax.hist(np.repeat([2.0, 3.0], [50, 200]), bins=5, histtype="step")
+        ax.set_ylim(0, 100)  # the peak above the frame
+        assert any("Polygon" in d for d in check(fig, family))
+        plt.close(fig)
+
+        fig, ax = _figure(plt)
+        ax.legend(loc="upper left", fontsize=30)  # over the rising curve
+        assert any("legend covers line 'data'" in d for d in check(fig, family))
+        plt.close(fig)
+
+        fig, ax = _figure(plt)
+        ax.xaxis.set_major_locator(MultipleLocator(2.5))  # 2.5, 7.5 hits
+        assert any("x axis counts" in d for d in check(fig, family, integer_x=True))
+        plt.close(fig)
+
+        fig, ax = _figure(plt)
+        ax.set_title("another font", family="DejaVu Sans")
+        assert any("in font 'DejaVu Sans'" in d for d in check(fig, family))
+        plt.close(fig)
+
+
+def test_figures_are_drawn_in_their_style_with_the_label(tmp_path):
+    """A figure made in the style but saved outside it drew its "serif" text in
+    another family (the four report figures written after style() had closed);
+    write_figure draws it in the style, under the label, in a constrained layout
+    too."""
+    import drawing
+    family = style_family()
+    with drawing.style() as plt:
+        made = [plt.subplots()[0] for _ in range(3)]
+        for fig in made:
+            fig.suptitle("a suptitle")
+            fig.axes[0].plot([0.5, 2], [0.5, 2], label="line")
+            fig.axes[0].legend()
+        made[2].set_layout_engine("constrained")
+    assert any("in font" in d for d in check(made[0], family))
+    with recording(tmp_path / "checks", integer_x=()):
+        drawing.write_figure(made[1], [str(tmp_path / "one.png")], label="LHCb simulation")
+        drawing.write_figure(made[2], [str(tmp_path / "two.pdf")], label="")
+    found = recorded(tmp_path / "checks")
+    assert found["one"] == {"defects": [], "formats": ["png"], "texts": ["LHCb simulation"]}
+    assert found["two"] == {"defects": [], "formats": ["pdf"], "texts": []}
+    assert (tmp_path / "two.pdf").read_bytes().startswith(b"%PDF")
