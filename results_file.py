@@ -162,13 +162,16 @@ def curves(e, t):
 
 def correlation_matrices(t):
     """The features' rank correlations (diagnostics.correlations) per class, on the
-    TestTree's tracks with every feature finite."""
+    TestTree's tracks with every feature finite (none with fewer than 2 of a class)."""
     data = t.features.get("test")
     if data is None or not t.names:
         return {}
     n = min(len(data), len(t.labels["test"]), TREE_ROWS)
     ok = np.isfinite(data[:n]).all(axis=1)
-    matrices = correlations(data[:n][ok], np.asarray(t.labels["test"][:n], dtype=bool)[ok])
+    ghost = np.asarray(t.labels["test"][:n], dtype=bool)[ok]
+    if min(ghost.sum(), (~ghost).sum()) < 2:
+        return {}
+    matrices = correlations(data[:n][ok], ghost)
     return {f"correlation_{cls}": ("th2", f"rank correlations of the features, {cls} "
                                    "tracks;;", t.names, matrices[cls]) for cls, _ in CLASSES}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rootwrite
-from dataset import load_meta
+from dataset import load_meta, load_split
 from diagnostics import correlations
 from helpers import run_inference
 from rootio import import_root
@@ -189,6 +189,8 @@ def check_results(folder, splits, points):
     assert provenance["results"]["commit"] and "created" in provenance["results"]
     f.Close()
     check_with_uproot(path, classes, objects_of=read)
+    tracks = sum(len(tree_columns(path, trees[s])["classID"]) for s in splits)
+    assert path.stat().st_size < 100 * tracks  # README: under 100 bytes a track
     return test
 
 
@@ -265,3 +267,22 @@ def test_write_results_refuses_and_leaves_nothing(tmp_path):
         with pytest.raises(GhostError, match=r"could not write .*r\.root \("):
             rootwrite.write_results(str(path), bad)
         assert not path.exists()
+
+
+def test_one_class_still_writes_results_root(quick_models, raw_dataset, tmp_path):
+    """Only real tracks: the trees and the real tracks' histograms hold them, the
+    ghosts' histograms are empty; no correlations (they need both classes)."""
+    data, labels = load_split(raw_dataset, "test")
+    real = labels[:, 0] == 0
+    for split in ("train", "valid", "test"):
+        np.save(tmp_path / f"reals_{split}_data.npy", data[real])
+        np.save(tmp_path / f"reals_{split}_labels.npy", labels[real])
+    assert run_inference("-f", tmp_path / "reals", "--model", quick_models["net1"],
+                         "--no-plots", "--plots-dir", tmp_path / "p") == 0
+    f, objects = read(tmp_path / "p" / "results.root")
+    assert objects["TestTree"][1].GetEntries() == int(real.sum())
+    assert objects["scores_network_test_real"][1].GetEntries() == int(real.sum())
+    assert objects["scores_network_test_ghost"][1].GetEntries() == 0
+    assert {"TrainTree", "roc_network", "thresholds"} <= set(objects)
+    assert "correlation_real" not in objects
+    f.Close()
