@@ -8,6 +8,7 @@ The record (Evaluation) is the one home of every metrics.json entry
 writes it out, and says it on the console.
 """
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,10 +47,24 @@ class Sample:
     train: tuple = None        # (scores, labels) of the train split: the overtraining check
     limit: np.ndarray = None   # the known optimum's statistic (features.LIMIT) per track
     columns: dict = None       # kinematics.columns_of per track
+    features: tuple = None     # (names, {split: [tracks, features]}): results.root's trees
 
     def part(self, values):
         """`values` of the tracks analysed (None stays None)."""
         return values if self.finite is None else finite_part(values, self.finite)
+
+
+@dataclass
+class Tracks:
+    """The tracks of results.root's trees: per split (train, test) each track's
+    features (the first rows at least), label, and every classifier's score."""
+    names: list                # the features
+    features: dict             # {split: [tracks, features]}
+    labels: dict               # {split: bool [tracks], True = ghost}
+    scores: dict               # {key: (curve name, {split: [tracks]})}: "network" first;
+                               # "limit" the known optimum; NaN where not computed
+    class_weights: dict = None  # {"ghost": w, "real": w}: each track's weight (else 1)
+    saved: object = None       # the analysed model's artifacts.SavedConfig
 
 
 @dataclass
@@ -88,6 +103,7 @@ class Evaluation:
     limit: Curve = None        # the known optimum's curve, where the input has it
     gap: dict = None           # compare.gap_to_limit of the classifier
     ranking: Ranking = None
+    tracks: Tracks = None      # results.root's trees, where the caller kept the features
 
     @property
     def analysis(self):
@@ -119,14 +135,6 @@ class Evaluation:
             "kinematics": p.kinematics,
             **({"ranking": self.ranking.rows} if self.ranking is not None else {}),
         })
-
-    def splits(self):
-        """{split: (scores, labels)} for results.root: a .root input's tracks, or a
-        dataset's test split (and train split)."""
-        if self.context.get("input_kind") == "root":
-            return {"input": self.plot.test}
-        return {"test": self.plot.test, **({"train": self.plot.train} if self.plot.train
-                                          else {})}
 
 
 def own_threshold(saved):
@@ -173,7 +181,33 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
                      curves=curves if len(curves) > 1 or always_compare else None,
                      kinematics=performance(columns, scores, labels, a.working_points))
     return Evaluation(plot, context, limit,
-                      gap_to_limit(curves[0], limit) if limit is not None else None)
+                      gap_to_limit(curves[0], limit) if limit is not None else None,
+                      tracks=sample_tracks(sample, others))
+
+
+def sample_tracks(sample, others):
+    """The Tracks of a Sample that carries its features (else None): the analysed
+    model ("network"), the `others` (their scores back in every track's row, keys from
+    their curve names) and the limit, on the test split, and the train split's."""
+    if sample.features is None:
+        return None
+    names, features = sample.features
+    scores = {"network": (sample.name, {"test": sample.scores})}
+    labels = {"test": sample.labels}
+    if sample.train is not None:
+        scores["network"][1]["train"], labels["train"] = sample.train
+    for name, theirs, _ in others:
+        every = theirs
+        if sample.finite is not None:
+            every = np.full(len(sample.scores), np.nan, dtype=np.float32)
+            every[sample.finite] = theirs
+        key = re.sub(r"\W", "_", name)
+        while key in scores or key == "limit":
+            key += "_"
+        scores[key] = (name, {"test": every})
+    if sample.limit is not None:
+        scores["limit"] = (LIMIT_CURVE, {"test": sample.limit})
+    return Tracks(names, features, labels, scores, saved=sample.saved)
 
 
 def input_record(source):

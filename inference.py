@@ -325,13 +325,13 @@ def analyse_input(args, scorer, others, s, cuts):
     name = curve_names([args.model] + (args.compare or []))[0]
     title = (f"{os.path.basename(args.model)} on {os.path.basename(args.filename)}"
              f" ({int(s.finite.sum()):,} tracks)")
+    features = {"test": inp.data, **({"train": inp.train[0]} if inp.train else {})}
     sample = Sample(name, model.saved, model_macs(model), s.scores, inp.labels, s.finite,
                     (s.train_scores, inp.train[1]) if inp.train else None, inp.limit,
-                    inp.columns)
+                    inp.columns, (scorer.settings.features, features))  # results.root's trees
     context = run_context(s.source, model, scorer.settings, s.finite, s)
     record = evaluate(sample, title, context, compared_scores(others, s), cuts)
-    if record is not None:
-        print_summary(record, args.verbose)
+    print_summary(record, args.verbose)
     return record
 
 

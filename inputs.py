@@ -126,6 +126,7 @@ def load_input(source, settings, model, tree, threads=None):
 
 OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
 CONSTANT_MIN_TRACKS = 10  # fewer finite tracks: no feature is called constant
+TREE_ROWS = 500_000  # the tracks (first in order) whose features results.root's trees hold
 
 
 def guard(source, tree, track, model, names, data, finite=None):
@@ -221,10 +222,11 @@ def finite_part(values, finite):
 
 def release_features(inp):
     """Once scored, the features are needed only by --compare and --ranking: keep the
-    kinematics columns (copies, where they are views of the features) and let the
-    [tracks, features] array go before the analysis allocates its own."""
+    kinematics columns (copies, where they are views of the features) and the first
+    TREE_ROWS tracks' features (results.root's trees), and let the [tracks, features]
+    array go before the analysis allocates its own."""
     inp.columns = {k: np.ascontiguousarray(v) for k, v in (inp.columns or {}).items()}
-    inp.data = None
+    inp.data = inp.data[:TREE_ROWS].copy()
 
 
 def column_stats(data, finite, ranges, chunk=1 << 18):

@@ -1,11 +1,11 @@
 """How an analysis is reported and every page written: the console summary and the
 headline block every script ends with, the tables (thresholds.csv, comparison.csv,
 search_trials.csv), metrics.json (its record from evaluation.Evaluation.metrics),
-results.root's content, and each plots folder with its figures and index.html (the
-analysis's, the training report's, the features'), and the registry of an analysis
-folder's files (what write_analysis writes, what the scripts' --help lists).  The
-numbers come from metrics.py and evaluation.py, the figures from plots.py and
-diagnostic_plots.py."""
+results.root (its content from results_file.py), and each plots folder with its
+figures and index.html (the analysis's, the training report's, the features'), and
+the registry of an analysis folder's files (what write_analysis writes, what the
+scripts' --help lists).  The numbers come from metrics.py and evaluation.py, the
+figures from plots.py and diagnostic_plots.py."""
 import os
 from html import escape
 
@@ -18,9 +18,10 @@ from drawing import draw_figures, save_figure, style
 from evaluation import RANKING_STEM
 from features import DEFAULT_TREE, LIMIT
 from kinematics import VARIABLES
-from metrics import SortedScores, downsample_roc, row, working_points
+from metrics import SortedScores, working_points
 from outputs import Pattern
-from plots import FIGURES, KINEMATICS_STEM, SCORE_BINS, figure_jobs
+from plots import FIGURES, KINEMATICS_STEM, figure_jobs
+from results_file import results_objects
 from rootio import import_root
 from rootwrite import write_results
 from utils import GhostError, log
@@ -39,8 +40,10 @@ TABLES = {
                     "the comparison, the limit and the gap to it, the kinematics",
     "thresholds.csv": "the threshold scan, then one row per working point",
     "comparison.csv": "with classifiers compared or the limit: AUC and ghost rejection of each",
-    "results.root": "the same for ROOT users: score histograms, ROC and rejection graphs, "
-                    "the threshold table (where ROOT is installed)",
+    "results.root": "the same for ROOT users, as TMVA writes it (where ROOT is installed): "
+                    "TrainTree/TestTree per track, score histograms, ROC and rejection "
+                    "graphs and correlations of every classifier, TEfficiency per kinematic "
+                    "variable and working point, the threshold table, the configuration",
     PAGE: "the page to open: the summary, the working points and every figure",
 }
 RANKING_CSV = f"{RANKING_STEM}.csv"
@@ -262,27 +265,6 @@ def summary(e):
     return out
 
 
-def results_root(a, scores_by_split, table_rows):
-    """(histograms, graphs, table) for rootwrite.write_results: score histograms per class
-    and split, ROC and rejection curves, the threshold table (with the working points,
-    working_point = their target efficiency, 0 for the scan)."""
-    histograms = {}
-    for split, (scores, labels) in scores_by_split.items():
-        ok = np.isfinite(scores)
-        for cls, want in (("ghost", True), ("real", False)):
-            counts, _ = np.histogram(scores[ok & (labels == want)], bins=SCORE_BINS)
-            histograms[f"scores_{split}_{cls}"] = (counts, SCORE_BINS,
-                                                   f"ghost probability, {cls} tracks, {split}")
-    fpr, tpr, _ = a.roc
-    keep = downsample_roc(fpr, tpr)
-    graphs = {"roc": (fpr[keep], tpr[keep], "ROC;real tracks called ghost;ghosts called ghost"),
-              "rejection": (1 - fpr[keep], tpr[keep],
-                            "ghost rejection;real-track efficiency;ghost rejection")}
-    table = {k: np.array([r[k] for r in table_rows], dtype=np.float64) for k in CSV_COLUMNS}
-    table["working_point"] = np.array([r.get("target_efficiency_wp", 0.0) for r in table_rows])
-    return histograms, graphs, table
-
-
 def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(), label=""):
     """A plots folder for the evaluation.Evaluation `e`: metrics.json, thresholds.csv
     (the scan and the working points), comparison.csv (with curves compared), every
@@ -362,11 +344,8 @@ def write_tables(out, folder, e):
     except GhostError as err:  # no ROOT here: a note; a failed write is an error
         log(f"note: no results.root ({err})")
         return files
-    rows = [row(a.table, i) for i in range(len(a.table["threshold"]))]
-    rows += [{**w.to_dict(), "target_efficiency_wp": w.target_efficiency}
-             for w in a.working_points]
     path = _table(folder, "results.root")
-    write_results(out.tmp(path), *results_root(a, e.splits(), rows), shown=path)
+    write_results(out.tmp(path), results_objects(e, CSV_COLUMNS), shown=path)
     files.append("results.root")
     return files
 

@@ -1,5 +1,5 @@
 """ROOT files out: numpy columns as a TTree or an RNTuple (write_root), and the
-analysis results as histograms, graphs and a table (write_results).
+analysis results as trees, histograms, graphs, efficiencies and texts (write_results).
 
 Every write goes through _write_file: the file is created with TFile and filled by
 code that reports a failure instead of aborting (RDataFrame's Snapshot aborts the
@@ -54,21 +54,28 @@ void copy_row(Long64_t i, const std::vector<ULong64_t> &from, const std::vector<
    for (std::size_t j = 0; j < to.size(); ++j)
       std::memcpy(to[j], reinterpret_cast<const char *>(from[j]) + i * sizes[j], sizes[j]);
 }
-std::string ttree(TDirectory *dir, const std::string &name, const Strings &names,
+std::string ttree(TDirectory *dir, const std::string &name, const std::string &title,
+                  const Strings &names,
                   const std::string &leaves, const std::vector<ULong64_t> &from,
                   const std::vector<int> &sizes, Long64_t n) {
    TFile *file = dir->GetFile();
    TDirectory::TContext here(dir);
-   auto *tree = new TTree(name.c_str(), name.c_str());  // in `dir`, which owns it
+   auto *tree = new TTree(name.c_str(), title.c_str());  // in `dir`, which owns it
    std::vector<std::vector<char>> slots(names.size());
+   std::vector<std::string> texts(names.size());  // 'C': a std::string branch
    std::vector<void *> to;
    for (std::size_t j = 0; j < names.size(); ++j) {
-      slots[j].resize(sizes[j]);
+      slots[j].resize(sizes[j] + 1);  // a string's terminator after it
       to.push_back(slots[j].data());
-      tree->Branch(names[j].c_str(), to[j], (names[j] + "/" + leaves[j]).c_str());
+      if (leaves[j] == 'C')
+         tree->Branch(names[j].c_str(), &texts[j]);
+      else
+         tree->Branch(names[j].c_str(), to[j], (names[j] + "/" + leaves[j]).c_str());
    }
    for (Long64_t i = 0; i < n; ++i) {
       copy_row(i, from, sizes, to);
+      for (std::size_t j = 0; j < names.size(); ++j)
+         if (leaves[j] == 'C') texts[j] = slots[j].data();
       if (tree->Fill() < 0 || file->TestBit(TFile::kWriteError)) return "filling the tree failed";
    }
    if (tree->Write() <= 0 || file->TestBit(TFile::kWriteError)) return "writing the tree failed";
@@ -132,7 +139,7 @@ def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):
             return ROOT.ghost_write.rntuple(where, name, names, types, addresses, sizes, n,
                                             -1 if zstd_level is None else 500 + zstd_level)
         leaves = "".join(ROOT_TYPES[str(v.dtype)][0] for v in cols.values())
-        return ROOT.ghost_write.ttree(where, name, names, leaves, addresses, sizes, n)
+        return ROOT.ghost_write.ttree(where, name, name, names, leaves, addresses, sizes, n)
 
     def check():
         info = inspect_tree(path, tree)
@@ -198,44 +205,126 @@ def _full(path):
         return False
 
 
-def write_results(path, histograms, graphs, table, shown=None):
-    """Results for ROOT users, as TMVA writes them: `histograms` {name: (counts,
-    edges, title)} as TH1D, `graphs` {name: (x, y, title)} as TGraph, and `table`
-    {column: array} as the TTree `thresholds` (filled row by row: a few dozen rows).
-    Written and checked as write_root writes a tree."""
+def write_results(path, objects, shown=None):
+    """Results for ROOT users, as TMVA writes them: `objects` {name: (kind, title,
+    *data)}, each title "title;x axis;y axis":
+      ("tree", title, {column: array})         a TTree, as write_root writes one (a
+                                               bytes column 'S<n>' a std::string branch)
+      ("th1", title, edges, counts)            a TH1D; counts with the underflow and the
+                                               overflow (len(edges) + 1), Sumw2 on
+      ("th2", title, labels, matrix)           a TH2D, its bins labelled on both axes
+      ("graph", title, x, y)                   a TGraph
+      ("efficiency", title, edges, passed, total)  a TEfficiency (Clopper-Pearson, 68.3 %)
+                                               from counts with the under- and overflow
+      ("text", text)                           a TNamed: its title is `text`
+    A name "folder/name" is written in that folder.  Written and checked as
+    write_root writes a tree: every object read back by name and class, every tree
+    with its entries."""
     ROOT = import_root()
+    classes = {"tree": "TTree", "th1": "TH1D", "th2": "TH2D", "graph": "TGraph",
+               "efficiency": "TEfficiency", "text": "TNamed"}
 
     def fill(f):
-        objects = []
-        for name, (counts, edges, title) in histograms.items():
-            h = ROOT.TH1D(name, title, len(counts), np.asarray(edges, dtype=np.float64))
-            h.SetContent(np.r_[0.0, np.asarray(counts, dtype=np.float64), 0.0])
-            h.SetEntries(float(np.sum(counts)))
-            objects.append((h, name))
-        for name, (x, y, title) in graphs.items():
-            g = ROOT.TGraph(len(x), np.ascontiguousarray(x, dtype=np.float64),
-                            np.ascontiguousarray(y, dtype=np.float64))
-            g.SetNameTitle(name, title)
-            objects.append((g, name))
-        columns = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in table.items()}
-        buffers = {k: np.zeros(1, dtype=np.float64) for k in columns}
-        tree = ROOT.TTree("thresholds", "thresholds")
-        for k, buf in buffers.items():
-            tree.Branch(k, buf, f"{k}/D")
-        for i in range(len(next(iter(columns.values()), []))):
-            for k, buf in buffers.items():
-                buf[0] = columns[k][i]
-            tree.Fill()
-        objects.append((tree, "thresholds"))
-        failed = [name for obj, name in objects if obj.Write(name) <= 0]
+        failed = []
+        status = ROOT.TH1.AddDirectoryStatus()
+        ROOT.TH1.AddDirectory(False)  # nothing owned by the file but what is written
+        try:
+            for name, (kind, *data) in objects.items():
+                *folders, leaf = name.split("/")
+                where = f
+                for folder in folders:
+                    where = where.GetDirectory(folder) or where.mkdir(folder)
+                obj = (_tree if kind == "tree" else _RESULTS[kind])(ROOT, where, leaf, *data)
+                if isinstance(obj, str):
+                    if obj:
+                        return f"{name}: {obj}"
+                elif where.WriteTObject(obj, leaf) <= 0 or f.TestBit(ROOT.TFile.kWriteError):
+                    failed.append(name)
+        finally:
+            ROOT.TH1.AddDirectory(status)
         return f"writing {', '.join(failed)} failed" if failed else ""
 
     def check():
         f = ROOT.TFile.Open(path, "READ")
         if not f or f.IsZombie():
             return "it does not read back"
-        names = {key.GetName() for key in f.GetListOfKeys()}
-        f.Close()
-        missing = sorted((set(histograms) | set(graphs) | {"thresholds"}) - names)
-        return f"it reads back without {', '.join(missing)}" if missing else ""
+        try:
+            for name, (kind, *data) in objects.items():
+                obj = f.Get(name)
+                if not obj or obj.ClassName() != classes[kind]:
+                    return f"it reads back without {name}"
+                if kind == "tree" and obj.GetEntries() != _rows(data[1]):
+                    return f"{name} reads back with {obj.GetEntries():,} entries"
+        finally:
+            f.Close()
+        return ""
     _write_file(ROOT, path, shown, fill, check)
+
+
+def _rows(columns):
+    return len(next(iter(columns.values()), ()))
+
+
+def _tree(ROOT, where, name, title, columns):
+    """A TTree of numpy columns in the file (ghost_write.ttree): "" or what failed."""
+    cols = {k: np.ascontiguousarray(v) for k, v in columns.items()}
+    odd = [f"{k} ({v.dtype})" for k, v in cols.items() if _leaf(v.dtype) is None]
+    if odd:
+        return f"no ROOT type for {', '.join(odd)}"
+    return str(ROOT.ghost_write.ttree(
+        where, name, title, ROOT.std.vector("std::string")(list(cols)),
+        "".join(_leaf(v.dtype) for v in cols.values()),
+        ROOT.std.vector("ULong64_t")([v.ctypes.data for v in cols.values()]),
+        ROOT.std.vector("int")([v.itemsize for v in cols.values()]), _rows(cols)))
+
+
+def _leaf(dtype):
+    """The TTree leaf letter of a numpy type (C: bytes, written as std::string), or
+    None."""
+    return "C" if dtype.kind == "S" else ROOT_TYPES.get(str(dtype), (None,))[0]
+
+
+def _th1(ROOT, _, name, title, edges, counts):
+    h = ROOT.TH1D(name, title, len(edges) - 1, np.asarray(edges, dtype=np.float64))
+    h.SetContent(np.asarray(counts, dtype=np.float64))  # bin 0 the underflow
+    h.SetEntries(float(np.sum(counts)))
+    h.Sumw2()  # filled: the sums of squares are the counts (unit weights)
+    return h
+
+
+def _th2(ROOT, _, name, title, labels, matrix):
+    n = len(labels)
+    h = ROOT.TH2D(name, title, n, 0.0, float(n), n, 0.0, float(n))
+    for i, label in enumerate(labels):
+        h.GetXaxis().SetBinLabel(i + 1, label)
+        h.GetYaxis().SetBinLabel(i + 1, label)
+        for j in range(n):
+            h.SetBinContent(i + 1, j + 1, float(matrix[i][j]))
+    h.SetEntries(float(n * n))
+    return h
+
+
+def _graph(ROOT, _, name, title, x, y):
+    g = ROOT.TGraph(len(x), np.ascontiguousarray(x, dtype=np.float64),
+                    np.ascontiguousarray(y, dtype=np.float64))
+    g.SetNameTitle(name, title)
+    _, *axes = title.split(";") + ["", ""]
+    g.GetXaxis().SetTitle(axes[0])
+    g.GetYaxis().SetTitle(axes[1])
+    return g
+
+
+def _efficiency(ROOT, _, name, title, edges, passed, total):
+    hists = [_th1(ROOT, None, f"{name}_{part}", title, edges, counts)
+             for part, counts in (("passed", passed), ("total", total))]
+    if not ROOT.TEfficiency.CheckConsistency(*hists):
+        return "passed and total counts are not consistent"
+    e = ROOT.TEfficiency(*hists)
+    e.SetName(name)
+    e.SetTitle(title)
+    e.SetStatisticOption(ROOT.TEfficiency.kFCP)  # Clopper-Pearson, 68.3 %: the defaults
+    return e
+
+
+_RESULTS = {"th1": _th1, "th2": _th2, "graph": _graph, "efficiency": _efficiency,
+            "text": lambda ROOT, _, name, text: ROOT.TNamed(name, text)}

@@ -323,7 +323,7 @@ def references(args, splits, setup, spectators):
     if args.baseline:
         clock = Stopwatch()
         trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
-        scores = {"test": baseline_scores(trees, test_x)}
+        scores = {s: baseline_scores(trees, splits[s][0]) for s in ("train", "test")}
         p, y = scores["test"].astype(np.float64), test_y.ravel()
         cut = args.threshold  # else the baseline's own working point, as the network's
         if cut is None:

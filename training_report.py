@@ -13,7 +13,7 @@ from artifacts import ARTIFACT, MODEL_FILES
 from diagnostic_plots import correlation_figure, history, search_front
 from diagnostics import correlations
 from drawing import style
-from evaluation import Sample, evaluate, rank_features, report_context
+from evaluation import LIMIT_CURVE, Sample, Tracks, evaluate, rank_features, report_context
 from features import LIMIT
 from report import analysis_outputs, trials_csv, write_analysis, write_ranking
 from utils import log
@@ -78,6 +78,12 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
     title = f"the chosen network on the test split ({len(labels):,} tracks, {r.meta.mix()})"
     e = evaluate(sample, title, report_context(names, macs, len(test_x)), others,
                  always_compare=True)
+    limit = {"limit": (LIMIT_CURVE, {"test": r.spectators[LIMIT]})} if sample.limit is not None \
+        else {}
+    e.tracks = Tracks(names, {s: r.splits[s][0] for s in ("train", "test")},
+                      {"train": train_labels, "test": labels},
+                      {**{k: (k, v) for k, v in r.scores.items()}, **limit},
+                      r.meta.class_weights, r.saved)
     rows = np.random.default_rng(seed).permutation(len(test_x))[:RANKING_TRACKS]
     e.ranking = rank_features(r.score_fn, test_x[rows], labels[rows], names, seed)
     with style() as plt:

@@ -163,10 +163,7 @@ def test_comparison_only_with_several_curves_or_always(case):
     two = evaluate(Sample("m", case.saved, None, case.scores, y), "t", {},
                    others=[("o", other, 5)])
     assert [c.name for c in two.plot.curves] == ["m", "o"]
-    assert two.analysis.n == len(y)
-    assert two.splits().keys() == {"test"}
-    assert evaluate(Sample("m", case.saved, None, case.scores, y), "t",
-                    {"input_kind": "root"}).splits().keys() == {"input"}
+    assert two.analysis.n == len(y) and two.tracks is None  # no features kept
 
 
 def test_own_threshold_only_a_number_in_range():
@@ -236,3 +233,25 @@ def test_the_analysis_rooms_import_downward_only():
         for name, at_top in _imports(module):
             assert at_top or name in HEAVY, (module, name)
             assert level.get(name, -1) < i and name not in SCRIPTS, (module, name)
+
+
+def test_sample_tracks_put_every_classifier_in_each_tracks_row(case):
+    """results.root's trees: a compared model's scores (of the finite tracks) back in
+    their rows, NaN elsewhere; keys from the curve names; the train split's labels and
+    the network's train scores; the limit on the test split."""
+    x, y = case.test
+    finite = np.ones(len(y), bool)
+    finite[:5] = False
+    other = case.scores[finite] * 0.5
+    e = evaluate(Sample("net.onnx", case.saved, None, case.scores, y, finite,
+                        (case.train_scores, case.train[1]), case.limit,
+                        features=(NAMES, {"test": x, "train": case.train[0]})),
+                 "t", {}, others=[("a/b.onnx", other, None)])
+    t = e.tracks
+    assert list(t.scores) == ["network", "a_b_onnx", "limit"] and t.names == NAMES
+    assert t.scores["network"][0] == "net.onnx" and t.scores["limit"][0] == LIMIT_CURVE
+    assert t.scores["network"][1]["train"] is case.train_scores
+    assert t.labels["train"] is case.train[1] and t.features["test"] is x
+    every = t.scores["a_b_onnx"][1]["test"]
+    assert np.isnan(every[:5]).all() and np.array_equal(every[finite], other)
+    assert set(t.scores["limit"][1]) == {"test"} and t.saved is case.saved

@@ -1,10 +1,8 @@
 """training_report.py: what training.py --save writes into training_report/ (the
-figures in PNG and PDF, the ranking, metrics.json, index.html, results.root), read
-from the session's trained model."""
+figures in PNG and PDF, the ranking, metrics.json, index.html), read from the
+session's trained model (its results.root: tests/test_results_file.py)."""
 import json
 import os
-
-import numpy as np
 
 
 def test_training_report_folder(trained_model):
@@ -33,26 +31,3 @@ def test_index_html_shows_every_figure_with_its_caption(trained_model):
     assert page.count("<figcaption>") == len(images)
     assert "Working points" in page and "model&#x27;s 99.0% point" in page
     assert "ROC AUC" in page and "gap to the limit" in page
-
-
-def test_results_root_file_for_root_users(trained_model):
-    from rootio import import_root
-    trained = trained_model.models
-    ROOT = import_root()
-    f = ROOT.TFile.Open(str(trained / "training_report" / "results.root"))
-    names = {k.GetName() for k in f.GetListOfKeys()}
-    assert {"scores_test_ghost", "scores_test_real", "scores_train_ghost", "scores_train_real",
-            "roc", "rejection", "thresholds"} <= names
-    h = f.Get("scores_test_ghost")
-    metrics = json.loads((trained / "training_report" / "metrics.json").read_text())
-    assert h.GetNbinsX() == 100 and h.GetEntries() == metrics["ghosts"]  # every test ghost
-    contents = [h.GetBinContent(i) for i in range(h.GetNbinsX() + 2)]
-    assert contents[0] == contents[-1] == 0 and sum(contents) == metrics["ghosts"]
-    assert f.Get("roc").GetN() > 10
-    f.Close()
-    table = ROOT.RDataFrame("thresholds", str(trained / "training_report" /
-                                              "results.root")).AsNumpy()
-    assert len(table["threshold"]) == 26 + 3 and set(np.unique(table["working_point"])) == {
-        0.0, 0.95, 0.99}
-    for key in ("threshold", "accuracy", "n_tp", "n_fp"):  # the scan, row for row
-        assert np.allclose(table[key][:26], [r[key] for r in metrics["thresholds"]])
