@@ -20,7 +20,7 @@ WINGS = [
     ("search", ["search_folder", "search"]),
     ("figures", ["plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
-    ("report", ["report", "training_report"]),
+    ("report", ["pages", "report", "training_report"]),
     ("entry points", ["make_sample", "make_dataset", "training", "inference"]),
 ]
 HEAVY = {"ROOT", "ray", "torch", "torchvision", "matplotlib", "mplhep", "onnx",
