@@ -38,11 +38,13 @@ class Html(str):
 
 @dataclass
 class Parts:
-    """What a page shows beside its figures: the `headline` (title, lines), small
+    """What a page shows beside its figures: its `title` (None: the caller's), the
+    `headline` (title, lines), small
     `sections` and full-width `tables` [(heading, Html)], the data `files` and the
     run's other `pages` [(path, what)] (paths absolute or relative to the working
     directory: linked relative to the page's folder)."""
     headline: tuple = None
+    title: str = None
     sections: list = field(default_factory=list)
     tables: list = field(default_factory=list)
     files: list = field(default_factory=list)
@@ -76,10 +78,18 @@ def facts(pairs):
                                     for k, v in items if v is not None) + "</table>")
 
 
+def _short(cell):
+    """A CSV cell for reading: a number with a fraction to 4 significant digits."""
+    try:
+        return f"{float(cell):.4g}" if "." in cell else cell
+    except ValueError:
+        return cell
+
+
 def csv_table(text):
-    """A CSV file's text (its first line the head) as a table."""
+    """A CSV file's text (its first line the head) as a table, fractions to 4 digits."""
     rows = list(csv.reader(io.StringIO(text)))
-    return table(rows[0], rows[1:])
+    return table(rows[0], [[_short(c) for c in r] for r in rows[1:]])
 
 
 def link(path, folder, text=None):
@@ -93,6 +103,7 @@ def render(title, parts, figures, folder):
     """The page's text: `figures` [(file names in `folder`, caption)], the first
     name shown, every name linked."""
     nav = " &middot; ".join(f"{link(p, folder, what)}" for p, what in parts.pages)
+    title = parts.title or title
     body = [f"<h1>{escape(title)}</h1>"]
     body += [f"<nav>Other pages of this run: {nav}</nav>"] if parts.pages else []
     if parts.headline:
@@ -190,7 +201,8 @@ def inference_parts(context, folder):
         "model": link(model, folder) if os.path.isfile(model) else model,
         "model kind": f"{context.get('model_kind')}{' (INT8)' if context.get('int8') else ''}",
         "network": context.get("network"),
-        "multiply-adds per track": context.get("macs_per_track"),
+        "multiply-adds per track": (f"{context['macs_per_track']:,}"
+                                    if context.get("macs_per_track") else None),
         "scoring": context.get("scoring"),
         "speed": f"{rate / 1e6:,.2f} M tracks/s" if rate else None})
     pages = []

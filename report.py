@@ -298,9 +298,9 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
 
 def analysis_page(out, folder, e, figures, written, parts):
     """An analysis folder's index.html: the headline (analysis_headline, unless `parts`
-    brings one), the caller's sections, the working points, the classifiers compared
-    and the caller's tables, every data file `written` (and ranking.csv) and the
-    caller's, and the `figures` [(file names, caption)]."""
+    brings one: then it and the gap to the limit), the caller's sections, the working
+    points, the classifiers compared and the caller's tables, every data file
+    `written` (and ranking.csv) and the caller's, the `figures` [(file names, caption)]."""
     points = [("Working points", table(
         ["point", "threshold from", "cut", "real-track efficiency", "ghost rejection"],
         [(w.label, w.origin, f"score > {w.threshold:.4f}", f"{w.real_efficiency:.2%}",
@@ -310,8 +310,11 @@ def analysis_page(out, folder, e, figures, written, parts):
                        csv_table(comparison_csv(e.plot.curves))))
     names = written + ([RANKING_CSV] if e.ranking is not None else [])
     files = [(os.path.join(folder, n), TABLES.get(n, RANKING_WHAT)) for n in names]
+    head, lines = parts.headline or analysis_headline(e)
+    if parts.headline and e.gap is not None:  # the caller's headline, and the gap
+        lines = [*lines, gap_line(e.gap)]
     write_page(out, folder, e.title, replace(
-        parts, headline=parts.headline or analysis_headline(e),
+        parts, headline=(head, lines),
         tables=(points if e.analysis.working_points else points[1:]) + parts.tables,
         files=files + parts.files), figures)
 
