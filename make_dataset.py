@@ -48,7 +48,7 @@ OUTPUTS = [
     ("files in --plots-dir with --plot (figures as .png; .pdf as well with --format png,pdf):",
      [("{" + ",".join(features_for(t)) + "}.png", f"with --track {t}: one figure per feature, "
        "ghosts vs real tracks") for t in TRACK_TYPES]
-     + [(PAGE, "the page showing them all")]),
+     + [(PAGE, "the page: the data set, its files and every figure")]),
 ]
 
 

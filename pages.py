@@ -38,17 +38,16 @@ class Html(str):
 
 @dataclass
 class Parts:
-    """What a page shows beside its figures: its `title` (None: the caller's), the
-    `headline` (title, lines), small
+    """What a page shows beside its figures: the `headline` (title, lines), small
     `sections` and full-width `tables` [(heading, Html)], the data `files` and the
     run's other `pages` [(path, what)] (paths absolute or relative to the working
-    directory: linked relative to the page's folder)."""
+    directory: linked relative to the page's folder), its `title` (None: the caller's)."""
     headline: tuple = None
-    title: str = None
     sections: list = field(default_factory=list)
     tables: list = field(default_factory=list)
     files: list = field(default_factory=list)
     pages: list = field(default_factory=list)
+    title: str = None
 
 
 def _cell(v, tag="td", align=False):

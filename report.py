@@ -2,10 +2,10 @@
 headline block every script ends with, the tables (thresholds.csv, comparison.csv,
 search_trials.csv), metrics.json (its record from evaluation.Evaluation.metrics),
 results.root's content, and each plots folder with its figures and index.html (the
-analysis's, the training report's, the features'), and the registry of an analysis
-folder's files (what write_analysis writes, what the scripts' --help lists).  The
-numbers come from metrics.py and evaluation.py, the figures from plots.py and
-diagnostic_plots.py."""
+analysis's, the training report's, the features', written by pages.py), and the
+registry of an analysis folder's files (what write_analysis writes, what the scripts'
+--help lists).  The numbers come from metrics.py and evaluation.py, the figures from
+plots.py and diagnostic_plots.py."""
 import os
 from dataclasses import replace
 
@@ -49,7 +49,8 @@ TABLES = {
     "comparison.csv": "with classifiers compared or the limit: AUC and ghost rejection of each",
     "results.root": "the same for ROOT users: score histograms, ROC and rejection graphs, "
                     "the threshold table (where ROOT is installed)",
-    PAGE: "the page to open: the summary, the working points and every figure",
+    PAGE: "the page to open: the headline, the input, the working points, every figure "
+          "and data file, the run's other pages",
 }
 RANKING_CSV = f"{RANKING_STEM}.csv"
 RANKING_WHAT = ("the features ranked by the drop in AUC and in ghost rejection at 99 % when "

@@ -100,12 +100,12 @@ def page_parts(folder, r, trials_table):
                f"accuracy at 0.5 on {r.meta.mix()})", table(*quality_table(r.table or {}))),
               ("The search's trials", csv_table(trials_table))]
     features = features_page(r.prefix)
-    return Parts(r.headline, "Training report: the chosen network, its search and its data",
-                 [("Run", run), ("Model", model), ("Hyperparameters", chosen),
-                  ("Search", search), ("Data set", dataset)], tables,
+    return Parts(r.headline, [("Run", run), ("Model", model), ("Hyperparameters", chosen),
+                              ("Search", search), ("Data set", dataset)], tables,
                  [(os.path.join(folder, TRIALS_CSV), "every trial: hyperparameters, cost, "
                    "best validation metrics")] + models + data_files,
-                 [(features, "the data set's features")] if features else [])
+                 [(features, "the data set's features")] if features else [],
+                 "Training report: the chosen network, its search and its data")
 
 
 def write(out, folder, r, trials, best, formats=("png",), seed=42):

@@ -41,9 +41,10 @@ def check_page(page):
     return targets
 
 
-def cells(page, first):
-    """The cells of the table row of `page` whose first cell is `first`."""
-    for row in re.findall(r"<tr>(.*?)</tr>", page):
+def cells(page, first, after=""):
+    """The cells of the first table row of `page` (after the text `after`) whose first
+    cell is `first`."""
+    for row in re.findall(r"<tr>(.*?)</tr>", page[page.index(after):]):
         found = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)
         if found and found[0] == first:
             return found
@@ -56,6 +57,7 @@ def run(trained_model, matching_file, tmp_path_factory):
     the session's trained model on it (INT8 compared, the ranking)."""
     import make_dataset
     d = tmp_path_factory.mktemp("pages")
+    (d / "data").mkdir()
     make_dataset.main(["-f", matching_file, "--output", str(d / "data" / "ds"), "--track",
                        "matching", "--plot", "--plots-dir", str(d / "features"),
                        "--format", "png,pdf"])
@@ -106,7 +108,7 @@ def test_training_page_shows_the_run_model_data_and_the_four_classifiers(trained
                         ("test (INT8)", int8["metrics"]["test"]),
                         ("baseline (test)", config["metrics"]["baseline"]),
                         ("limit (test)", config["metrics"]["limit"])):
-        shown = cells(page, row)  # training.py's table: loss, acc, AUC, rej@...
+        shown = cells(page, row, "as training.py printed them")  # loss, acc, AUC, rej@...
         assert shown[3] == f"{record['auc']:.4f}" and shown[6] == \
             f"{record['rejection@0.99']:.4f}", row
     trials = (trained_model.models / "training_report" / "search_trials.csv").read_text()
@@ -117,7 +119,7 @@ def test_training_page_shows_the_run_model_data_and_the_four_classifiers(trained
 
 def test_text_is_escaped_and_links_quoted(tmp_path):
     from pages import Parts, facts, features_page, link, render
-    parts = Parts(("<b>head</b>", ["a < b & c"]), [("<i>card</i>", facts({"<k>": "<v>"}))],
+    parts = Parts(("<b>head</b>", ["a < b & c"]), sections=[("<i>card</i>", facts({"<k>": "<v>"}))],
                   files=[(str(tmp_path / "a b#1.csv"), "<what>")])
     page = render("<script>x</script>", parts, [(["f&g.png"], "<cap>")], str(tmp_path))
     for raw in ("<script>", "<b>head", "<i>card", "<k>", "<v>", "<what>", "<cap>"):
