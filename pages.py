@@ -173,8 +173,8 @@ def dataset_parts(meta, prefix, folder):
         (s, f"{n['ghost']:,}", f"{n['real']:,}", f"{n['ghost'] + n['real']:,}")
         for s, n in counts.items()]) if counts else ""
     files = [(meta_path(prefix), "the data set's record: features, input files, counts, "
-              "balance, scalings")]
-    for split in SPLITS:
+              "balance, scalings")] if prefix else []
+    for split in SPLITS if prefix else ():
         files += [(p, f"the {split} split's {what}") for p, what in zip(
             split_paths(prefix, split), ("features", "labels (1 = ghost)"))]
         files += [(spectators_path(prefix, split), f"the {split} split's spectators "
