@@ -94,6 +94,7 @@ FIELD_TYPES = {
     "normalization": (lambda v: isinstance(v, dict), "an object"),
     "standardization": (lambda v: isinstance(v, dict), "an object"),
     "spectators": (is_names, "a list of branch names"),
+    "features_page": (is_text, "a string"),
 }
 
 
@@ -119,6 +120,7 @@ class DatasetMeta:
     normalization: MinMax = None                # min-max: network 0, --inputs minmax
     standardization: Standardize = None         # network 1's default first layer
     spectators: list = field(default_factory=list)  # columns of the spectator arrays
+    features_page: str = None                   # make_dataset.py --plot's index.html
 
     @classmethod
     def from_dict(cls, d, path, width=None, arrays=None):

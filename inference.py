@@ -34,6 +34,7 @@ from inputs import (
 )
 from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
+from pages import inference_parts
 from report import (
     PAGE,
     analysis_files,
@@ -166,9 +167,8 @@ def check_args(args):
     check_output_file(args.export_cpp, "--export-cpp", (".hpp", ".h", ".hh"))  # if given
     if args.batch is not None and args.batch < 1:
         raise GhostError(f"--batch must be at least 1, got {args.batch}")
-    thresholds = list(DEFAULT_THRESHOLDS)
-    if args.thresholds is not None:
-        thresholds = parse_numbers(args.thresholds, "--thresholds", 0.0, 1.0)
+    thresholds = (list(DEFAULT_THRESHOLDS) if args.thresholds is None
+                  else parse_numbers(args.thresholds, "--thresholds", 0.0, 1.0))
     efficiencies = parse_numbers(args.working_point, "--working-point", 0.0, 1.0, open_=True,
                                  sort=False)
     features = None
@@ -302,8 +302,7 @@ def compared_scores(others, s):
     out = []
     for name, other in others:
         scores = finite_part(other.scores(s.inp.data, s.finite), s.finite)
-        bad = int((~np.isfinite(scores)).sum())
-        if bad:
+        if bad := int((~np.isfinite(scores)).sum()):
             warn(f"--compare {other.model.path} cannot compute {bad:,} of the "
                  "tracks in float32: its curve leaves them out")
         out.append((name, scores, model_macs(other.model)))
@@ -369,7 +368,8 @@ def write_outputs(args, out, scores, record, formats, header=None):
                 with style() as plt:
                     figures = [record.ranking.figure(plt, record.title)]
         files, kept = write_analysis(out, args.plots_dir, record, formats, args.show, figures,
-                                     args.label)
+                                     args.label,
+                                     inference_parts(record.context, args.plots_dir))
         written.append(f"{args.plots_dir}/ ({len(files)} files: "
                        f"{sum(f.endswith(('.png', '.pdf')) for f in files)} figures, the "
                        "tables, metrics.json, results.root, index.html)")

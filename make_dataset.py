@@ -32,8 +32,9 @@ from outputs import (
     prepare_folder,
     refuse_overwriting_inputs,
 )
+from pages import PAGE, Parts, dataset_parts
 from provenance import file_record
-from report import PAGE, dataset_headline, print_headline, write_feature_figures
+from report import dataset_headline, print_headline, write_feature_figures
 from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
 from utils import GhostError, Stopwatch, log
 
@@ -48,7 +49,7 @@ OUTPUTS = [
     ("files in --plots-dir with --plot (figures as .png; .pdf as well with --format png,pdf):",
      [("{" + ",".join(features_for(t)) + "}.png", f"with --track {t}: one figure per feature, "
        "ghosts vs real tracks") for t in TRACK_TYPES]
-     + [(PAGE, "the page showing them all")]),
+     + [(PAGE, "the page: the data set, its files and every figure")]),
 ]
 
 
@@ -221,7 +222,8 @@ def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spect
                        else None),
         # both always recorded: network 1 embeds one of them, inference reuses them
         normalized=args.normalize, normalization=minmax, standardization=standardize,
-        spectators=spectators)
+        spectators=spectators,
+        features_page=os.path.abspath(os.path.join(args.plots_dir, PAGE)) if args.plot else None)
 
 
 def main(argv=None):
@@ -253,13 +255,19 @@ def main(argv=None):
     if args.normalize:
         splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
     meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators)
+    page = os.path.join(args.plots_dir, PAGE) if args.plot else None
+    written = (f"wrote {args.output}_{{{','.join(SPLITS)}}}_*.npy and "
+               f"{meta_path(args.output)}")
     with AtomicOutputs() as out:
         write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
+            html, data_files = dataset_parts(meta, args.output, args.plots_dir)
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats,
-                                  args.label)
+                                  args.label,
+                                  Parts(dataset_headline(meta, written, None),
+                                        [("Data set", html)], files=data_files))
 
     kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
             if args.balance == "subsample" else
@@ -268,9 +276,7 @@ def main(argv=None):
     log(f"{kept}{'; normalized' if args.normalize else ''}"
         + (f"; spectators {', '.join(spectators)}" if spectators else "")
         + f"; {clock():.1f} s")
-    print_headline(*dataset_headline(
-        meta, f"wrote {args.output}_{{{','.join(SPLITS)}}}_*.npy and {meta_path(args.output)}",
-        os.path.join(args.plots_dir, PAGE) if args.plot else None))
+    print_headline(*dataset_headline(meta, written, page))
 
 
 if __name__ == "__main__":

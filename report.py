@@ -2,12 +2,12 @@
 headline block every script ends with, the tables (thresholds.csv, comparison.csv,
 search_trials.csv), metrics.json (its record from evaluation.Evaluation.metrics),
 results.root (its content from results_file.py), and each plots folder with its
-figures and index.html (the analysis's, the training report's, the features'), and
-the registry of an analysis folder's files (what write_analysis writes, what the
-scripts' --help lists).  The numbers come from metrics.py and evaluation.py, the
-figures from plots.py and diagnostic_plots.py."""
+figures and index.html (the analysis's, the training report's, the features', written
+by pages.py), and the registry of an analysis folder's files (what write_analysis
+writes, what the scripts' --help lists).  The numbers come from metrics.py and
+evaluation.py, the figures from plots.py and diagnostic_plots.py."""
 import os
-from html import escape
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,8 +18,10 @@ from drawing import draw_figures, save_figure, style
 from evaluation import RANKING_STEM
 from features import DEFAULT_TREE, LIMIT
 from kinematics import VARIABLES
-from metrics import SortedScores, working_points
+from metrics import EFFICIENCIES, SortedScores, working_points
 from outputs import Pattern
+from pages import PAGE, Parts, csv_table, facts, table
+from pages import write as write_page
 from plots import FIGURES, KINEMATICS_STEM, figure_jobs
 from results_file import results_objects
 from rootio import import_root
@@ -32,7 +34,6 @@ COLUMNS = [("threshold", "thresh"), ("accuracy", "acc"), ("tp", "TP"), ("tn", "T
            ("youden_j", "J"), ("pred_ghost", "pred_g"), ("pred_real", "pred_r")]
 CSV_COLUMNS = [k for k, _ in COLUMNS] + ["true_ghost", "true_real",
                                          "n_tp", "n_tn", "n_fp", "n_fn"]
-PAGE = "index.html"  # every plots folder's page
 # An analysis folder's files beside the figures and the ranking: name -> what it holds
 # (the names write_analysis writes, analysis_files guards and --help lists)
 TABLES = {
@@ -44,9 +45,12 @@ TABLES = {
                     "TrainTree/TestTree per track, score histograms, ROC and rejection "
                     "graphs and correlations of every classifier, TEfficiency per kinematic "
                     "variable and working point, the threshold table, the configuration",
-    PAGE: "the page to open: the summary, the working points and every figure",
+    PAGE: "the page to open: the headline, the input, the working points, every figure "
+          "and data file, the run's other pages",
 }
 RANKING_CSV = f"{RANKING_STEM}.csv"
+RANKING_WHAT = ("the features ranked by the drop in AUC and in ghost rejection at 99 % when "
+                "each is shuffled")
 
 
 def _fmt(v, width=7):
@@ -205,6 +209,28 @@ def training_headline(config, labels, mix, models, references, files, page):
             f"test split ({len(labels):,} tracks, {mix})"), lines
 
 
+QUALITY = [("loss", "loss"), ("accuracy", "acc"), ("auc", "AUC")] + [
+    (f"rejection@{e:g}", f"rej@{e:.1%}") for e in EFFICIENCIES]  # training.py's table
+
+
+def quality_table(rows):
+    """training.py's table of the classifiers ({name: {metric: value}}): the heads and
+    one row of cells per classifier, for the console and the training report's page."""
+    return ([""] + [h for _, h in QUALITY],
+            [[name] + [f"{m.get(k, float('nan')):.4f}" for k, _ in QUALITY]
+             for name, m in rows.items()])
+
+
+def print_quality(rows, mix, cut):
+    """training.py's table on the console, with the class `mix` of its loss and accuracy
+    and the `cut` (in words) its accuracy is taken at."""
+    heads, cells = quality_table(rows)
+    for line in [heads] + cells:
+        log(f"{line[0]:<18}" + "".join(f"{c:>10}" for c in line[1:]))
+    log(f"(loss and accuracy on {mix}, accuracy at {cut}; AUC and ghost rejection at a "
+        "real-track efficiency do not depend on the mix)")
+
+
 def trials_csv(trials):
     """The search's trials, one line each: hyperparameters, cost, best validation
     metrics (search.trial_table)."""
@@ -221,56 +247,14 @@ def trials_csv(trials):
     return "\n".join(lines) + "\n"
 
 
-def index_html(title, figures, summary, working_points):
-    """One page per plots folder, readable offline: the summary, the working points,
-    and every figure with its caption.  `figures`: [(file names, caption)]."""
-    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
-                   for k, v in summary.items())
-    wps = "".join(
-        f"<tr><td>{escape(w.label)}</td><td>{escape(w.origin)}</td>"
-        f"<td>{w.threshold:.4f}</td><td>{w.real_efficiency:.4f}</td>"
-        f"<td>{w.ghost_rejection:.4f}</td></tr>" for w in working_points)
-    points = ("<h2>Working points</h2><table><tr><th>point</th><th>threshold from</th>"
-              "<th>threshold</th><th>real-track efficiency</th><th>ghost rejection</th></tr>"
-              f"{wps}</table>\n" if working_points else "")
-    figs = "".join(
-        f"<figure><img src=\"{escape(names[0])}\" alt=\"{escape(names[0])}\">"
-        f"<figcaption>{escape(caption)} "
-        + " ".join(f"<a href=\"{escape(n)}\">{escape(n)}</a>" for n in names)
-        + "</figcaption></figure>" for names, caption in figures if names)  # no files: not drawn
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
-text-align:left}}img{{max-width:100%}}figure{{margin:2em 0}}</style></head>
-<body><h1>{escape(title)}</h1>
-<h2>Summary</h2><table>{rows}</table>
-{points}<h2>Figures</h2>{figs}
-</body></html>
-"""
-
-
-def summary(e):
-    """The headline numbers of an evaluation.Evaluation, for index.html."""
-    a = e.analysis
-    out = {"tracks (finite, labelled)": f"{a.n:,}",
-           "ghost fraction": f"{a.true_ghost:.2%}", "ROC AUC": f"{a.auc:.4f}"}
-    for r in a.rejection:
-        out[f"ghost rejection at {r['target_efficiency']:.1%} efficiency"] = \
-            f"{r['ghost_rejection']:.4f}"
-    if e.gap:
-        gap = e.gap
-        out["gap to the limit"] = (f"AUC {gap['auc_gap']:.4f}; "
-                                   f"{gap['rejection_fraction@0.99']:.1%} of its rejection at 99 %")
-    return out
-
-
-def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(), label=""):
+def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(), label="",
+                   parts=None):
     """A plots folder for the evaluation.Evaluation `e`: metrics.json, thresholds.csv
     (the scan and the working points), comparison.csv (with curves compared), every
     figure plus `extra_figures` ([(stem, figure, caption)]), results.root for ROOT
-    users (where ROOT is installed), and index.html.  Returns (files written,
-    figures kept for --show); with formats=() no figure is drawn."""
+    users (where ROOT is installed), and index.html (analysis_page, with the caller's
+    pages.Parts).  Returns (files written, figures kept for --show); with formats=()
+    no figure is drawn."""
     files = ["metrics.json", "thresholds.csv"]
     pending = None
     if formats:  # drawn meanwhile, in worker processes where there are several cores
@@ -285,11 +269,32 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
     for stem, fig, caption in extra_figures:
         figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
                                     formats=formats, label=label), caption))
-    out.save_bytes(_table(folder, PAGE),
-                   index_html(e.title, figures, summary(e),
-                              e.analysis.working_points).encode())
+    analysis_page(out, folder, e, figures, files, parts or Parts())
     files.append(PAGE)
     return [n for names, _ in figures for n in names] + files, kept
+
+
+def analysis_page(out, folder, e, figures, written, parts):
+    """An analysis folder's index.html: the headline (analysis_headline, unless `parts`
+    brings one: then it and the gap to the limit), the caller's sections, the working
+    points, the classifiers compared and the caller's tables, every data file
+    `written` (and ranking.csv) and the caller's, the `figures` [(file names, caption)]."""
+    points = [("Working points", table(
+        ["point", "threshold from", "cut", "real-track efficiency", "ghost rejection"],
+        [(w.label, w.origin, f"score > {w.threshold:.4f}", f"{w.real_efficiency:.2%}",
+          f"{w.ghost_rejection:.2%}") for w in e.analysis.working_points]))]
+    if e.plot.curves:
+        points.append(("Classifiers compared on the same tracks",
+                       csv_table(comparison_csv(e.plot.curves))))
+    names = written + ([RANKING_CSV] if e.ranking is not None else [])
+    files = [(os.path.join(folder, n), TABLES.get(n, RANKING_WHAT)) for n in names]
+    head, lines = parts.headline or analysis_headline(e)
+    if parts.headline and e.gap is not None:  # the caller's headline, and the gap
+        lines = [*lines, gap_line(e.gap)]
+    write_page(out, folder, e.title, replace(
+        parts, headline=(head, lines),
+        tables=(points if e.analysis.working_points else points[1:]) + parts.tables,
+        files=files + parts.files), figures)
 
 
 def write_ranking(out, folder, ranking):
@@ -315,8 +320,7 @@ def analysis_outputs(ranking="with --ranking"):
               "real-track efficiency and ghost rejection at each working point vs p, pT, eta "
               "and the hit counts (where the input has their branches)"),
              (f"{RANKING_STEM}.png, {RANKING_CSV}",
-              f"{ranking}: the features ranked by the drop in AUC and in ghost rejection at "
-              "99 % when each is shuffled")]
+              f"{ranking}: {RANKING_WHAT}")]
     return rows + list(TABLES.items())
 
 
@@ -351,10 +355,10 @@ def write_tables(out, folder, e):
 
 
 def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
-                          standardize=None, formats=("png",), label=""):
+                          standardize=None, formats=("png",), label="", parts=None):
     """make_dataset.py --plot's folder: one figure per feature (the given rows of its
     column, ghosts vs real tracks; with `standardize` (features.Standardize), as
-    network 1 sees them) and the folder's index.html."""
+    network 1 sees them) and the folder's index.html (with the caller's pages.Parts)."""
     figures = []
     with style() as plt:
         if standardize is not None:
@@ -366,8 +370,10 @@ def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, 
             figures.append((save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig,
                                         formats=formats, label=label),
                             f"{name}: ghosts and real tracks, each normalized to unit area."))
-    headline = {"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
-                "features": ", ".join(names)}
-    out.save_bytes(os.path.join(plots_dir, PAGE),
-                   index_html("The features, ghosts vs real tracks", figures, headline,
-                              []).encode())
+    parts = parts or Parts()
+    drawn = facts({"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
+                   "real tracks": f"{int((~ghost).sum()):,}",
+                   "values": "standardized, as network 1 sees them" if standardize is not None
+                   else "as read (raw)"})
+    write_page(out, plots_dir, "The features, ghosts vs real tracks",
+               replace(parts, sections=parts.sections + [("Drawn", drawn)]), figures)

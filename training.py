@@ -22,9 +22,9 @@ from baseline import baseline_scores, fit_baseline
 from cli import Parser, add_plot_options, parse_formats, run_cli
 from dataset import dataset_files, load_dataset, load_meta, load_spectators
 from features import LIMIT
-from metrics import EFFICIENCIES, MODEL_WORKING_POINT, quality, threshold_at
+from metrics import MODEL_WORKING_POINT, quality, threshold_at
 from outputs import AtomicOutputs, FolderLock, plain_name, prepare_folder, remove_stale_temporaries
-from report import PAGE, print_headline, training_headline
+from report import PAGE, print_headline, print_quality, training_headline
 from search import (
     SELECT,
     SPACES,
@@ -340,22 +340,6 @@ def references(args, splits, setup, spectators):
     return rows, scores
 
 
-COLUMNS = ["loss", "accuracy", "auc"] + [f"rejection@{e:g}" for e in EFFICIENCIES]
-
-
-def print_table(rows, mix, args):
-    """rows: {name: {metric: value}} -> one aligned table."""
-    heads = ["loss", "acc", "AUC"] + [f"rej@{e:.1%}" for e in EFFICIENCIES]
-    log(f"{'':<18}" + "".join(f"{c:>10}" for c in heads))
-    for name, metrics in rows.items():
-        log(f"{name:<18}" + "".join(f"{metrics.get(c, float('nan')):>10.4f}"
-                                    for c in COLUMNS))
-    cut = (f"threshold {args.threshold:g} (--threshold)" if args.threshold is not None else
-           f"each model's threshold, its {args.working_point:.1%} working point")
-    log(f"(loss and accuracy on {mix}, accuracy at {cut}; AUC and ghost rejection at a "
-        "real-track efficiency do not depend on the mix)")
-
-
 def save(args, artifacts, report, trials, best):
     """Every model's files and the report folder, all renamed into place together."""
     folder = os.path.join(args.output_dir, training_report.REPORT)
@@ -401,7 +385,10 @@ def run(args, signals):
             f"{describe_params(params, setup.n_features)} (epoch {epoch})")
         artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
         extra, baseline = references(args, splits, setup, spectators)
-        print_table({**rows, **extra}, meta.mix(), args)
+        rows = {**rows, **extra}
+        cut = (f"threshold {args.threshold:g} (--threshold)" if args.threshold is not None else
+               f"each model's threshold, its {args.working_point:.1%} working point")
+        print_quality(rows, meta.mix(), cut)
         for stem, _, saved in artifacts:
             log(f"threshold of {stem}: {saved.threshold!r} (ghost when p > threshold; keeps "
                 f"{args.working_point:.1%} of the validation split's real tracks)")
@@ -412,16 +399,17 @@ def run(args, signals):
             report = training_report.ReportInput(
                 splits, meta, spectators, artifacts[0][2],
                 {**scores, **({"baseline": baseline} if baseline else {})},
-                lambda x: predict(model, x))
+                lambda x: predict(model, x), args.filename, [a[0] for a in artifacts], rows,
+                headline(args, splits, meta, artifacts, scores, rows, page=False))
             save(args, artifacts, report, trials, params)
     log(f"total time {clock():.1f} s")
-    print_headline(*headline(args, splits, meta, artifacts, scores, {**rows, **extra}))
+    print_headline(*headline(args, splits, meta, artifacts, scores, rows))
 
 
-def headline(args, splits, meta, artifacts, scores, rows):
+def headline(args, splits, meta, artifacts, scores, rows, page=True):
     """The answer (report.training_headline): the chosen network, each model's test
     AUC and ghost rejection at its own working point (the validation split's cut),
-    the baseline and the limit, the files and the report's page."""
+    the baseline and the limit, the files and (with `page`) the report's page."""
     models = [(name, rows[row]["auc"], scores[name]["test"], saved.working_point)
               for (_, _, saved), name, row in zip(artifacts, ("network", "INT8"),
                                                   ("test", "test (INT8)"))]
@@ -431,7 +419,7 @@ def headline(args, splits, meta, artifacts, scores, rows):
              + (f", {ARTIFACT}_int8.*" if len(artifacts) > 1 else "") if args.save
              else "no files written (--save writes the model and the report)")
     page = (os.path.join(args.output_dir, training_report.REPORT, PAGE)
-            if args.save else None)
+            if args.save and page else None)
     return training_headline(artifacts[0][2].model, splits["test"][1].ravel() > 0.5,
                              meta.mix(), models, references, files, page)
 

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 
 import kinematics
+from architecture import normalizes_inside
 from artifacts import ARTIFACT, MODEL_FILES
 from diagnostic_plots import correlation_figure, history, search_front
 from diagnostics import correlations
 from drawing import style
 from evaluation import LIMIT_CURVE, Sample, Tracks, evaluate, rank_features, report_context
 from features import LIMIT
-from report import analysis_outputs, trials_csv, write_analysis, write_ranking
+from pages import REPORT, Html, Parts, csv_table, dataset_parts, facts, features_page, link, table
+from report import analysis_outputs, quality_table, trials_csv, write_analysis, write_ranking
 from utils import log
 
 RANKING_TRACKS = 100_000  # permutation ranking on this many test tracks (one pass each)
@@ -29,9 +31,6 @@ FIGURES = {
     "correlations": "Rank correlations of the features, ghosts and real tracks.",
 }
 TRIALS_CSV = "search_trials.csv"
-
-
-REPORT = "training_report"  # the report's folder in --output-dir
 
 
 def outputs():
@@ -59,6 +58,54 @@ class ReportInput:
     saved: object           # the network's artifacts.SavedConfig
     scores: dict            # classifier -> {split: probabilities}; "network" always
     score_fn: object        # raw data -> the network's probabilities (for the ranking)
+    prefix: str = None      # the dataset's
+    stems: list = None      # the model files' stems, in the report folder's parent
+    table: dict = None      # training.py's table {classifier: metrics} (report.quality_table)
+    headline: tuple = None  # training.py's headline (report.training_headline)
+
+
+def _text(v):
+    return ("x".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:.4g}"
+            if isinstance(v, float) else str(v))
+
+
+def page_parts(folder, r, trials_table):
+    """The report page beside the analysis (pages.Parts): training.py's headline, the
+    run, the model and its files, the hyperparameters and the search, the data set,
+    training.py's table, the search's trials; the model and data set files, the
+    features' page."""
+    saved, prov = r.saved, r.saved.provenance or {}
+    config, point = saved.model, saved.working_point
+    macs, params = config.cost()
+    home = os.path.dirname(os.path.abspath(folder))
+    models = [(os.path.join(home, f"{stem}{suffix}"),
+               what + (" (INT8)" if stem != ARTIFACT else ""))
+              for stem in r.stems or () for suffix, what in MODEL_FILES.items()]
+    model = facts({
+        "network": f"{config.network}" + (f" (normalization inside, {config.inputs} inputs)"
+                                          if normalizes_inside(config.network) else ""),
+        "hidden layers": _text(config.hidden), "activation": config.activation,
+        "multiply-adds per track": f"{macs:,}", "parameters": f"{params:,}",
+        "working point": f"score > {point['threshold']:.4f} (keeps {point['efficiency']:.1%} "
+                         "of the validation split's real tracks)" if point else None,
+        "files": Html(" ".join(link(p, folder) for p, _ in models))})
+    run = facts({"date": prov.get("created"), "git commit": prov.get("commit"),
+                 **{k: prov.get(k) for k in ("toolkit", "python", "torch", "onnx")}})
+    settings = vars(saved.training) if saved.training else {}
+    chosen = facts({k: _text(v) for k, v in {**prov.get("hyperparameters", {}),
+                                              **settings}.items() if v is not None})
+    search = facts({k: _text(v) for k, v in prov.get("search", {}).items()})
+    dataset, data_files = dataset_parts(r.meta, r.prefix, folder)
+    tables = [("Classifiers on the test split, as training.py printed them (loss and "
+               f"accuracy at 0.5 on {r.meta.mix()})", table(*quality_table(r.table or {}))),
+              ("The search's trials", csv_table(trials_table))]
+    features = features_page(r.prefix)
+    return Parts(r.headline, [("Run", run), ("Model", model), ("Hyperparameters", chosen),
+                              ("Search", search), ("Data set", dataset)], tables,
+                 [(os.path.join(folder, TRIALS_CSV), "every trial: hyperparameters, cost, "
+                   "best validation metrics")] + models + data_files,
+                 [(features, "the data set's features")] if features else [],
+                 "Training report: the chosen network, its search and its data")
 
 
 def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
@@ -94,8 +141,10 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
             ("correlations", correlation_figure(plt, correlations(test_x, labels), names),
              FIGURES["correlations"]),
         ] if formats else []
-    out.save_bytes(os.path.join(folder, TRIALS_CSV), trials_csv(trials).encode())
+    trials_table = trials_csv(trials)
+    out.save_bytes(os.path.join(folder, TRIALS_CSV), trials_table.encode())
     write_ranking(out, folder, e.ranking)
-    files, _ = write_analysis(out, folder, e, formats, extra_figures=figures, label=label)
+    files, _ = write_analysis(out, folder, e, formats, extra_figures=figures, label=label,
+                              parts=page_parts(folder, r, trials_table))
     log(e.ranking.line("ranking of the features on the test split", top=5))
     return files + [TRIALS_CSV, "ranking.csv"]

@@ -316,6 +316,7 @@ JSON_CASES = {  # name: (build, needles)
     "spectators_4_names": (_json(put("spectators", ["truth_llr", "tx", "ty", "eta"])),
                            ["spectators"]),
     "track_a_number": (_json(put("track", 7)), ["track"]),
+    "features_page_a_number": (_json(put("features_page", 3)), ["features_page"]),
     "ghost_fraction_a_string": (_json(put("ghost_fraction", "15%")), ["ghost_fraction"]),
     "ghost_fraction_above_1": (_json(put("ghost_fraction", 1.5)), ["ghost_fraction"]),
     "seed_a_string": (_json(put("seed", "42")), ["seed"]),

@@ -20,7 +20,7 @@ WINGS = [
     ("search", ["search_folder", "search"]),
     ("figures", ["drawing", "plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
-    ("report", ["results_file", "report", "training_report"]),
+    ("report", ["results_file", "pages", "report", "training_report"]),
     ("entry points", ["make_sample", "make_dataset", "training", "inference"]),
 ]
 HEAVY = {"ROOT", "ray", "torch", "torchvision", "matplotlib", "mplhep", "onnx",
