@@ -12,6 +12,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -336,6 +337,13 @@ def _draw_job(job, targets, keep=False):
 _JOBS = []  # what forked workers draw: (job, temporary files), set before the fork
 
 
+def _quiet_worker():
+    """A figure worker leaves SIGINT and SIGTERM to the run: Ctrl-C reaches the whole
+    process group, and the run, stopping, ends its workers (PendingFigures.cancel)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _draw_in_worker(index):
     job, targets = _JOBS[index]
     _draw_job(job, targets)
@@ -383,6 +391,6 @@ def draw_figures(jobs, plots_dir, out, show=False, formats=("png",), workers=Non
     with style():  # matplotlib, mplhep and the fonts loaded once, before the fork
         pass
     _JOBS[:] = list(zip(jobs, targets))
-    pool = multiprocessing.get_context("fork").Pool(workers)
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker)
     return PendingFigures(written, [], pool, pool.map_async(_draw_in_worker, range(len(jobs)),
                                                             chunksize=1))

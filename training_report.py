@@ -49,6 +49,7 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42):
     e = evaluate(sample, title, report_context(names, macs, len(test_x)), others,
                  always_compare=True)
     rows = np.random.default_rng(seed).permutation(len(test_x))[:RANKING_TRACKS]
+    log(f"ranking the features: each one permuted on {len(rows):,} test tracks ...")
     e.ranking = rank_features(r.score_fn, test_x[rows], labels[rows], names, seed)
     with style() as plt:
         figures = [
@@ -60,6 +61,7 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42):
             ("correlations", correlation_figure(plt, correlations(test_x, labels), names),
              "Rank correlations of the features, ghosts and real tracks."),
         ] if formats else []
+    log("drawing the report's figures and writing its tables ...")
     out.save_bytes(os.path.join(folder, "search_trials.csv"), trials_csv(trials).encode())
     write_ranking(out, folder, e.ranking)
     files, _ = write_analysis(out, folder, e, formats, extra_figures=figures)

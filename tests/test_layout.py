@@ -17,7 +17,7 @@ WINGS = [
     ("measures", ["metrics", "kinematics", "compare", "diagnostics"]),
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
                "scoring", "inputs"]),
-    ("search", ["search_folder", "search"]),
+    ("search", ["search_folder", "search_log", "search"]),
     ("figures", ["plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
     ("report", ["report", "training_report"]),
