@@ -56,7 +56,12 @@ def search_callbacks(total, setup, grace):
 
     class Heartbeat(tune.Callback):
         def __init__(self):
-            self.seconds, self.epochs, self.slots, self.last = {}, {}, 1, {}
+            self.seconds, self.slots, self.last, self.started = {}, 1, {}, False
+
+        def on_step_begin(self, iteration, trials, **info):
+            if not self.started:  # in Tune's loop: its handlers are set, its state kept
+                self.started = True
+                log(f"searching: {total} trials of up to {setup.epochs} epochs ...")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.seconds.setdefault(trial.trial_id, []).append(result["time_this_iter_s"])
