@@ -280,6 +280,9 @@ class AtomicOutputs:
                 self.commit()
             except OSError as e:
                 exc_type, exc = OSError, e
+            except BaseException:  # a signal (Stopped): nothing goes in
+                self.discard()
+                raise
         if exc_type is not None:
             finals = dict(self.pending)
             self.discard()
