@@ -376,6 +376,7 @@ def main(argv=None):
     if not 0 <= args.nonfinite < 1:
         raise GhostError(f"--nonfinite must be in [0, 1), got {args.nonfinite}")
     check_output_file(args.output, "-o", (".root",))
+    log(f"generating {args.tracks:,} {args.track} tracks for {args.output} ...")
     s = make_sample(args.output, args.tracks, args.track, args.ghost_rate, args.seed,
                     args.fmt, args.nonfinite)
     log(f"wrote {s['tracks']} {args.track} tracks ({s['ghosts']} ghosts, "

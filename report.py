@@ -17,7 +17,7 @@ from outputs import Pattern
 from plots import SCORE_BINS, draw_figures, figure_jobs, save_figure, style
 from rootio import import_root
 from rootwrite import write_results
-from utils import GhostError, log
+from utils import GhostError, heartbeat, log
 
 COLUMNS = [("threshold", "thresh"), ("accuracy", "acc"), ("tp", "TP"), ("tn", "TN"),
            ("fp", "FP"), ("fn", "FN"), ("sensitivity", "sens"), ("specificity", "spec"),
@@ -190,7 +190,8 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
         if pending:
             pending.cancel()
         raise
-    figures, kept = pending.wait() if pending else ([], [])
+    with heartbeat("drawing the figures"):  # the workers forked before the thread
+        figures, kept = pending.wait() if pending else ([], [])
     for stem, fig, caption in extra_figures:
         figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
                                     formats=formats), caption))
