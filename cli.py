@@ -5,8 +5,10 @@ Every complaint about the command line is a GhostError: argparse's own (an unkno
 option, a bad number or choice, a missing option) through Parser.error, a bad
 value through the parse_* functions, the scripts' checks raised directly.  run_cli
 prints it as one `error: ...` line and exits with code 2, no usage dump and no
-traceback.  Imports nothing of the toolkit but utils, so every room may import it
-(outputs registers its undo of a failed run with at_failure).
+traceback.  SIGINT and SIGTERM raise Stopped wherever the run is; run_cli ends it
+with one line and exit 130 / 143.  Imports nothing of the toolkit but utils, so
+every room may import it (outputs registers its undo of a failed run with
+at_failure and commits nothing once a signal came).
 """
 import argparse
 import os
@@ -95,8 +97,6 @@ class Stopped(BaseException):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 _received = []  # the signals that asked the run to stop
 
 
@@ -126,13 +126,13 @@ def _stopped(e):
     return None
 
 
-def listen(handler=None):
-    """Install `handler` (default stop) for SIGINT and SIGTERM, or install again the
-    handlers Python believes are there: a library can reset the process's real handler
-    behind Python's back (ray.shutdown leaves SIGTERM at the default, which kills the
-    run on the spot, its temporaries left behind).  Main thread only."""
+def listen(handler):
+    """Install `handler` for SIGINT and SIGTERM (main thread only).  Again after a
+    library that resets the process's real handler behind Python's back
+    (ray.shutdown leaves SIGTERM at the default, which kills the run on the spot,
+    its temporaries left behind)."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, handler or signal.getsignal(signum) or stop)
+        signal.signal(signum, handler)
 
 
 # What run_cli calls when a run ends in an error (see at_failure).
