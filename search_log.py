@@ -4,6 +4,7 @@ training, their epoch and validation metrics) ending with an estimate of the tim
 left.  Ray Tune callbacks, run in the driver; Ray is imported inside the functions.
 """
 import contextlib
+import time
 
 from architecture import hidden_widths, macs_and_params
 from utils import HEARTBEAT, log, one_line, silent_for
@@ -56,32 +57,40 @@ def search_callbacks(total, setup, grace):
 
     class Heartbeat(tune.Callback):
         def __init__(self):
-            self.seconds, self.slots, self.last, self.started = {}, 1, {}, False
+            self.seconds, self.slots, self.last, self.started = [], 1, {}, False
+            self.begun, self.setup = {}, []  # a trial's start; the seconds before epoch 1
 
         def on_step_begin(self, iteration, trials, **info):
             if not self.started:  # in Tune's loop: its handlers are set, its state kept
                 self.started = True
                 log(f"searching: {total} trials of up to {setup.epochs} epochs ...")
 
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.begun[trial.trial_id] = time.monotonic()
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.seconds.setdefault(trial.trial_id, []).append(result["time_this_iter_s"])
+            self.seconds.append(result["time_this_iter_s"])
+            if trial.trial_id not in self.last and trial.trial_id in self.begun:
+                self.setup.append(time.monotonic() - self.begun[trial.trial_id]
+                                  - result["time_this_iter_s"])
             self.last[trial.trial_id] = result
             self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
 
         def estimate(self, trials, skip=None):
-            """Seconds left, from the epochs' measured times; None before the first
-            (`skip`: a trial just finished)."""
-            times = [t for ts in self.seconds.values() for t in ts]
-            if not times:
+            """Seconds left, from the measured times of an epoch and of a trial's
+            start; None before the first epoch (`skip`: a trial just finished)."""
+            if not self.seconds:
                 return None
-            epoch = sum(times) / len(times)
-            left = [epoch * (expected_epochs(self.last.get(t.trial_id, {}).get("epoch", 0),
-                                             setup.epochs, grace)
-                             - self.last.get(t.trial_id, {}).get("epoch", 0))
-                    for t in trials if t is not skip
-                    and t.status in ("RUNNING", "PENDING", "PAUSED")]
-            left += [epoch * expected_epochs(0, setup.epochs, grace)] * (total - len(trials))
-            return time_left(left, self.slots)
+            epoch = sum(self.seconds) / len(self.seconds)
+            start = max(0.0, sum(self.setup) / len(self.setup)) if self.setup else 0.0
+
+            def left(done):
+                return (epoch * (expected_epochs(done, setup.epochs, grace) - done)
+                        + (start if done == 0 else 0.0))
+            todo = [left(self.last.get(t.trial_id, {}).get("epoch", 0)) for t in trials
+                    if t is not skip and t.status in ("RUNNING", "PENDING", "PAUSED")]
+            todo += [left(0)] * (total - len(trials))
+            return time_left(todo, self.slots)
 
         def ending(self, trials, skip=None):
             seconds = self.estimate(trials, skip)
