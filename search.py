@@ -17,7 +17,7 @@ from architecture import ACTIVATIONS, ModelConfig, hidden_widths, macs_and_param
 from cli import STOP_SIGNALS, Stopped, listen, stop
 from metrics import EFFICIENCIES
 from search_folder import CHECKPOINT
-from search_log import describe_params, search_callbacks  # noqa: F401 (training's)
+from search_log import search_callbacks
 from trainer import (
     Trainer,
     TrainSettings,

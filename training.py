@@ -31,11 +31,11 @@ from search import (
     architectures,
     best_trial,
     check_machines,
-    describe_params,
     init_ray,
     run_search,
     trial_table,
 )
+from search_log import describe_params
 from trainer import SCHEDULES, evaluate, log_loss, predict, quantize, to_tensors
 from utils import GhostError, Stopwatch, heartbeat, log, pick_device
 
