@@ -246,6 +246,7 @@ def main(argv=None):
     with AtomicOutputs() as out:
         write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
+            log(f"drawing {len(names)} feature figures in {args.plots_dir} ...")
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats)
