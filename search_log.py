@@ -58,7 +58,7 @@ def search_callbacks(total, setup, grace):
     class Heartbeat(tune.Callback):
         def __init__(self):
             self.seconds, self.slots, self.last, self.started = [], 1, {}, False
-            self.begun, self.setup = {}, []  # a trial's start; the seconds before epoch 1
+            self.begun, self.startup = {}, []  # a trial's start; its seconds before epoch 1
 
         def on_step_begin(self, iteration, trials, **info):
             if not self.started:  # in Tune's loop: its handlers are set, its state kept
@@ -71,7 +71,7 @@ def search_callbacks(total, setup, grace):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.seconds.append(result["time_this_iter_s"])
             if trial.trial_id not in self.last and trial.trial_id in self.begun:
-                self.setup.append(time.monotonic() - self.begun[trial.trial_id]
+                self.startup.append(time.monotonic() - self.begun[trial.trial_id]
                                   - result["time_this_iter_s"])
             self.last[trial.trial_id] = result
             self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
@@ -82,7 +82,7 @@ def search_callbacks(total, setup, grace):
             if not self.seconds:
                 return None
             epoch = sum(self.seconds) / len(self.seconds)
-            start = max(0.0, sum(self.setup) / len(self.setup)) if self.setup else 0.0
+            start = max(0.0, sum(self.startup) / len(self.startup)) if self.startup else 0.0
 
             def left(done):
                 return (epoch * (expected_epochs(done, setup.epochs, grace) - done)
