@@ -220,7 +220,8 @@ def run_search_step(args, splits, setup, record, signals):
     before."""
     try:
         log("starting Ray ...")
-        init_ray(args)
+        with heartbeat("starting Ray"):
+            init_ray(args)
         signals.install()  # ray.init put its own SIGTERM handler
         with signals.search():
             results = run_search(args, {s: splits[s] for s in ("train", "valid")}, setup,
