@@ -56,9 +56,13 @@ def search_callbacks(total, setup, grace):
     from ray import tune
 
     class Heartbeat(tune.Callback):
+        """The heartbeat, and the time left: from the epochs after a trial's first
+        (its first also pays the trial's start) and, for the trials to come, from the
+        measured time between a trial's start and its first epoch."""
+
         def __init__(self):
             self.seconds, self.slots, self.last, self.started = [], 1, {}, False
-            self.begun, self.startup = {}, []  # a trial's start; its seconds before epoch 1
+            self.begun, self.first = {}, []  # a trial's start; seconds to its epoch 1
 
         def on_step_begin(self, iteration, trials, **info):
             if not self.started:  # in Tune's loop: its handlers are set, its state kept
@@ -69,27 +73,32 @@ def search_callbacks(total, setup, grace):
             self.begun[trial.trial_id] = time.monotonic()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.seconds.append(result["time_this_iter_s"])
-            if trial.trial_id not in self.last and trial.trial_id in self.begun:
-                self.startup.append(time.monotonic() - self.begun[trial.trial_id]
-                                  - result["time_this_iter_s"])
+            if trial.trial_id in self.last:
+                self.seconds.append(result["time_this_iter_s"])
+            elif trial.trial_id in self.begun:
+                self.first.append(time.monotonic() - self.begun[trial.trial_id])
             self.last[trial.trial_id] = result
             self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
 
         def estimate(self, trials, skip=None):
-            """Seconds left, from the measured times of an epoch and of a trial's
-            start; None before the first epoch (`skip`: a trial just finished)."""
+            """Seconds left; None before a trial's second epoch (`skip`: a trial
+            just finished)."""
             if not self.seconds:
                 return None
             epoch = sum(self.seconds) / len(self.seconds)
-            start = max(0.0, sum(self.startup) / len(self.startup)) if self.startup else 0.0
+            first = sum(self.first) / len(self.first) if self.first else epoch
+            now = time.monotonic()
 
-            def left(done):
-                return (epoch * (expected_epochs(done, setup.epochs, grace) - done)
-                        + (start if done == 0 else 0.0))
-            todo = [left(self.last.get(t.trial_id, {}).get("epoch", 0)) for t in trials
-                    if t is not skip and t.status in ("RUNNING", "PENDING", "PAUSED")]
-            todo += [left(0)] * (total - len(trials))
+            def left(trial):
+                done = self.last.get(trial.trial_id, {}).get("epoch", 0) if trial else 0
+                rest = epoch * (expected_epochs(done, setup.epochs, grace) - max(done, 1))
+                if done:
+                    return rest
+                begun = self.begun.get(trial.trial_id, now) if trial else now
+                return rest + max(first - (now - begun), 0.0)
+            todo = [left(t) for t in trials if t is not skip
+                    and t.status in ("RUNNING", "PENDING", "PAUSED")]
+            todo += [left(None)] * (total - len(trials))
             return time_left(todo, self.slots)
 
         def ending(self, trials, skip=None):

@@ -30,8 +30,10 @@ def test_about_says_seconds_then_minutes():
 
 
 def test_the_heartbeat_names_the_trials_and_the_time_left(monkeypatch, capsys):
-    """Tune's callbacks driven by hand (no Ray started): one trial at epoch 1 of 8 (2 s
-    an epoch), two more to come, one at a time: 2 * (5 - 1) + 2 * 2 * 5 = 28 s."""
+    """Tune's callbacks driven by hand (no Ray started), one trial at a time: trial 1
+    reached epoch 1 of 8 10 s after its start, epoch 2 2 s later; two trials to come.
+    Left: 2 s * (5 - 2) for trial 1, (10 s + 2 s * (5 - 1)) for each other: 42 s."""
+    import time
     from types import SimpleNamespace
 
     import search_log
@@ -42,13 +44,17 @@ def test_the_heartbeat_names_the_trials_and_the_time_left(monkeypatch, capsys):
                                     "weight_decay": 1e-4, "batch": 512})
     heartbeat.on_step_begin(0, [])
     heartbeat.on_trial_start(0, [trial], trial)
-    heartbeat.on_trial_result(0, [trial], trial, {"time_this_iter_s": 2.0, "epoch": 1,
-                                                  "auc": 0.9, "rejection@0.99": 0.5})
+    heartbeat.begun["a"] = time.monotonic() - 10.0
     monkeypatch.setattr(search_log, "silent_for", lambda: 99.0)
-    heartbeat.on_step_end(0, [trial])
+    for epoch, seconds in ((1, 7.0), (2, 2.0)):
+        heartbeat.on_trial_result(0, [trial], trial, {"time_this_iter_s": seconds,
+                                                      "epoch": epoch, "auc": 0.9,
+                                                      "rejection@0.99": 0.5})
+        heartbeat.on_step_end(0, [trial])
     out = capsys.readouterr().out.splitlines()
     assert out == ["searching: 3 trials of up to 8 epochs ...",
-                   "  trial 1/3 epoch 1/8 val AUC 0.9000 rej@99% 0.5000; about 28 s left"]
+                   "  trial 1/3 epoch 1/8 val AUC 0.9000 rej@99% 0.5000",  # no estimate yet
+                   "  trial 1/3 epoch 2/8 val AUC 0.9000 rej@99% 0.5000; about 42 s left"]
     trial.last_result = {"epoch": 3, "loss": 0.3, "auc": 0.91, "rejection@0.99": 0.55}
     line.on_trial_complete(0, [trial], trial)
     assert capsys.readouterr().out.startswith("[1/3] hidden 8 ")
