@@ -184,17 +184,17 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
     pending = None
     if formats:  # drawn meanwhile, in worker processes where there are several cores
         pending = draw_figures(figure_jobs(e.plot), folder, out, show, formats)
-    try:
-        files += write_tables(out, folder, e)
-    except BaseException:
-        if pending:
-            pending.cancel()
-        raise
-    with heartbeat("drawing the figures"):  # the workers forked before the thread
+    with heartbeat("writing the tables and figures"):  # after the workers' fork
+        try:
+            files += write_tables(out, folder, e)
+        except BaseException:
+            if pending:
+                pending.cancel()
+            raise
         figures, kept = pending.wait() if pending else ([], [])
-    for stem, fig, caption in extra_figures:
-        figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
-                                    formats=formats), caption))
+        for stem, fig, caption in extra_figures:
+            figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
+                                        formats=formats), caption))
     out.save_bytes(os.path.join(folder, "index.html"),
                    index_html(e.title, figures, summary(e),
                               e.analysis.working_points).encode())

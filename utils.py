@@ -49,7 +49,8 @@ def heartbeat(what):
     def beat():
         while not stop.wait(0.5):
             if silent_for() >= HEARTBEAT:
-                log(f"  still {what} ({clock():.0f} s so far)")
+                log(f"  still {what} ({clock():.0f} s so far)" if clock() >= HEARTBEAT
+                    else f"  still {what} ...")
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
     try:
