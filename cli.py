@@ -5,11 +5,14 @@ Every complaint about the command line is a GhostError: argparse's own (an unkno
 option, a bad number or choice, a missing option) through Parser.error, a bad
 value through the parse_* functions, the scripts' checks raised directly.  run_cli
 prints it as one `error: ...` line and exits with code 2, no usage dump and no
-traceback.  Imports nothing of the toolkit but utils, so every room may import it
-(outputs registers its undo of a failed run with at_failure).
+traceback.  SIGINT and SIGTERM raise Stopped wherever the run is; run_cli ends it
+with one line and exit 130 / 143.  Imports nothing of the toolkit but utils, so
+every room may import it (outputs registers its undo of a failed run with
+at_failure and commits nothing once a signal came).
 """
 import argparse
 import os
+import signal
 import sys
 import textwrap
 
@@ -117,6 +120,57 @@ def parse_numbers(text, option, lo, hi, open_=False, sort=True):
     return values
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM ended the run (BaseException: no `except Exception` swallows
+    it); run_cli undoes what the run began, prints `error: ` + `outcome` (what the
+    run leaves, in words) and exits with 128 + the signal."""
+
+    def __init__(self, signum, outcome=None):
+        name = signal.Signals(signum).name
+        super().__init__(name)
+        self.signum = signum
+        self.outcome = outcome or f"stopped by {name}; nothing was written"
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received = []  # the signals that asked the run to stop
+
+
+def stop(signum, frame):
+    """The scripts' handler of SIGINT and SIGTERM: raise Stopped where the run is.
+    The signal is also recorded (stop_received), for where Python swallows what a
+    handler raises (a __del__, a weakref callback: "Exception ignored in ...")."""
+    _received.append(signum)
+    raise Stopped(signum)
+
+
+def stop_received():
+    """The first signal that asked the run to stop, or None: what outputs' commit
+    checks, so that nothing is renamed into place after it."""
+    return _received[0] if _received else None
+
+
+def _stopped(e):
+    """The Stopped in the exception `e` or its chain (Python wraps what is raised
+    during an import's __set_name__, for one), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Stopped):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def listen(handler):
+    """Install `handler` for SIGINT and SIGTERM (main thread only).  Again after a
+    library that resets the process's real handler behind Python's back
+    (ray.shutdown leaves SIGTERM at the default, which kills the run on the spot,
+    its temporaries left behind)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
 # What run_cli calls when a run ends in an error (see at_failure).
 _at_failure = []
 
@@ -138,33 +192,56 @@ def _failed():
 
 
 def run_cli(main, argv=None):
-    """Run a script's main(argv); bad input ends as `error: ...` and exit 2.  Any
-    error (a non-zero exit too) first calls the at_failure hooks."""
+    """Run a script's main(argv); bad input ends as `error: ...` and exit 2, SIGINT
+    and SIGTERM as `error: stopped by ...` and exit 130 / 143.  Any error (a non-zero
+    exit too) first calls the at_failure hooks (temporaries and empty folders go)."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _received.clear()
+    listen(stop)
     try:
-        rc = main(argv)
-    except GhostError as e:
-        _failed()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        _failed()
-        print("error: interrupted; no output was written", file=sys.stderr)
-        sys.exit(130)
-    except MemoryError:
-        _failed()
-        print("error: out of memory; try a smaller --fraction or --batch", file=sys.stderr)
-        sys.exit(2)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            _failed()
-        raise
-    except BaseException:
-        _failed()
-        raise
-    if rc:
-        _failed()
+        rc = _run(main, argv)
+    finally:  # the caller's handlers again (a test calling run_cli in-process)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     # Every output is written and closed by now; skip the interpreter's teardown of
     # ROOT and torch (about 0.6 s of destructors, nothing left to flush).
+    _exit(rc or 0)
+
+
+def _run(main, argv):
+    try:
+        rc = main(argv)
+        if stop_received():  # raised where Python swallowed it
+            raise Stopped(stop_received())
+    except BaseException as e:
+        if _stopped(e) is None:
+            return _failing(e)
+        listen(signal.SIG_IGN)  # a second signal does not interrupt the undoing
+        _failed()
+        print(f"error: {_stopped(e).outcome}", file=sys.stderr)
+        _exit(128 + _stopped(e).signum)
+    if rc:
+        _failed()
+    return rc
+
+
+def _failing(e):
+    """run_cli's end of a run that raised `e` (no signal): the failure hooks, and
+    bad input, an interrupt or a lack of memory in one line."""
+    if isinstance(e, SystemExit) and e.code in (None, 0):
+        raise e
+    _failed()
+    for kind, code, line in (
+            (GhostError, 2, f"error: {e}"),
+            (KeyboardInterrupt, 130, "error: interrupted; no output was written"),
+            (MemoryError, 2, "error: out of memory; try a smaller --fraction or --batch")):
+        if isinstance(e, kind):
+            print(line, file=sys.stderr)
+            sys.exit(code)
+    raise e
+
+
+def _exit(code):
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(rc or 0)
+    os._exit(code)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import warnings
 
 
@@ -122,6 +123,13 @@ def _draw_job(job, targets, keep=False, label=""):
 _JOBS = []  # what forked workers draw: (job, temporary files, label), set before the fork
 
 
+def _quiet_worker():
+    """A figure worker leaves SIGINT and SIGTERM to the run: Ctrl-C reaches the whole
+    process group, and the run, stopping, ends its workers (PendingFigures.cancel)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _draw_in_worker(index):
     job, targets, label = _JOBS[index]
     _draw_job(job, targets, label=label)
@@ -169,6 +177,6 @@ def draw_figures(jobs, plots_dir, out, show=False, formats=("png",), workers=Non
     with style():  # matplotlib, mplhep and the fonts loaded once, before the fork
         pass
     _JOBS[:] = [(job, files, label) for job, files in zip(jobs, targets)]
-    pool = multiprocessing.get_context("fork").Pool(workers)
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker)
     return PendingFigures(written, [], pool, pool.map_async(_draw_in_worker, range(len(jobs)),
                                                             chunksize=1))

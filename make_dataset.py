@@ -262,6 +262,7 @@ def main(argv=None):
         write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
             html, data_files = dataset_parts(meta, args.output, args.plots_dir)
+            log(f"drawing {len(names)} feature figures in {args.plots_dir} ...")
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats,

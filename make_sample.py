@@ -27,7 +27,7 @@ from features import DEFAULT_TREE, LIMIT, TRACK_TYPES, features_for, own_branche
 from outputs import AtomicOutputs, check_output_file
 from report import print_headline, sample_headline
 from rootwrite import write_root
-from utils import GhostError
+from utils import GhostError, log
 
 # Every branch of the real tree, in the order written, and the generator's truth.
 BRANCHES = [
@@ -382,6 +382,7 @@ def main(argv=None):
     if not 0 <= args.nonfinite < 1:
         raise GhostError(f"--nonfinite must be in [0, 1), got {args.nonfinite}")
     check_output_file(args.output, "-o", (".root",))
+    log(f"generating {args.tracks:,} {args.track} tracks for {args.output} ...")
     s = make_sample(args.output, args.tracks, args.track, args.ghost_rate, args.seed,
                     args.fmt, args.nonfinite)
     print_headline(*sample_headline(s, args.track, args.fmt))

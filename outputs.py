@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from cli import at_failure
+from cli import Stopped, at_failure, stop_received
 from utils import GhostError, one_line, plain
 
 
@@ -259,6 +259,8 @@ class AtomicOutputs:
             f.write(data)
 
     def commit(self):
+        if stop_received():  # a signal whose Stopped Python swallowed: nothing goes in
+            raise Stopped(stop_received())
         for tmp, final in self.pending:
             os.replace(tmp, final)
         self.pending = []
@@ -278,6 +280,9 @@ class AtomicOutputs:
                 self.commit()
             except OSError as e:
                 exc_type, exc = OSError, e
+            except BaseException:  # a signal (Stopped): nothing goes in
+                self.discard()
+                raise
         if exc_type is not None:
             finals = dict(self.pending)
             self.discard()

@@ -26,7 +26,7 @@ from plots import FIGURES, KINEMATICS_STEM, figure_jobs
 from results_file import results_objects
 from rootio import import_root
 from rootwrite import write_results
-from utils import GhostError, log
+from utils import GhostError, heartbeat, log
 
 COLUMNS = [("threshold", "thresh"), ("accuracy", "acc"), ("tp", "TP"), ("tn", "TN"),
            ("fp", "FP"), ("fn", "FN"), ("sensitivity", "sens"), ("specificity", "spec"),
@@ -259,16 +259,17 @@ def write_analysis(out, folder, e, formats=("png",), show=False, extra_figures=(
     pending = None
     if formats:  # drawn meanwhile, in worker processes where there are several cores
         pending = draw_figures(figure_jobs(e.plot), folder, out, show, formats, label=label)
-    try:
-        files += write_tables(out, folder, e)
-    except BaseException:
-        if pending:
-            pending.cancel()
-        raise
-    figures, kept = pending.wait() if pending else ([], [])
-    for stem, fig, caption in extra_figures:
-        figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
-                                    formats=formats, label=label), caption))
+    with heartbeat("writing the tables and figures"):  # after the workers' fork
+        try:
+            files += write_tables(out, folder, e)
+        except BaseException:
+            if pending:
+                pending.cancel()
+            raise
+        figures, kept = pending.wait() if pending else ([], [])
+        for stem, fig, caption in extra_figures:
+            figures.append((save_figure(out, os.path.join(folder, f"{stem}.png"), fig,
+                                        formats=formats, label=label), caption))
     analysis_page(out, folder, e, figures, files, parts or Parts())
     files.append(PAGE)
     return [n for names, _ in figures for n in names] + files, kept

@@ -14,8 +14,10 @@ from functools import partial
 
 import search_folder
 from architecture import ACTIVATIONS, ModelConfig, hidden_widths, macs_and_params
+from cli import STOP_SIGNALS, Stopped, listen, stop
 from metrics import EFFICIENCIES
 from search_folder import CHECKPOINT
+from search_log import search_callbacks
 from trainer import (
     Trainer,
     TrainSettings,
@@ -147,29 +149,23 @@ def train_trial(params, setup, data):
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-class Stopped(BaseException):
-    """A signal ended the run (BaseException: no `except Exception` swallows it)."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 class Signals:
-    """SIGINT and SIGTERM end the run with exit 128 + the signal.  During the search
-    the first one asks Tune to stop and save its state (as Tune does on Ctrl-C: its
-    SIGUSR1 handler), so that --resume continues it; elsewhere, or on a second one,
-    Stopped is raised at once (and temporary outputs go, as on any error)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    """SIGINT and SIGTERM end the run with exit 128 + the signal (cli.Stopped).  During
+    the search the first one asks Tune to stop and save its state (as Tune does on
+    Ctrl-C: its SIGUSR1 handler), so that --resume continues it; elsewhere, or on a
+    second one, Stopped is raised at once (and temporary outputs go, as on any
+    error).  install() again after ray.init (its SIGTERM handler exits with a dump)
+    and after ray.shutdown (it leaves the process's SIGTERM at the default behind
+    Python's back: the run would die on the spot, its temporaries left behind)."""
 
     def __init__(self):
-        self.signum, self.searching, self.started, self.previous = None, False, False, {}
+        self.signum, self.searching, self.started, self.done = None, False, False, False
+        self.previous = {}
 
     def install(self):
-        """Called again after ray.init, whose SIGTERM handler exits with a dump."""
-        for signum in self.SIGNALS:
-            self.previous.setdefault(signum, signal.signal(signum, self.handler))
+        for signum in STOP_SIGNALS:
+            self.previous.setdefault(signum, signal.getsignal(signum))
+        listen(self.handler)
         return self
 
     def __enter__(self):
@@ -186,13 +182,15 @@ class Signals:
             self.signum = signum
             tune_stop(signum, frame)
             return
-        raise Stopped(signum)
+        stop(signum, frame)
 
     def outcome(self, stopped, folder):
         """What a run ended by `stopped` leaves, in words."""
         if self.started and search_folder.is_search(folder):
-            return (f"stopped by {stopped}; no model was written; the search so far is "
-                    f"kept in {folder}: continue it with --resume")
+            what = ("the finished search is kept in " if self.done else
+                    "the search so far is kept in ")
+            return (f"stopped by {stopped}; no model was written; {what}{folder}: "
+                    "continue it with --resume")
         return f"stopped by {stopped}; nothing was written"
 
     @contextlib.contextmanager
@@ -205,6 +203,7 @@ class Signals:
             self.searching = False
         if self.signum is not None:
             raise Stopped(self.signum)
+        self.done = True
 
 
 def check_machines(args):
@@ -273,53 +272,6 @@ def init_ray(args):
         raise GhostError(f"--gpu {args.gpu} asked, but the Ray cluster has {have:g} GPU(s)")
 
 
-def describe_params(params, n_features):
-    """A trial's hyperparameters in one line, with its cost per track."""
-    hidden = hidden_widths(params)
-    macs, n_params = macs_and_params(n_features, hidden)
-    text = (f"hidden {'x'.join(str(w) for w in hidden):<11} {macs:>6,} MACs "
-            f"{n_params:>6,} params  {params['activation']:<10} lr {params['lr']:.2e}")
-    if "weight_decay" in params:
-        text += f" wd {params['weight_decay']:.1e} batch {params['batch']}"
-    else:
-        text += f" {params['optimizer']}"
-    return text
-
-
-def trial_line_callback(total, setup):
-    """A Ray Tune callback printing one line per finished (or failed) trial."""
-    from ray import tune
-
-    class TrialLine(tune.Callback):
-        @staticmethod
-        def finished(trials, trial):
-            return 1 + sum(t is not trial and t.status in ("TERMINATED", "ERROR")
-                           for t in trials)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            stop = "" if r.get("epoch") == setup.epochs else "  (stopped early by ASHA)"
-            nan = float("nan")
-            log(f"[{self.finished(trials, trial)}/{total}] "
-                f"{describe_params(trial.config, setup.n_features)}  epochs "
-                f"{r.get('epoch', 0):>3}  val loss {r.get('loss', nan):.4f}"
-                f"  AUC {r.get('auc', nan):.4f}  rej@99% {r.get('rejection@0.99', nan):.4f}"
-                f"{stop}")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"[{self.finished(trials, trial)}/{total}] trial {trial.trial_id} failed: "
-                f"{trial_error(trial)} (its log: {trial.path})")
-
-    return TrialLine()
-
-
-def trial_error(trial):
-    """The last line of a failed trial's error (Ray writes the whole traceback)."""
-    with contextlib.suppress(OSError, TypeError), open(trial.error_file) as f:
-        return one_line(f.read())
-    return "see its error.txt"
-
-
 def run_search(args, data, setup, record):
     """Run (or resume) the ASHA search in --path/--name, a folder that
     search_folder.start marks with `record` (its manifest); returns Ray's
@@ -349,8 +301,8 @@ def run_search(args, data, setup, record):
     else:
         search_folder.start(folder, record)  # replaces only a search of this toolkit
         metric, mode = setup.select, SELECT[setup.select]
-        scheduler = ASHAScheduler(max_t=args.epochs, grace_period=min(3, args.epochs),
-                                  reduction_factor=2)
+        grace = min(3, args.epochs)
+        scheduler = ASHAScheduler(max_t=args.epochs, grace_period=grace, reduction_factor=2)
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(args.space, setup.n_features, args.max_macs,
@@ -361,7 +313,7 @@ def run_search(args, data, setup, record):
                 search_alg=BasicVariantGenerator(random_state=args.seed)),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage, verbose=0,
-                callbacks=[trial_line_callback(args.num_samples, setup),
+                callbacks=[*search_callbacks(args.num_samples, setup, grace),
                            JsonLoggerCallback(), CSVLoggerCallback()],
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=metric,

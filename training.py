@@ -8,7 +8,6 @@ the chosen network, its test AUC and ghost rejection at its working point.
 """
 import contextlib
 import os
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +18,7 @@ import training_report
 from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
 from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, save_model_files
 from baseline import baseline_scores, fit_baseline
-from cli import Parser, add_plot_options, parse_formats, run_cli
+from cli import Parser, Stopped, add_plot_options, parse_formats, run_cli
 from dataset import dataset_files, load_dataset, load_meta, load_spectators
 from features import LIMIT
 from metrics import MODEL_WORKING_POINT, quality, threshold_at
@@ -29,18 +28,17 @@ from search import (
     SELECT,
     SPACES,
     Signals,
-    Stopped,
     TrialSetup,
     architectures,
     best_trial,
     check_machines,
-    describe_params,
     init_ray,
     run_search,
     trial_table,
 )
+from search_log import describe_params
 from trainer import SCHEDULES, evaluate, log_loss, predict, quantize, to_tensors
-from utils import GhostError, Stopwatch, log, pick_device
+from utils import GhostError, Stopwatch, heartbeat, log, pick_device
 
 
 def parse_args(argv=None):
@@ -233,7 +231,9 @@ def run_search_step(args, splits, setup, record, signals):
     every trial's summary.  Ray runs only here; torch is not imported in this process
     before."""
     try:
-        init_ray(args)
+        log("starting Ray ...")
+        with heartbeat("starting Ray"):
+            init_ray(args)
         signals.install()  # ray.init put its own SIGTERM handler
         with signals.search():
             results = run_search(args, {s: splits[s] for s in ("train", "valid")}, setup,
@@ -242,6 +242,7 @@ def run_search_step(args, splits, setup, record, signals):
     finally:
         import ray
         ray.shutdown()
+        signals.install()  # ray.shutdown reset SIGTERM behind Python's back
 
 
 def finish(args, splits, meta, setup, params, state):
@@ -271,8 +272,11 @@ def finish(args, splits, meta, setup, params, state):
                             rows["test"], dataset_files(args.filename)))
     artifacts = [(ARTIFACT, model, saved)]
     if args.int8:  # same input layer: the scaled test tensors serve both
-        qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
-                          setup.weights)
+        log(f"fine-tuning the INT8 network: {args.int8_epochs} epochs on "
+            f"{len(splits['train'][1]):,} tracks ...")
+        with heartbeat("fine-tuning the INT8 network"):
+            qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
+                              setup.weights)
         scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in wanted}
         qrecord = model_record(meta, splits, scores["INT8"], args.working_point)
         rows["test (INT8)"] = evaluate(qmodel, *test, accuracy_cut(args, qrecord),
@@ -321,8 +325,11 @@ def references(args, splits, setup, spectators):
     rows, scores = {}, {}
     test_x, test_y = splits["test"]
     if args.baseline:
+        log(f"fitting the gradient-boosted baseline on {len(splits['train'][1]):,} tracks "
+            "(scikit-learn) ...")
         clock = Stopwatch()
-        trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
+        with heartbeat("fitting the baseline"):
+            trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
         scores = {s: baseline_scores(trees, splits[s][0]) for s in ("train", "test")}
         p, y = scores["test"].astype(np.float64), test_y.ravel()
         cut = args.threshold  # else the baseline's own working point, as the network's
@@ -344,6 +351,7 @@ def save(args, artifacts, report, trials, best):
     """Every model's files and the report folder, all renamed into place together."""
     folder = os.path.join(args.output_dir, training_report.REPORT)
     prepare_folder(folder, "the report folder")
+    log(f"writing the model files and the training report in {folder} ...")
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
@@ -360,10 +368,8 @@ def main(argv=None):
     with Signals() as signals:
         try:
             run(args, signals)
-        except Stopped as e:
-            print(f"error: {signals.outcome(e, search_folder.folder_of(args))}",
-                  file=sys.stderr, flush=True)
-            return 128 + e.signum
+        except Stopped as e:  # run_cli: the outcome in one line, exit 128 + signal
+            raise Stopped(e.signum, signals.outcome(e, search_folder.folder_of(args)))
 
 
 def run(args, signals):

@@ -132,6 +132,7 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
                       {**{k: (k, v) for k, v in r.scores.items()}, **limit},
                       r.meta.class_weights, r.saved)
     rows = np.random.default_rng(seed).permutation(len(test_x))[:RANKING_TRACKS]
+    log(f"ranking the features: each one permuted on {len(rows):,} test tracks ...")
     e.ranking = rank_features(r.score_fn, test_x[rows], labels[rows], names, seed)
     with style() as plt:
         figures = [
@@ -141,6 +142,7 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
             ("correlations", correlation_figure(plt, correlations(test_x, labels), names),
              FIGURES["correlations"]),
         ] if formats else []
+    log("drawing the report's figures and writing its tables ...")
     trials_table = trials_csv(trials)
     out.save_bytes(os.path.join(folder, TRIALS_CSV), trials_table.encode())
     write_ranking(out, folder, e.ranking)

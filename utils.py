@@ -4,8 +4,10 @@ it), console output, plain-data conversion, the torch device and a stopwatch.
 Knows nothing of tracks or models.  Heavy libraries (torch) are imported inside the
 functions that need them, so that `--help` is instant.
 """
+import contextlib
 import math
 import sys
+import threading
 import time
 
 import numpy as np
@@ -15,13 +17,47 @@ class GhostError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
+_last_line = [time.monotonic()]  # when the console last heard of the run
+
+
 def log(msg):
     print(msg, flush=True)
+    _last_line[0] = time.monotonic()
 
 
 def warn(msg):
     """A loud note on stderr: the run goes on, but its result may mislead."""
     print(f"warning: {msg}", file=sys.stderr, flush=True)
+    _last_line[0] = time.monotonic()
+
+
+def silent_for():
+    """Seconds since the last line of log or warn (a heartbeat speaks after a while)."""
+    return time.monotonic() - _last_line[0]
+
+
+HEARTBEAT = 8.0  # seconds of silence before a long step says it is still at work
+
+
+@contextlib.contextmanager
+def heartbeat(what):
+    """Around a long step that prints nothing (a library's fit): a line from a
+    background thread after every HEARTBEAT seconds of silence, saying `what` is
+    still at work and for how long."""
+    stop, clock = threading.Event(), Stopwatch()
+
+    def beat():
+        while not stop.wait(0.5):
+            if silent_for() >= HEARTBEAT:
+                log(f"  still {what} ({clock():.0f} s so far)" if clock() >= HEARTBEAT
+                    else f"  still {what} ...")
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def one_line(e, last=True, count=1):

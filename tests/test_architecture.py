@@ -63,7 +63,8 @@ def test_hidden_widths_of_records_and_trials():
     assert hidden_widths({"l0": 8}) == [8]  # the one-hidden-layer toolkit
     assert hidden_widths({"hidden": [64], "l0": 64}) == [64]
     assert hidden_widths({"l0": None}) is None and hidden_widths({}) is None
-    from search import TrialSetup, describe_params
+    from search import TrialSetup
+    from search_log import describe_params
     setup = TrialSetup(network=0, n_features=13, inputs="minmax", normalization=None,
                        standardization=None, epochs=1, seed=0, threshold=0.5, use_gpu=False)
     original = {"l0": 16, "lr": 1e-3, "optimizer": "adam", "activation": "relu"}

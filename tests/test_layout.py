@@ -17,7 +17,7 @@ WINGS = [
     ("measures", ["metrics", "kinematics", "compare", "diagnostics"]),
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
                "scoring", "inputs"]),
-    ("search", ["search_folder", "search"]),
+    ("search", ["search_folder", "search_log", "search"]),
     ("figures", ["drawing", "plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
     ("report", ["results_file", "pages", "report", "training_report"]),

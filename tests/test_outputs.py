@@ -173,24 +173,61 @@ def main(argv):
         raise ValueError("a bug")
     if how == "memory":
         raise MemoryError
+    if how in ("SIGINT", "SIGTERM"):  # while an output is being written
+        from outputs import AtomicOutputs
+        import signal
+        with AtomicOutputs() as out:
+            out.save_bytes("old/new/deeper/out.txt", b"half")
+            os.kill(os.getpid(), getattr(signal, how))
+            out.save_bytes("old/new/deeper/late.txt", b"never")
     return 1 if how == "rc" else 0
 run_cli(main)
 """
 
 
 @pytest.mark.parametrize("how,rc", [("ghost", 2), ("interrupt", 130), ("exit", 3),
-                                    ("bug", 1), ("memory", 2), ("rc", 1), ("ok", 0)])
+                                    ("bug", 1), ("memory", 2), ("rc", 1), ("ok", 0),
+                                    ("SIGINT", 130), ("SIGTERM", 143)])
 def test_failed_run_removes_only_the_empty_folders_it_made(tmp_path, how, rc):
     (tmp_path / "old").mkdir()
     proc = subprocess.run([sys.executable, "-c", CLEANUP.format(root=ROOT_DIR, how=how)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == rc, proc.stderr
+    if how.startswith("SIG"):
+        assert proc.stderr == f"error: stopped by {how}; nothing was written\n"
     left = sorted(os.path.relpath(os.path.join(r, n), tmp_path)
                   for r, ds, fs in os.walk(tmp_path) for n in ds + fs)
     kept = ["old", "old/kept", "old/kept/x", "old/kept/x/file"]
     if how == "ok":  # a run that succeeds keeps what it made
         kept += ["old/new", "old/new/deeper"]
     assert left == sorted(kept)
+
+
+SWALLOWED = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from outputs import AtomicOutputs
+from cli import run_cli
+class Slow:
+    def __del__(self):  # a signal here: Python prints what it raises and goes on
+        os.kill(os.getpid(), signal.SIGTERM)
+def main(argv):
+    with AtomicOutputs() as out:
+        out.save_bytes("out.txt", b"written after the signal")
+        Slow()
+        print("went on")
+    return 0
+run_cli(main)
+"""
+
+
+def test_a_signal_whose_stop_python_swallows_still_writes_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED.format(root=ROOT_DIR)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "went on" in proc.stdout and "Exception ignored" in proc.stderr
+    assert proc.returncode == 143
+    assert proc.stderr.splitlines()[-1] == "error: stopped by SIGTERM; nothing was written"
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------

@@ -158,3 +158,24 @@ def test_the_same_file_twice_is_read_once(quick_models, small_file, tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "plots" / "metrics.json").read_text())
     assert metrics["tracks"] == len(load_split(str(once), "test")[0])
+
+
+def test_a_signal_ends_a_read_within_its_event_loop():
+    """ROOT's event loop runs no Python handler: the read catches SIGTERM in C++, ends
+    the loop at the next PROGRESS_STEP entries and raises Stopped; Python's own
+    handler is back afterwards."""
+    import signal
+
+    from cli import Stopped
+    from rootio import PROGRESS_STEP, _count_listening, import_root
+    ROOT = import_root()
+    ROOT.gInterpreter.Declare("#include <csignal>\nnamespace ghost_test { ULong64_t seen = 0; }")
+    n = 100 * PROGRESS_STEP
+    df = ROOT.RDataFrame(n).Define(
+        "x", "if (rdfentry_ == 10000) std::raise(SIGTERM); return ++ghost_test::seen;")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped:
+        _count_listening(ROOT, df.Filter("x > 0").Count(), n)
+    assert stopped.value.signum == signal.SIGTERM
+    assert ROOT.ghost_test.seen <= 2 * PROGRESS_STEP  # not the 2,000,000 entries
+    assert signal.getsignal(signal.SIGTERM) is before

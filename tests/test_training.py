@@ -4,6 +4,7 @@ the network, bad input and what cannot be learned refused before Ray, and one ru
 at a time per folder."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -18,7 +19,9 @@ from dataset import load_dataset, load_meta
 from helpers import (
     ROOT_DIR,
     SEARCH,
+    alive,
     assert_clean_error,
+    descendants,
     help_outputs,
     listed,
     recount,
@@ -367,3 +370,42 @@ def test_the_headline_ends_the_console_and_matches_metrics_json(trained_model):
                         f"{rejection:.2%} at 99.0% real-track efficiency")
     assert block[5].startswith(f"    model files in {models}: ghost_model{{.pth,")
     assert block[6] == f"    open {models / 'training_report' / 'index.html'}"
+
+
+# ---------------------------------------------------------------------------
+# a run that listens: SIGINT and SIGTERM at three stages
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage,signum", [
+    ("searching:", signal.SIGINT),                   # the search (Tune stops, keeps it)
+    ("fitting the gradient-boosted", signal.SIGINT),  # the baseline, after the search
+    ("writing the model files", signal.SIGTERM),     # the report, Ray long shut down
+])
+def test_a_signal_ends_the_run_at_any_stage(raw_dataset, tmp_path, stage, signum):
+    """The signal is sent when the stage announces itself: exit 128 + signal, one
+    error line, no model file, no temporary, no empty folder made by the run, and
+    none of Ray's processes left (those seen while the search ran)."""
+    models = tmp_path / "m"
+    proc = subprocess.Popen(
+        [sys.executable, "-u", os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
+         *SMALL, "--baseline", "--save", "--output-dir", models, "--path", tmp_path / "ray"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ray_processes, lines = set(), []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(("searching:", "  ")):  # Ray runs
+            ray_processes |= set(descendants(proc.pid))
+        if line.startswith(stage):
+            ray_processes |= set(descendants(proc.pid))
+            proc.send_signal(signum)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert lines[-1].startswith(stage), "".join(lines) + out + err
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"stopped by {signal.Signals(signum).name}" in errors[0]
+    assert "--resume" in errors[0]  # the search (finished or not) is kept
+    assert not models.exists() or not os.listdir(models), os.listdir(models)
+    assert ray_processes  # seen, and gone with the run
+    assert not [p for p in ray_processes if alive(p)]
