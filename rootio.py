@@ -5,7 +5,6 @@ write_results, also reachable from here).
 ROOT is imported inside the functions (import_root), so the rest of the toolkit
 runs on a machine without it.
 """
-import contextlib
 import glob
 import os
 import sys
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cli import Stopped
-from utils import GhostError, log, one_line, warn
+from utils import GhostError, log, no_stderr, one_line, warn
 
 TTREE_CLASSES = ("TTree", "TNtuple")
 RNTUPLE_CLASSES = ("ROOT::RNTuple",)
@@ -104,27 +103,13 @@ class TreeInfo:
         return self.kind, tuple(sorted(self.columns.items()))
 
 
-@contextlib.contextmanager
-def _no_stderr():
-    """File descriptor 2 to /dev/null meanwhile (what C code prints with fprintf)."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    os.close(null)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def inspect_tree(path, tree):
     """Kind, entry count and column types of `tree` in one file, without handing
     the file to RDataFrame: a clear error for a missing, corrupt or truncated file,
     a missing tree or an object that is no tree."""
     ROOT = import_root()
     try:
-        with _no_stderr():  # ROOT's decompressors print a corrupt record's error raw
+        with no_stderr():  # ROOT's decompressors print a corrupt record's error raw
             f = ROOT.TFile.Open(path, "READ")
     except OSError:
         f = None

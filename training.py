@@ -16,7 +16,7 @@ import provenance
 import search_folder
 import training_report
 from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
-from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, save_model_files
+from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, inference_record, save_model_files
 from baseline import baseline_scores, fit_baseline
 from cli import Parser, Stopped, add_plot_options, parse_formats, run_cli
 from dataset import dataset_files, load_dataset, load_meta, load_spectators
@@ -261,7 +261,7 @@ def finish(args, splits, meta, setup, params, state):
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
     wanted = splits if args.save else ("valid", "test")  # the report wants every split
     scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
-    record = model_record(meta, splits, scores["network"], args.working_point)
+    record = inference_record(meta, splits, scores["network"], args.working_point)
     cut = accuracy_cut(args, record)
     rows = {"validation": evaluate(model, *valid, cut, setup.weights),
             "test": evaluate(model, *test, cut, setup.weights)}
@@ -278,7 +278,7 @@ def finish(args, splits, meta, setup, params, state):
             qmodel = quantize(model, settings, splits["train"], device, args.int8_epochs,
                               setup.weights)
         scores["INT8"] = {s: predict(qmodel, splits[s][0], device) for s in wanted}
-        qrecord = model_record(meta, splits, scores["INT8"], args.working_point)
+        qrecord = inference_record(meta, splits, scores["INT8"], args.working_point)
         rows["test (INT8)"] = evaluate(qmodel, *test, accuracy_cut(args, qrecord),
                                        setup.weights)
         qsaved = replace(saved, model=replace(config, int8=True),
@@ -294,23 +294,6 @@ def search_record(args):
     return {"space": args.space, "trials": args.num_samples, "epochs": args.epochs,
             "max_macs": args.max_macs, "select": args.select, "schedule": args.schedule,
             "seed": args.seed, "inputs": args.inputs}
-
-
-def model_record(meta, splits, scores, efficiency):
-    """What a model records beside its architecture for inference: its threshold, the
-    working point's (the threshold keeping `efficiency` of the validation split's real
-    tracks: the model's one threshold, in every file), the class mix its output is
-    calibrated to, and the training ranges of the raw features (none for a normalized
-    dataset)."""
-    threshold = threshold_at(scores["valid"], splits["valid"][1].ravel() > 0.5, efficiency)
-    train = splits["train"][0]
-    ranges = None if meta.normalized else {
-        name: [float(train[:, j].min()), float(train[:, j].max())]
-        for j, name in enumerate(meta.features)}
-    return {"threshold": threshold,
-            "working_point": {"efficiency": efficiency, "threshold": threshold},
-            "training_prior": 0.5, "ghost_fraction": meta.ghost_fraction,
-            "training_ranges": ranges}
 
 
 def accuracy_cut(args, record):

@@ -6,6 +6,7 @@ functions that need them, so that `--help` is instant.
 """
 import contextlib
 import math
+import os
 import sys
 import threading
 import time
@@ -108,3 +109,17 @@ class Stopwatch:
 
     def __call__(self):
         return time.perf_counter() - self.t0
+
+
+@contextlib.contextmanager
+def no_stderr():
+    """File descriptor 2 to /dev/null meanwhile (what C code prints with fprintf)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
