@@ -225,12 +225,9 @@ def run_context(source, model, settings, finite, scored):
     with, which tracks had every feature finite and the scoring pass (`scored`: its
     scores, description, seconds and cross-check)."""
     n, seconds = len(scored.scores), scored.seconds
-    dataset = (model.saved.provenance or {}).get("dataset")  # the data set it was trained on
-    trained_on = dataset.get("prefix") if isinstance(dataset, dict) else None
     context = {
         "input": input_record(source), "input_kind": source.kind,
         "model": file_record(model.path), "model_kind": model.kind,
-        "model_dataset": trained_on if isinstance(trained_on, str) else None,
         "int8": model.int8, "scoring": scored.desc, "track": settings.track,
         "features": settings.features, "network": settings.network,
         "macs_per_track": model_macs(model),

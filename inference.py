@@ -368,8 +368,8 @@ def write_outputs(args, out, scores, record, formats, header=None):
                 with style() as plt:
                     figures = [record.ranking.figure(plt, record.title)]
         files, kept = write_analysis(out, args.plots_dir, record, formats, args.show, figures,
-                                     args.label,
-                                     inference_parts(record.context, args.plots_dir))
+                                     args.label, inference_parts(
+                                         record.context, args.plots_dir, args.filename, args.model))
         written.append(f"{args.plots_dir}/ ({len(files)} files: "
                        f"{sum(f.endswith(('.png', '.pdf')) for f in files)} figures, the "
                        "tables, metrics.json, results.root, index.html)")

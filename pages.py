@@ -152,6 +152,15 @@ def features_page(prefix):
     return page if page and os.path.isfile(page) else None
 
 
+def _input_file(f, folder):
+    """A dataset's input file as recorded: provenance.file_record's name, size and
+    hash (no path: not linked), or an older toolkit's path (linked where it exists)."""
+    if isinstance(f, dict):
+        return escape(f"{f.get('name')} ({f.get('bytes', 0):,} bytes, SHA-256 "
+                      f"{str(f.get('sha256'))[:12]}...)")
+    return link(f, folder) if os.path.isfile(f) else escape(f)
+
+
 def dataset_parts(meta, prefix, folder):
     """The data set (dataset.DatasetMeta of `prefix`) for a page in `folder`: (its facts
     and its tracks per class and split, Html; its files [(path, what)])."""
@@ -160,8 +169,7 @@ def dataset_parts(meta, prefix, folder):
         "prefix": prefix, "track type": meta.track,
         "features": f"{len(meta.features)}: {', '.join(meta.features)}" if meta.features
         else None,
-        "input files": Html(", ".join(link(f, folder) if os.path.isfile(f) else escape(f)
-                                      for f in meta.input_files)),
+        "input files": Html(", ".join(_input_file(f, folder) for f in meta.input_files)),
         "tracks read": f"{meta.tracks_read:,}" if meta.tracks_read is not None else None,
         "dropped (a non-finite value)": (f"{meta.tracks_dropped_nonfinite:,}"
                                          if meta.tracks_dropped_nonfinite is not None else None),
@@ -182,11 +190,11 @@ def dataset_parts(meta, prefix, folder):
     return Html(info + split_table), files
 
 
-def inference_parts(context, folder):
-    """inference.py's page beside its analysis: the input, the model and the run
-    (from the evaluation's context), the model's training report and the data set's
+def inference_parts(context, folder, source, model):
+    """inference.py's page beside its analysis: the input (`source`, a file or a data
+    set's prefix), the model (file) and the run (from the evaluation's context, which
+    names files without their paths), the model's training report and the data set's
     features page where they exist."""
-    source, model = context["input"], context["model"]
     is_dataset = context["input_kind"] == "dataset"
     shown = meta_path(source) if is_dataset else source
     tracks = context["tracks"]
@@ -208,7 +216,6 @@ def inference_parts(context, folder):
     report = os.path.join(os.path.dirname(model), REPORT, PAGE)
     if os.path.isfile(report):
         pages.append((report, "the model's training report"))
-    features = features_page(source if is_dataset else None) or features_page(
-        context.get("model_dataset"))
+    features = features_page(source) if is_dataset else None
     pages += [(features, "the data set's features")] if features else []
     return Parts(sections=[("Input", section), ("Run", facts(run_facts()))], pages=pages)

@@ -94,7 +94,7 @@ def test_inference_and_the_report_record_the_same_analysis(case, tmp_path):
     assert "ranking.csv" in files and "search_trials.csv" in files
     # the run's context differs, and which classifiers are compared; every number
     # of the analysis is the same
-    context = {"input", "input_kind", "model", "model_kind", "model_dataset", "int8",
+    context = {"input", "input_kind", "model", "model_kind", "int8",
                "scoring", "track", "features", "network", "macs_per_track",
                "normalized_by_inference", "normalization_origin", "tracks",
                "tracks_nonfinite", "scoring_seconds", "tracks_per_second"}
