@@ -107,8 +107,9 @@ def legend_below(fig, ncol=3):
         if ax.get_legend():
             ax.get_legend().remove()
     fig.set_layout_engine("constrained")
-    fig.legend(entries.values(), entries.keys(), loc="outside lower center", frameon=False,
-               ncol=min(ncol, len(entries)))
+    if entries:  # nothing drawn (e.g. every bin empty): no legend
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center",
+                   frameon=False, ncol=min(ncol, len(entries)))
 
 
 def _draw_job(job, targets, keep=False, label=""):

@@ -404,7 +404,8 @@ def headline(args, splits, meta, artifacts, scores, rows, page=True):
                                                   ("test", "test (INT8)"))]
     references = [(name.removesuffix(" (test)"), row["auc"], row["rejection@0.99"])
                   for name, row in rows.items() if name in ("baseline (test)", "limit (test)")]
-    files = (f"model files in {args.output_dir}: {ARTIFACT}{{{','.join(MODEL_FILES)}}}"
+    where = args.output_dir if page else ".."  # the page names no path of the machine
+    files = (f"model files in {where}: {ARTIFACT}{{{','.join(MODEL_FILES)}}}"
              + (f", {ARTIFACT}_int8.*" if len(artifacts) > 1 else "") if args.save
              else "no files written (--save writes the model and the report)")
     page = (os.path.join(args.output_dir, training_report.REPORT, PAGE)

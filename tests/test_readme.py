@@ -27,7 +27,7 @@ from helpers import CXX, ROOT_DIR
 
 README = Path(ROOT_DIR) / "README.md"
 NVCC = shutil.which("nvcc")
-LANGUAGES = {"bash", "python", "cpp", "cuda", ""}  # "": a diagram
+LANGUAGES = {"bash", "python", "cpp", "cuda", "text", ""}  # "": a diagram; "text": output
 TIMEOUT = 600  # seconds for one block
 
 
@@ -173,6 +173,13 @@ def readme_session(tmp_path_factory, matching_file):
     return Session(work, data, results)
 
 
+def _shape(line):
+    """A console line with its numbers and file names left out: what a quoted output
+    shares with any run's."""
+    line = re.sub(r"[\w./-]+\.(root|onnx|html)\b", "FILE", line)
+    return re.sub(r"\d[\d,.]*", "N", line).rstrip()
+
+
 def _ran(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
@@ -272,6 +279,11 @@ def test_block_runs_as_written(readme_session, block):
             assert result["nvcc"] is None
     elif block.lang == "cpp":
         assert (readme_session.work / block.file_name).read_text() == block.text
+    elif block.lang == "text":  # console output quoted: each line as the tools print it
+        printed = {_shape(line) for r in readme_session.results.values()
+                   if hasattr(r, "stdout") for line in r.stdout.splitlines()}
+        missing = [line for line in block.text.splitlines() if _shape(line) not in printed]
+        assert missing == [], missing
     else:  # the pipeline diagram: its scripts exist, its files are what the blocks wrote
         for script in re.findall(r"\w+\.py", block.text):
             assert (Path(ROOT_DIR) / script).is_file(), script
