@@ -166,7 +166,7 @@ def dataset_parts(meta, prefix, folder):
     and its tracks per class and split, Html; its files [(path, what)])."""
     weights, counts = meta.class_weights, meta.counts
     info = facts({
-        "prefix": os.path.relpath(prefix, folder), "track type": meta.track,
+        "prefix": os.path.relpath(prefix, folder) if prefix else None, "track type": meta.track,
         "features": f"{len(meta.features)}: {', '.join(meta.features)}" if meta.features
         else None,
         "input files": Html(", ".join(_input_file(f, folder) for f in meta.input_files)),
