@@ -11,6 +11,7 @@ file system).  ROOT is imported inside the functions (rootio.import_root).
 import contextlib
 import errno
 import os
+import re
 
 import numpy as np
 
@@ -183,7 +184,7 @@ def _write_file(ROOT, path, shown, fill, check, compression=None):
     finally:
         ROOT.ghost_write.stop()
     code, said = ROOT.ghost_write.last_errno, str(ROOT.ghost_write.last_error)
-    if problem and not code and _full(path):
+    if problem and not code and _full(path, said):
         code = errno.ENOSPC  # a short write says no more than that
     if not problem:
         try:
@@ -197,12 +198,16 @@ def _write_file(ROOT, path, shown, fill, check, compression=None):
         raise GhostError(f"could not write {shown or path} ({why})")
 
 
-def _full(path):
-    """Whether the file system holding `path` has no space left."""
+def _full(path, said=""):
+    """Whether the file system holding `path` has no space left, or less than what
+    ROOT's short write (`said`: "... wrote N of M") left unwritten."""
     try:
-        return os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0
+        disk = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError:
         return False
+    short = re.search(r"wrote (\d+) of (\d+)", said or "")
+    left = int(short[2]) - int(short[1]) if short else 1
+    return disk.f_bavail * disk.f_frsize < left
 
 
 def write_results(path, objects, shown=None):

@@ -32,3 +32,12 @@ def test_root_writes_keep_types_and_entries(tmp_path):
     with pytest.raises(rootio.GhostError, match="complex128"):
         rootwrite.write_root(str(tmp_path / "c.root"), "t", {"c": np.zeros(3, complex)})
     assert not os.path.exists(tmp_path / "c.root")
+
+
+def test_a_short_write_on_a_nearly_full_disk_is_a_full_disk(tmp_path):
+    """ROOT says only "wrote N of M" of a short write: the disk is full when it has
+    less room than the M - N bytes left unwritten (a tmpfs keeps a partial page)."""
+    path = str(tmp_path / "x.root")
+    assert rootwrite._full(path, "error writing all requested bytes, wrote 10 of 10000000000000000")
+    assert not rootwrite._full(path, "error writing all requested bytes, wrote 10 of 20")
+    assert not rootwrite._full(path)  # no short write and room left
