@@ -197,15 +197,24 @@ def remove_stale_temporaries(folder):
                     os.remove(os.path.join(folder, name))
 
 
+def disk_full(path, unwritten=1):
+    """Whether the file system holding `path` has less room than `unwritten` bytes
+    (by default: none at all), as a short write without a reason is explained."""
+    try:
+        disk = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < unwritten
+
+
 def write_failure(e, path):
     """Why writing `path` failed, in words: the OSError's own reason, or, where it
     has none (numpy's "N requested and M written"), a full disk when the folder has
     no space left."""
     if e.errno is not None:
         return e.strerror or os.strerror(e.errno)
-    with contextlib.suppress(OSError):
-        if os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0:
-            return os.strerror(errno.ENOSPC)
+    if disk_full(path):
+        return os.strerror(errno.ENOSPC)
     return one_line(e)
 
 

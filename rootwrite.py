@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from outputs import disk_full
 from rootio import import_root, inspect_tree
 from utils import GhostError, one_line
 
@@ -201,13 +202,8 @@ def _write_file(ROOT, path, shown, fill, check, compression=None):
 def _full(path, said=""):
     """Whether the file system holding `path` has no space left, or less than what
     ROOT's short write (`said`: "... wrote N of M") left unwritten."""
-    try:
-        disk = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return False
     short = re.search(r"wrote (\d+) of (\d+)", said or "")
-    left = int(short[2]) - int(short[1]) if short else 1
-    return disk.f_bavail * disk.f_frsize < left
+    return disk_full(path, int(short[2]) - int(short[1]) if short else 1)
 
 
 def write_results(path, objects, shown=None):
