@@ -5,8 +5,9 @@ script, the one-line error check, ...) are in helpers.py.
 Tests that start Ray carry the `ray` marker, so that `pytest -m "not ray"` skips them:
 those that run a search themselves are marked where they are defined, those that
 use a fixture running one (RAY_FIXTURES, here or in their module) are marked here.
-Under pytest-xdist (`make test`: -n 2) the searches run one after another on one
-worker (one search at a time), the other tests module by module beside them."""
+Under pytest-xdist (`make test`: -n 2) the searches come first, a module's searches
+one after another on one worker (two searches at a time, one per worker), then the
+other tests module by module."""
 import contextlib
 import io
 import json
@@ -55,13 +56,15 @@ def pytest_collection_modifyitems(config, items):
 
 def _unit(nodeid, uses, searches):
     """A test's place in line and its unit of work under pytest-xdist: the searches
-    first, one after another (the one that makes trained_model first of all), then
-    each module's other tests, last those that only read trained_model (made by then)."""
+    first, each module's one after another as one unit (the unit that makes
+    trained_model first of all; two units, one per worker, run at once), then each
+    module's other tests, last those that only read trained_model (made by then)."""
+    module = nodeid.split("::")[0]
     if searches:
-        return (0, "trained_model" not in uses), "ray"
+        return (0, "trained_model" not in uses), f"ray {module}"
     if "trained_model" in uses:
         return (2, 0), "trained"
-    return (1, 0), nodeid.split("::")[0]
+    return (1, 0), module
 
 
 def _units_file(config):
@@ -75,7 +78,7 @@ def _units_file(config):
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist (make test: -n 2): one unit of work at a time to each worker, in
-    the workers' order, so the searches run on one worker, one after another."""
+    the workers' order, so a module's searches run on one worker, one after another."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Units(LoadScopeScheduling):

@@ -4,6 +4,7 @@ wing to a higher one, and a function-level import is only of a heavy library (or
 of a module that imports one), never a way to hide a circle."""
 import ast
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -101,27 +102,43 @@ def test_function_level_imports_are_of_heavy_libraries_only():
     assert light == []
 
 
-def test_the_quick_loop_starts_no_search():
+_COLLECTOR = """
+import json, os
+import pytest
+
+
+@pytest.hookimpl(trylast=True)  # after conftest has marked the users of a search
+def pytest_collection_modifyitems(config, items):
+    with open(os.environ["GHOST_COLLECTED"], "w") as f:
+        json.dump({i.nodeid: [i.get_closest_marker("ray") is not None, list(i.fixturenames)]
+                   for i in items}, f)
+"""
+
+
+def test_the_quick_loop_starts_no_search(tmp_path):
     """README ("Tests"): `pytest -m "not ray"` leaves out every test that starts Ray,
     itself (marked where it is defined) or through a fixture (marked by conftest);
-    `-m ray` and `-m "not ray"` split the suite."""
-    def pytest(*args):
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", *args,
-                               "tests"], cwd=ROOT_DIR, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        return proc.stdout.splitlines()
+    `-m ray` and `-m "not ray"` split the suite.  Two collections: every test with
+    its markers and fixtures (the `ray` marker as conftest leaves it), and what
+    `-m "not ray"` selects."""
+    (tmp_path / "ghost_collector.py").write_text(_COLLECTOR)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}"
+           f"{os.environ.get('PYTHONPATH', '')}", "GHOST_COLLECTED": str(tmp_path / "all.json")}
 
     def ids(*args):
-        return {line for line in pytest("--collect-only", *args) if "::" in line}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
+                               "--collect-only", *args, "tests"], cwd=ROOT_DIR,
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return {line for line in proc.stdout.splitlines() if "::" in line}
 
-    every, quick, searches = ids(), ids("-m", "not ray"), ids("-m", "ray")
+    every = ids("-p", "ghost_collector")
+    collected = json.loads((tmp_path / "all.json").read_text())
+    assert set(collected) == every
+    searches = {t for t, (ray, _) in collected.items() if ray}
+    quick = ids("-m", "not ray")
     assert len(quick) > 500 and len(searches) > 20
     assert quick | searches == every and not quick & searches
-    test, starting = None, []  # the quick tests that use a fixture starting a search
-    for line in pytest("--fixtures-per-test", "-m", "not ray"):
-        if line.startswith("-") and " fixtures used by " in line:
-            test = line.split(" fixtures used by ", 1)[1].rstrip(" -")
-        elif test and line.split(" -- ")[0] in RAY_FIXTURES:
-            starting.append(test)
+    # the quick tests that use a fixture starting a search (directly or through another)
+    starting = [t for t in quick if set(collected[t][1]) & RAY_FIXTURES]
     assert not starting
