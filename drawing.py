@@ -61,22 +61,55 @@ def save_figure(out, path, fig, keep=False, formats=("png",), label=""):
 def write_figure(fig, files, keep=False, label=""):
     """Lay `fig` out under the experiment's `label` (--label: "LHCb simulation"; ""
     for none) at its top left, write it to each of `files` (a format each, by
-    extension) in the style it was made in, and close it unless it is kept."""
+    extension) in the style it was made in, and close it unless it is kept.  The
+    layout and the tight bounding box are computed once, at the written dpi, for
+    every format (savefig with bbox_inches="tight" would lay out and measure the
+    figure again for each)."""
     with _sheet():
         top = 1.0
         if label:
             text = fig.text(0.01, 0.995, label, ha="left", va="top", fontweight="bold")
             top -= 1.6 * text.get_fontsize() / 72 / fig.get_figheight()
-        if fig.get_layout_engine() is None:  # a figure may bring its own (constrained)
-            fig.tight_layout(rect=(0, 0, 1, top))
+        engine = fig.get_layout_engine()  # a figure may bring its own (constrained)
+        if engine is None:
+            _tight_below(fig, top)
         else:
-            fig.get_layout_engine().set(rect=(0, 0, 1, top))
-        for path in files:
-            fig.savefig(path, dpi=150)
+            engine.set(rect=(0, 0, 1, top))
+        own_dpi = fig.get_dpi()
+        fig.set_dpi(DPI)
+        try:
+            if engine is not None:
+                engine.execute(fig)
+                fig.set_layout_engine("none")
+            import matplotlib
+            bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(
+                matplotlib.rcParams["savefig.pad_inches"])
+            for path in files:
+                fig.savefig(path, dpi=DPI, bbox_inches=bbox)
+        finally:
+            fig.set_dpi(own_dpi)
+            if engine is not None:
+                fig.set_layout_engine(engine)
     if not keep:
         pyplot().close(fig)
 
 
+def _tight_below(fig, top):
+    """fig.tight_layout(rect=(0, 0, 1, top)) in one layout pass, not two: matplotlib
+    lays the figure out whole, then again inside the rect with the margins and gaps
+    it found (the same, as nothing moved in between); here the first pass's subplot
+    parameters are moved into the rect instead."""
+    fig.tight_layout()
+    p = fig.subplotpars
+    rows = max((ax.get_subplotspec().get_gridspec().nrows for ax in fig.axes
+                if ax.get_subplotspec() is not None), default=1)
+    gap = p.hspace * (p.top - p.bottom) / (rows + p.hspace * (rows - 1))  # between rows
+    new_top = p.top - (1 - top)
+    height = (new_top - p.bottom - gap * (rows - 1)) / rows  # of each row's axes
+    fig.subplots_adjust(top=new_top, hspace=gap / height if rows > 1 else p.hspace)
+
+
+DPI = 150  # every figure written
 BELOW_PT = 40  # a legend below an axes starts this far under its frame: past the x label
 
 

@@ -17,6 +17,8 @@ echo "== full search: training.py -n 4 --epochs 10"
 $PY -m bench.bench_training search $DS
 echo "== inference.py on 1,000,000 tracks"
 $PY -m bench.bench_inference --cache bench/.cache/inference
+echo "== the default figures, one by one in one process (bench.bench_figures)"
+$PY -m bench.bench_figures
 echo "== classifier quality of the default commands (bench/quality.sh)"
 bash bench/quality.sh
 echo "== the whole pipeline on 10,000,000 tracks against ROOT's bare read (bench.scale)"

@@ -129,3 +129,37 @@ def test_figures_are_drawn_in_their_style_with_the_label(tmp_path):
     assert found["one"] == {"defects": [], "formats": ["png"], "texts": ["LHCb simulation"]}
     assert found["two"] == {"defects": [], "formats": ["pdf"], "texts": []}
     assert (tmp_path / "two.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_the_one_pass_layout_is_tight_layouts_in_the_rect(tmp_path):
+    """write_figure lays a figure out in one pass (drawing._tight_below): the axes
+    sit where matplotlib's two-pass tight_layout(rect=...) puts them, for one row,
+    one column and a grid, with and without a suptitle; a kept figure keeps its own
+    dpi and layout engine."""
+    import drawing
+    with drawing.style() as plt:
+        for rows, cols, title in ((1, 1, ""), (1, 2, ""), (2, 2, "a suptitle"), (3, 1, "t")):
+            pair = []
+            for _ in range(2):
+                fig, axes = plt.subplots(rows, cols, figsize=(3 * cols + 3, 2.5 * rows + 1))
+                for i, ax in enumerate(np.ravel(axes)):
+                    ax.plot([0, 10 ** i], [0, 1], label="line")
+                    ax.set_title(f"panel {i}\nsecond line")
+                    ax.set_xlabel("x"), ax.set_ylabel("y")
+                if title:
+                    fig.suptitle(title)
+                pair.append(fig)
+            top = 1 - 0.4 / pair[0].get_figheight()
+            pair[0].tight_layout(rect=(0, 0, 1, top))
+            drawing._tight_below(pair[1], top)
+            for a, b in zip(pair[0].axes, pair[1].axes):
+                np.testing.assert_allclose(a.get_position().bounds, b.get_position().bounds,
+                                           atol=1e-9)
+            for fig in pair:
+                plt.close(fig)
+        fig, ax = plt.subplots(layout="constrained")
+        ax.plot([0, 1], [0, 1])
+        dpi, engine = fig.get_dpi(), fig.get_layout_engine()
+        drawing.write_figure(fig, [str(tmp_path / "kept.png")], keep=True, label="LHCb")
+        assert (fig.get_dpi(), fig.get_layout_engine()) == (dpi, engine)
+        plt.close(fig)
