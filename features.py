@@ -38,9 +38,25 @@ FIXED_BOUNDS = {
     "chi2": (0.0, 400.0),
 }
 
+# Derived inputs (derived.py: `name := expression` of the track type's features), the
+# quantities physicists give TMVA as expressions: network 1's first layer computes
+# them from the raw branches, beside them.  make_dataset.py --derived adds more,
+# --no-derived drops these.  From the physics of a track:
+#   chi2_ndof  the fit quality per degree of freedom (chi2 grows with ndof)
+#   dqop       the relative change of q/p from pattern recognition to the Kalman fit
+#   sin_theta  pT / p, the polar angle (best_pt = p sin(theta))
+#   kick       matching: the slope change in the magnet less what q/p predicts, the
+#              kick's slope fitted on the real tracks of the training split
+DERIVED = {
+    "forward": ["chi2_ndof := chi2 / ndof", "dqop := qop / first_qop - 1",
+                "sin_theta := best_pt * abs(qop)"],
+    "matching": ["chi2_ndof := chi2 / ndof", "dqop := qop / first_qop - 1",
+                 "sin_theta := best_pt * abs(qop)", "kick := residual(pr_match_dtx, qop)"],
+}
+
 # Features whose distribution has a heavy tail: plotted on a log scale, and
 # transformed by a signed log1p before they are standardized (Standardize).
-HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2"}
+HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2", "chi2_ndof", "dqop"}
 TRANSFORMS = ("identity", "log")  # "log": sign(x) * log(1 + |x|)
 
 # Units for axis labels: Allen's files hold MeV and mm (qop: charge over momentum).

@@ -211,7 +211,9 @@ def make_setup(args, meta, splits):
         normalization=meta.normalization, standardization=meta.standardization,
         epochs=args.epochs, seed=args.seed, threshold=args.threshold, use_gpu=args.gpu > 0,
         batch=args.batch or 2048, schedule=args.schedule, select=args.select,
-        weights=(weights["real"], weights["ghost"]) if weights else None)
+        weights=(weights["real"], weights["ghost"]) if weights else None,
+        **({"derived": tuple(meta.derived), "branches": tuple(meta.features)}
+           if meta.derived and normalizes_inside(network) else {}))
 
 
 def prepare_outputs(args, locks):
@@ -359,19 +361,22 @@ def run(args, signals):
     clock = Stopwatch()
     splits, meta, spectators = load_data(args.filename, args.batch)
     setup = make_setup(args, meta, splits)
-    check_learnable(args, splits, setup.n_features)
+    check_learnable(args, splits, setup.n_inputs())
     check_machines(args)
     record = search_folder.check(args, setup.network, splits)
     with contextlib.ExitStack() as locks:
         prepare_outputs(args, locks)
-        log(f"dataset {args.filename}: {setup.n_features} features, "
+        log(f"dataset {args.filename}: {setup.n_features} features"
+            + (f" and {len(setup.derived)} derived inputs ("
+               + ", ".join(d.text() for d in setup.derived) + ")" if setup.derived else "")
+            + ", "
             + ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
             + f" ({meta.mix()}); network {setup.network}"
             + (f" ({setup.inputs} inputs)" if normalizes_inside(setup.network) else "")
             + f"; {args.num_samples} trials x {args.epochs} epochs, select by {args.select}")
         params, state, epoch, trials = run_search_step(args, splits, setup, record, signals)
         log(f"search done in {clock():.1f} s; best: "
-            f"{describe_params(params, setup.n_features)} (epoch {epoch})")
+            f"{describe_params(params, setup.n_inputs())} (epoch {epoch})")
         artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
         extra, baseline = references(args, splits, setup, spectators)
         rows = {**rows, **extra}
