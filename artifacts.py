@@ -250,7 +250,8 @@ def onnx_metadata(saved):
     threshold from an InferenceSession's metadata without a JSON parser: `threshold`
     is the model's one threshold (SavedConfig.cut: its working point's), and
     `working_point_efficiency` the fraction of the validation split's real tracks it
-    keeps."""
+    keeps; `derived` the derived inputs the graph computes from the features and
+    appends to them, one 'name := expression' (fitted) a line."""
     record = saved.to_dict()
     model = saved.model
     threshold, efficiency = saved.cut()
@@ -258,6 +259,8 @@ def onnx_metadata(saved):
         METADATA_KEY: json.dumps(record),
         "track": str(saved.track or ""),
         "features": ",".join(saved.features or []),
+        "derived": "\n".join(f"{d.name} := {d.fit or d.expression}"
+                             for d in (model.derived if model else ())),
         "network": str(model.network if model else ""),
         "threshold": "" if threshold is None else repr(threshold),
         "working_point_efficiency": "" if efficiency is None else repr(efficiency),
