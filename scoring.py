@@ -372,7 +372,8 @@ def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
     backend, note = choose_backend(model, backend, nocuda)
     score, desc = make_scorer(model, backend, nocuda, batch)
     inside = model.saved.model.input_layer() if model.saved.model is not None else None
-    overflow = overflowing(data, finite, scaling if scaling is not None else inside)
+    overflow = overflowing(data, finite, scaling if scaling is not None else inside,
+                           derive=model.saved.model and model.saved.model.extend)
     scores, seconds, lost = score_tracks(
         score, data if scaling is None else scaling.apply(data), finite & ~overflow)
     return scores, desc, seconds, note, overflow | lost
