@@ -130,8 +130,9 @@ def test_export_cpp_with_a_run_writes_the_header_with_its_outputs(quick_models, 
 
 def _int8_ties(header_text, x, per_feature=40):
     """Tracks of `x` with one feature set so that its input x0 / scale is exactly
-    k + 0.5 in float32, as QuantizeLinear computes it: for every feature the header
-    does not take the log of ((v - mean) * inv_scale, no transcendental function)."""
+    k + 0.5 in float32, as QuantizeLinear computes it: for every raw feature the
+    header does not take the log of ((v - mean) * inv_scale, no transcendental
+    function; the derived inputs come after the raw features)."""
     def floats(name):
         body = re.search(rf"{name}\[\d+\] = \{{(.*?)\}};", header_text, re.S).group(1)
         return np.array([float(v.rstrip("f")) for v in body.split(",")], dtype=np.float32)
@@ -141,7 +142,7 @@ def _int8_ties(header_text, x, per_feature=40):
     m = re.search(r"q0\[i\] = detail::quantize\(x0\[i\] / ([-0-9.e]+)f, (-?\d+)\);", header_text)
     s0, zp = np.float32(m.group(1)), int(m.group(2))
     rows = []
-    for j in (j for j, lg in enumerate(logs) if not lg):
+    for j in (j for j, lg in enumerate(logs[:x.shape[1]]) if not lg):  # raw features
         start = len(rows)
         for k in range(-zp, 255 - zp):
             t = np.float32((k + 0.5) * s0)
