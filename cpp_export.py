@@ -50,7 +50,7 @@ class _CppOps:
     """derived.walk's meaning as C++ float expressions over `features` (branch name
     -> index): every operation in float32, in the order written, as the ONNX graph
     (fully parenthesized; min/max NaN when either side is NaN or infinite, as
-    derived.NumpyOps; products through detail::mul, which CUDA may not contract into
+    derived.ArrayOps; products through detail::mul, which CUDA may not contract into
     a fused multiply-add)."""
 
     def __init__(self, index):

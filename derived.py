@@ -134,16 +134,12 @@ def _text(tree):
     return getattr(_Text(), kind)(*(_text(a) for a in args))
 
 
-class NumpyOps:
-    """walk()'s meaning in numpy, float32 throughout: columns {branch: array}."""
-    def __init__(self, columns):
-        self.columns = columns
-
-    def num(self, v):
-        return np.float32(v)
-
-    def var(self, name):
-        return np.asarray(self.columns[name], dtype=np.float32)
+class ArrayOps:
+    """walk()'s meaning on the arrays of a numpy-like library `lib` (numpy here, torch
+    in models.DerivedLayer), float32 throughout: `column(name)` gives a branch's
+    values, `const(v)` a number as a float32 of the library."""
+    def __init__(self, lib, column, const):
+        self.lib, self.var, self.num = lib, column, const
 
     def neg(self, a):
         return -a
@@ -161,19 +157,24 @@ class NumpyOps:
         return a / b
 
     def abs(self, a):
-        return np.abs(a)
+        return self.lib.abs(a)
 
     def log(self, a):
-        return np.log(a)
+        return self.lib.log(a)
 
     def sqrt(self, a):
-        return np.sqrt(a)
+        return self.lib.sqrt(a)
 
     def min(self, a, b):
-        return np.where(a < b, a, b) + (a - a) + (b - b)
+        return self.lib.where(a < b, a, b) + (a - a) + (b - b)
 
     def max(self, a, b):
-        return np.where(a > b, a, b) + (a - a) + (b - b)
+        return self.lib.where(a > b, a, b) + (a - a) + (b - b)
+
+
+def numpy_ops(columns):
+    """ArrayOps of numpy over columns {branch: array}."""
+    return ArrayOps(np, lambda name: np.asarray(columns[name], dtype=np.float32), np.float32)
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ class Derived:
             return (kind, *(resolve(a) for a in args))
 
         def values(tree):
-            return np.broadcast_to(walk(tree, NumpyOps(columns)), real.shape)
+            return np.broadcast_to(walk(tree, numpy_ops(columns)), real.shape)
         if not self.needs_fit():
             return self
         return Derived(self.name, self.expression, to_text(resolve(self.tree(branches))))
@@ -231,18 +232,17 @@ class Derived:
     def unfitted_values(self, columns, branches):
         """float32 [tracks] with each residual(y, x) taken as y + (x - x): finite
         where the fitted input will be (a line of finite x is finite)."""
-        class Unfitted(NumpyOps):
-            def residual(self, y, x):
-                return y + (x - x)
+        ops = numpy_ops(columns)
+        ops.residual = lambda y, x: y + (x - x)
         n = len(columns[branches[0]])
         with np.errstate(all="ignore"):
-            return np.broadcast_to(walk(parse_expression(self.expression, branches),
-                                        Unfitted(columns), fitted=False), (n,))
+            return np.broadcast_to(walk(parse_expression(self.expression, branches), ops,
+                                        fitted=False), (n,))
 
     def compute(self, columns, branches):
         """float32 [tracks] from columns {branch: array} (numpy)."""
         n = len(columns[branches[0]])
-        return np.broadcast_to(walk(self.tree(branches), NumpyOps(columns)), (n,))
+        return np.broadcast_to(walk(self.tree(branches), numpy_ops(columns)), (n,))
 
     def to_dict(self):
         return {"name": self.name, "expression": self.expression, "fit": self.fit}

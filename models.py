@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from architecture import ACTIVATIONS
-from derived import walk
+from derived import ArrayOps, walk
 from features import Standardize
 
 
@@ -31,50 +31,6 @@ def quant_name(i):
     return "quant" if i == 0 else "act_quant" if i == 1 else f"act_quant{i - 1}"
 
 
-class TorchOps:
-    """derived.walk's meaning in torch, float32 throughout, as derived.NumpyOps:
-    columns of x [tracks, branches] by name, constants as float32 on x's device."""
-
-    def __init__(self, x, index):
-        self.x, self.index = x, index
-
-    def num(self, v):
-        return self.x.new_tensor(v)
-
-    def var(self, name):
-        return self.x[:, self.index[name]]
-
-    def neg(self, a):
-        return -a
-
-    def add(self, a, b):
-        return a + b
-
-    def sub(self, a, b):
-        return a - b
-
-    def mul(self, a, b):
-        return a * b
-
-    def div(self, a, b):
-        return a / b
-
-    def abs(self, a):
-        return torch.abs(a)
-
-    def log(self, a):
-        return torch.log(a)
-
-    def sqrt(self, a):
-        return torch.sqrt(a)
-
-    def min(self, a, b):
-        return torch.where(a < b, a, b) + (a - a) + (b - b)
-
-    def max(self, a, b):
-        return torch.where(a > b, a, b) + (a - a) + (b - b)
-
-
 class DerivedLayer(nn.Module):
     """The derived inputs (derived.Derived, fitted), computed from the raw branches
     and appended to them: [tracks, branches] -> [tracks, branches + derived].  No
@@ -86,7 +42,7 @@ class DerivedLayer(nn.Module):
         self.index = {name: i for i, name in enumerate(branches)}
 
     def forward(self, x):
-        ops = TorchOps(x, self.index)
+        ops = ArrayOps(torch, lambda name: x[:, self.index[name]], x.new_tensor)
         columns = [walk(tree, ops).expand(x.shape[0]).unsqueeze(1) for tree in self.trees]
         return torch.cat([x, *columns], dim=1)
 
