@@ -301,6 +301,12 @@ def compute_all(derived, data, branches):
     return out
 
 
+def input_labels(branches, derived):
+    """The names of the columns extend() gives: the branches, then each derived input
+    as 'name := expression' (how the figures and tables name it)."""
+    return list(branches) + [d.text() for d in derived]
+
+
 def extend(data, derived, branches):
     """[raw branches | derived inputs]: what the network's scaling sees."""
     if not derived:

@@ -31,6 +31,9 @@ LIMIT_CURVE = f"limit ({LIMIT})"  # the known optimum's curve, where the input h
 RANKING_STEM = "ranking"  # ranking.png and ranking.csv
 RANKING_CAPTION = ("Features ranked by the drop in AUC and in ghost rejection at 99 % when "
                    "each is shuffled.")
+RANKING_DERIVED = (" Each derived input (name := expression) is shuffled as a column of its "
+                   "own; a shuffled feature is shuffled alone, the derived inputs computed "
+                   "from it keeping their original values.")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Ranking:
     """The permutation ranking of the features (diagnostics.permutation_ranking)."""
     reference: dict            # the unshuffled figures of merit
     rows: list                 # [{feature, auc_drop, rejection_drop}], largest drop first
+    caption: str = RANKING_CAPTION
 
     def line(self, head, top=None):
         """The console line: `head`, then each (or the `top`) feature's AUC drop."""
@@ -86,7 +90,7 @@ class Ranking:
     def figure(self, plt, title):
         """(stem, Figure, caption) for report.write_analysis's extra figures."""
         return (RANKING_STEM, ranking_figure(plt, self.reference, self.rows, title),
-                RANKING_CAPTION)
+                self.caption)
 
 
 def rank_features(score, data, labels, names, seed):

@@ -51,6 +51,9 @@ OUTPUTS = [
     ("files in --plots-dir with --plot (figures as .png; .pdf as well with --format png,pdf):",
      [("{" + ",".join(features_for(t)) + "}.png", f"with --track {t}: one figure per feature, "
        "ghosts vs real tracks") for t in TRACK_TYPES]
+     + [("{" + ",".join(d.split(":=")[0].strip() for d in DERIVED[t]) + "}.png",
+         f"with --track {t}: one figure per default derived input (and per --derived's), "
+         "titled name := expression") for t in TRACK_TYPES]
      + [(PAGE, "the page: the data set, its files and every figure")]),
 ]
 
@@ -310,13 +313,14 @@ def main(argv=None):
         write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
             html, data_files = dataset_parts(meta, args.output, args.plots_dir)
-            log(f"drawing {len(names)} feature figures in {args.plots_dir} ...")
+            log(f"drawing {len(names) + len(derived)} figures (features, derived inputs) in "
+                f"{args.plots_dir} ...")
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats,
                                   args.label,
                                   Parts(dataset_headline(meta, written, None),
-                                        [("Data set", html)], files=data_files))
+                                        [("Data set", html)], files=data_files), derived)
 
     kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
             if args.balance == "subsample" else

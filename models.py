@@ -247,7 +247,11 @@ class GhostNet(nn.Module):
         derived input, here, in the ONNX graph (float and INT8) and in the C++ header
         alike: x - x is 0 for a finite value and NaN for NaN and +-inf, and p + 0 is
         p exactly."""
-        x = self.derive(x)
+        return self.from_inputs(self.derive(x))
+
+    def from_inputs(self, x):
+        """Ghost probabilities from the columns [raw | derived] (the derived inputs
+        given, not computed; what the permutation ranking shuffles one by one)."""
         return torch.sigmoid(self.core(self.norm(x))) + (x - x).sum(dim=1, keepdim=True)
 
     def fake_quants(self):

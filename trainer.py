@@ -282,15 +282,17 @@ def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False,
     return {"loss": loss, "accuracy": accuracy, **quality(p, labels)}
 
 
-def predict(model, data, device=None, chunk=1 << 18):
+def predict(model, data, device=None, chunk=1 << 18, inputs=False):
     """Ghost probabilities (numpy float32) of raw branch values `data` (numpy), the
-    model's input layer included."""
+    model's input layer included; with `inputs`, of the columns [raw | derived]
+    (GhostNet.from_inputs: the derived inputs given, not computed)."""
     import torch
     device = device or next(model.parameters()).device
     model.eval()
+    score = model.from_inputs if inputs else model
     with torch.inference_mode():
         return np.concatenate([
-            model(torch.as_tensor(data[i:i + chunk], device=device)).cpu().numpy().ravel()
+            score(torch.as_tensor(data[i:i + chunk], device=device)).cpu().numpy().ravel()
             for i in range(0, len(data), chunk)]) if len(data) else np.zeros(0, np.float32)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import make_dataset
 from dataset import SPLITS, load_dataset, load_meta, load_spectators, split_paths
-from features import FIXED_BOUNDS, LIMIT, TRACK_FEATURES, TRUTH, features_for
+from features import DERIVED, FIXED_BOUNDS, LIMIT, TRACK_FEATURES, TRUTH, features_for
 from helpers import assert_clean_error, help_outputs, listed, run_script
 from metrics import roc_auc
 from rootio import read_root
@@ -198,14 +198,19 @@ def test_threads_must_be_positive(matching_file):
     assert r.returncode == 2 and "--threads: must be a whole number" in r.stderr
 
 
-def test_plot_writes_one_png_per_feature(tmp_path, matching_file):
+@pytest.mark.parametrize("transformed", [[], ["--plot-transformed"]])
+def test_plot_writes_one_png_per_feature_and_derived_input(tmp_path, matching_file,
+                                                           transformed):
     plots = tmp_path / "plots"
     make(tmp_path, "-f", matching_file, "--track", "matching", "--plot",
-         "--plots-dir", plots)
+         "--plots-dir", plots, *transformed)
     pngs = sorted(p.name for p in plots.iterdir() if p.suffix == ".png")
-    assert pngs == sorted(f"{n}.png" for n in TRACK_FEATURES["matching"])
-    assert (plots / "index.html").is_file()
+    derived = [d.split(":=")[0].strip() for d in DERIVED["matching"]]
+    assert pngs == sorted(f"{n}.png" for n in TRACK_FEATURES["matching"] + derived)
+    page = (plots / "index.html").read_text()
     assert all((plots / p).stat().st_size > 5000 for p in pngs)
+    assert "<figcaption>kick := residual(pr_match_dtx, qop): ghosts and real" in page
+    assert "standardized, as network 1 sees them" in page if transformed else "as read" in page
 
 
 def _cols(n, ghost):
