@@ -4,7 +4,7 @@ that ties a network to its inputs.
 """
 from dataclasses import dataclass
 
-from derived import Derived
+from derived import Derived, extend
 from features import MinMax, Standardize, width_problem
 from records import check_fields, is_int, is_text
 from utils import GhostError
@@ -147,6 +147,11 @@ class ModelConfig:
         """The width of the first hidden layer's input: the raw branches and the
         derived inputs."""
         return self.n_features + len(self.derived)
+
+    def extend(self, data):
+        """[raw branches | derived inputs] float32 (derived.extend): what the input
+        scaling covers."""
+        return extend(data, self.derived, list(self.branches or ()))
 
     def cost(self):
         """(multiply-adds per track, parameters)."""

@@ -143,22 +143,29 @@ def test_guard_rails_name_features_outside_the_training_range(tmp_path, forward_
 def test_values_near_float32_max_are_left_out_like_non_finite_tracks(quick_models, tmp_path):
     from make_sample import generate
     cols = generate(20000, "matching", seed=12, nonfinite=0)
-    huge = np.random.default_rng(0).permutation(20000)[:200]
-    cols["qop"][huge[:100]], cols["qop"][huge[100:]] = 3e38, -3e38
+    huge = np.random.default_rng(0).permutation(20000)[:250]
+    # pr_match_dty (std ~0.005, read by no derived input) overflows once standardized;
+    # a huge qop makes the derived dqop = qop / first_qop - 1 infinite: a non-finite input
+    cols["pr_match_dty"][huge[:100]], cols["pr_match_dty"][huge[100:200]] = 3e38, -3e38
+    cols["qop"][huge[200:]] = 3e38
     path = write_tracks(tmp_path / "huge.root", cols)
     out, plots = tmp_path / "p.npy", tmp_path / "plots"
     proc = run_script("inference.py", "-f", path, "--model", quick_models["net1"], "--output", out,
                       "--plots-dir", plots, "--no-plots")
     assert proc.returncode == 0, proc.stderr
     warning = [ln for ln in lines_starting(proc.stderr, "warning:") if "float32" in ln]
-    assert len(warning) == 1 and "200 tracks" in warning[0] and "qop" in warning[0], \
+    assert len(warning) == 1 and "200 tracks" in warning[0] and "pr_match_dty" in warning[0], \
         proc.stderr
+    assert ("50 tracks have a non-finite feature or derived input (50 only a derived input)"
+            in proc.stdout)
     p = np.load(out)
     nan = np.flatnonzero(np.isnan(p))
     assert sorted(nan) == sorted(huge)
     assert ((p[np.isfinite(p)] >= 0) & (p[np.isfinite(p)] <= 1)).all()
     metrics = json.loads((plots / "metrics.json").read_text())
-    assert metrics["tracks_labelled"] == 19800 and metrics["tracks_nonfinite"] == 200
+    assert metrics["tracks_labelled"] == 19750 and metrics["tracks_nonfinite"] == 250
+    assert metrics["tracks_nonfinite_derived_only"] == 50
+    assert [d["name"] for d in metrics["derived"]] == ["chi2_ndof", "dqop", "sin_theta", "kick"]
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
