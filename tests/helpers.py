@@ -304,10 +304,10 @@ def train_briefly(config, prefix, epochs=13, batch=512):
 
 def quick_models_in(d, raw_dataset, norm_dataset):
     """Models trained briefly (train_briefly), so the metrics mean something: net1 and
-    int8 on raw_dataset (with its derived inputs), net0 on norm_dataset (none), each as .onnx, .pth and a config .pkl
-    ({name}, {name}_pth, {name}_pkl, {name}_config); "foreign": net1 as tf2onnx
-    would write a Keras model (no metadata, other names); "forward": an untrained
-    forward model (8 inputs).  Written into the folder `d`."""
+    int8 on raw_dataset (with its derived inputs), net0 on norm_dataset (none), each
+    as .onnx, .pth and a config .pkl ({name}, {name}_pth, {name}_pkl, {name}_config);
+    "foreign": net1 as tf2onnx would write a Keras model (no metadata, other names);
+    "forward": an untrained forward model (8 inputs).  Written into the folder `d`."""
     import onnx
     import torch
 
