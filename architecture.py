@@ -4,7 +4,7 @@ that ties a network to its inputs.
 """
 from dataclasses import dataclass
 
-from derived import Derived, extend
+from derived import extend, from_dicts
 from features import MinMax, Standardize, width_problem
 from records import check_fields, is_int, is_text
 from utils import GhostError
@@ -178,7 +178,7 @@ class ModelConfig:
             if not isinstance(branches, list) or not all(isinstance(b, str) for b in branches):
                 raise ValueError("'derived': the record lists no 'features' they read")
             try:
-                derived = tuple(Derived.from_dict(x, branches) for x in d["derived"])
+                derived = tuple(from_dicts(d["derived"], branches))
             except ValueError as e:
                 raise ValueError(f"'derived': {e}")
             branches = tuple(branches)

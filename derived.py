@@ -257,6 +257,9 @@ class Derived:
             raise ValueError(f"derived input {d['name']!r}: 'fit' must be a string")
         derived = cls.parse(f"{d['name']} := {d['expression']}", branches)
         derived = cls(derived.name, derived.expression, d.get("fit"))
+        if derived.fit is not None and "residual(" not in derived.expression:
+            raise ValueError(f"derived input {derived.name!r}: a 'fit' is only for an "
+                             "expression with residual()")
         if derived.fit is not None:
             tree = derived.tree(branches)
             if "residual" in to_text(tree):
@@ -270,8 +273,9 @@ def _line(y, x, what):
     ok = np.isfinite(y) & np.isfinite(x)
     y, x = y[ok].astype(np.float64), x[ok].astype(np.float64)
     if len(x) < 2 or np.ptp(x) == 0:
-        raise ValueError(f"cannot fit {what}: fewer than 2 real tracks with distinct "
-                         "finite values")
+        raise ValueError(f"cannot fit {what}: " + ("its x is the same for every real track"
+                         if len(x) else "no real track with finite y and x") + " (a line "
+                         "needs 2 real tracks with different x)")
     xm, ym = x.mean(), y.mean()
     b = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
     return float(np.float32(ym - b * xm)), float(np.float32(b))
@@ -279,12 +283,23 @@ def _line(y, x, what):
 
 def parse_all(texts, branches):
     """Derived inputs from 'name := expression' texts; ValueError on a repeated name."""
-    out = [Derived.parse(t, branches) for t in texts]
-    names = [d.name for d in out]
+    return _distinct([Derived.parse(t, branches) for t in texts])
+
+
+def from_dicts(records, branches):
+    """Derived inputs from saved records (Derived.to_dict's, in a dataset JSON or a
+    model config); ValueError if one is malformed or a name repeats."""
+    if not isinstance(records, list):
+        raise ValueError("the derived inputs must be a list")
+    return _distinct([Derived.from_dict(r, branches) for r in records])
+
+
+def _distinct(derived):
+    names = [d.name for d in derived]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"derived input(s) {', '.join(twice)} declared twice")
-    return out
+    return derived
 
 
 def fit_all(derived, columns, real, branches):
