@@ -13,8 +13,10 @@ into the expression as numbers, like the standardization's constants.
 
 One arithmetic wherever it runs: every operation in float32, in the order written;
 min and max return NaN when either side is NaN or infinite (where(a < b, a, b) +
-(a - a) + (b - b)), so numpy, torch, the ONNX graph and the C++ header agree.  The
-walker `walk(tree, ops)` serves all four: `ops` gives each node its meaning.
+(a - a) + (b - b)), so numpy, torch, the ONNX graph and the C++ header agree: bit
+for bit on + - * / abs min max; log and sqrt are each library's own (numpy and torch
+differ by a unit or two in the last place on some values).  The walker
+`walk(tree, ops)` serves all four: `ops` gives each node its meaning.
 """
 import ast
 import re
@@ -47,7 +49,9 @@ def _tree(node, text, branches):
     def sub(n):
         return _tree(n, text, branches)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        if not np.isfinite(np.float32(node.value)):
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(np.float32(node.value))
+        if not finite:
             raise ValueError(f"the number {node.value!r} in {text!r} is not a finite float32")
         return ("num", float(node.value))
     if isinstance(node, ast.Name):
