@@ -4,7 +4,7 @@ that ties a network to its inputs.
 """
 from dataclasses import dataclass
 
-from derived import Derived, extend
+from derived import extend, from_dicts
 from features import MinMax, Standardize, width_problem
 from records import check_fields, is_int, is_text
 from utils import GhostError
@@ -149,9 +149,9 @@ class ModelConfig:
         return self.n_features + len(self.derived)
 
     def extend(self, data):
-        """[raw branches | derived inputs] of data [tracks, n_features]: what the
-        scaling sees (derived.extend)."""
-        return extend(data, self.derived, self.branches)
+        """[raw branches | derived inputs] float32 (derived.extend): what the input
+        scaling covers."""
+        return extend(data, self.derived, list(self.branches or ()))
 
     def cost(self):
         """(multiply-adds per track, parameters)."""
@@ -178,7 +178,7 @@ class ModelConfig:
             if not isinstance(branches, list) or not all(isinstance(b, str) for b in branches):
                 raise ValueError("'derived': the record lists no 'features' they read")
             try:
-                derived = tuple(Derived.from_dict(x, branches) for x in d["derived"])
+                derived = tuple(from_dicts(d["derived"], branches))
             except ValueError as e:
                 raise ValueError(f"'derived': {e}")
             branches = tuple(branches)

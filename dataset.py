@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from derived import Derived, extend
+from derived import extend, from_dicts
 from features import MinMax, Standardize, width_problem
 from records import check_fields, in_range, is_distinct_names, is_int, is_names, is_real, is_text
 from utils import GhostError, one_line
@@ -194,7 +194,7 @@ def _derived(records, features, path):
     if not features:
         raise GhostError(f"{path}: derived inputs are recorded without the features they read")
     try:
-        derived = [Derived.from_dict(r, features) for r in records]
+        derived = from_dicts(records, features)
     except ValueError as e:
         raise GhostError(f"{path}: {e}")
     if pending := [d.name for d in derived if d.needs_fit()]:

@@ -13,8 +13,10 @@ into the expression as numbers, like the standardization's constants.
 
 One arithmetic wherever it runs: every operation in float32, in the order written;
 min and max return NaN when either side is NaN or infinite (where(a < b, a, b) +
-(a - a) + (b - b)), so numpy, torch, the ONNX graph and the C++ header agree.  The
-walker `walk(tree, ops)` serves all four: `ops` gives each node its meaning.
+(a - a) + (b - b)), so numpy, torch, the ONNX graph and the C++ header agree: bit
+for bit on + - * / abs min max; log and sqrt are each library's own (numpy and torch
+differ by a unit or two in the last place on some values).  The walker
+`walk(tree, ops)` serves all four: `ops` gives each node its meaning.
 """
 import ast
 import re
@@ -47,7 +49,9 @@ def _tree(node, text, branches):
     def sub(n):
         return _tree(n, text, branches)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        if not np.isfinite(np.float32(node.value)):
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(np.float32(node.value))
+        if not finite:
             raise ValueError(f"the number {node.value!r} in {text!r} is not a finite float32")
         return ("num", float(node.value))
     if isinstance(node, ast.Name):
@@ -257,6 +261,9 @@ class Derived:
             raise ValueError(f"derived input {d['name']!r}: 'fit' must be a string")
         derived = cls.parse(f"{d['name']} := {d['expression']}", branches)
         derived = cls(derived.name, derived.expression, d.get("fit"))
+        if derived.fit is not None and "residual(" not in derived.expression:
+            raise ValueError(f"derived input {derived.name!r}: a 'fit' is only for an "
+                             "expression with residual()")
         if derived.fit is not None:
             tree = derived.tree(branches)
             if "residual" in to_text(tree):
@@ -270,8 +277,9 @@ def _line(y, x, what):
     ok = np.isfinite(y) & np.isfinite(x)
     y, x = y[ok].astype(np.float64), x[ok].astype(np.float64)
     if len(x) < 2 or np.ptp(x) == 0:
-        raise ValueError(f"cannot fit {what}: fewer than 2 real tracks with distinct "
-                         "finite values")
+        raise ValueError(f"cannot fit {what}: " + ("its x is the same for every real track"
+                         if len(x) else "no real track with finite y and x") + " (a line "
+                         "needs 2 real tracks with different x)")
     xm, ym = x.mean(), y.mean()
     b = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
     return float(np.float32(ym - b * xm)), float(np.float32(b))
@@ -279,12 +287,23 @@ def _line(y, x, what):
 
 def parse_all(texts, branches):
     """Derived inputs from 'name := expression' texts; ValueError on a repeated name."""
-    out = [Derived.parse(t, branches) for t in texts]
-    names = [d.name for d in out]
+    return _distinct([Derived.parse(t, branches) for t in texts])
+
+
+def from_dicts(records, branches):
+    """Derived inputs from saved records (Derived.to_dict's, in a dataset JSON or a
+    model config); ValueError if one is malformed or a name repeats."""
+    if not isinstance(records, list):
+        raise ValueError("the derived inputs must be a list")
+    return _distinct([Derived.from_dict(r, branches) for r in records])
+
+
+def _distinct(derived):
+    names = [d.name for d in derived]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"derived input(s) {', '.join(twice)} declared twice")
-    return out
+    return derived
 
 
 def fit_all(derived, columns, real, branches):

@@ -322,15 +322,16 @@ class Standardize:
         return ((t - means) * inv_stds).astype(np.float32, copy=False)
 
 
-def overflowing(data, finite, scaling, chunk=1 << 18, derive=None):
+def overflowing(data, finite, scaling, extend=None, chunk=1 << 18):
     """The tracks with every feature finite that `scaling` (the model's input
     transform, features.MinMax or Standardize, computed in float32 as the model
-    does; None: none) takes beyond float32's range: bool [n].  The transforms are
-    monotone, so only columns whose extremes overflow can; in those, only values
-    beyond half of what their scale allows are candidates, and only the candidates'
-    rows are transformed.  `derive`: rows -> [rows | their derived inputs], for a
-    scaling that covers a model's derived inputs too (applied a chunk at a time)."""
-    derive = derive or (lambda rows: rows)
+    does; None: none) takes beyond float32's range: bool [n].  `extend`: rows of
+    data -> the inputs the scaling covers (the model's derived inputs appended,
+    architecture.ModelConfig.extend), applied a chunk of rows at a time.  The
+    transforms are monotone, so only columns whose extremes overflow can; in those,
+    only values beyond half of what their scale allows are candidates, and only the
+    candidates' rows are transformed."""
+    grow = extend or np.asarray
     out = np.zeros(len(data), dtype=bool)
     if scaling is None or not len(data):
         return out
@@ -344,11 +345,11 @@ def overflowing(data, finite, scaling, chunk=1 << 18, derive=None):
         logs = scaling.log_mask() if hasattr(scaling, "log_mask") else np.zeros(len(inv), bool)
         bound = np.where(logs, 0, top / 2 / np.maximum(inv, 1) - np.abs(shift))[risky]
         for lo in range(0, len(data), chunk):
-            block = derive(data[lo:lo + chunk])[:, risky]
-            out[lo:lo + chunk] = (np.abs(block) > bound).any(axis=1)
+            x = grow(data[lo:lo + chunk])[:, risky]
+            out[lo:lo + chunk] = (np.abs(x) > bound).any(axis=1)
         rows = np.flatnonzero(out & finite)
         out[:] = False
-        out[rows] = ~np.isfinite(scaling.apply(derive(data[rows]))[:, risky]).all(axis=1)
+        out[rows] = ~np.isfinite(scaling.apply(grow(data[rows]))[:, risky]).all(axis=1)
     return out
 
 

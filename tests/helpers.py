@@ -304,10 +304,10 @@ def train_briefly(config, prefix, epochs=13, batch=512):
 
 def quick_models_in(d, raw_dataset, norm_dataset):
     """Models trained briefly (train_briefly), so the metrics mean something: net1 and
-    int8 on raw_dataset, net0 on norm_dataset, each as .onnx, .pth and a config .pkl
-    ({name}, {name}_pth, {name}_pkl, {name}_config); "foreign": net1 as tf2onnx
-    would write a Keras model (no metadata, other names); "forward": an untrained
-    forward model (8 inputs).  Written into the folder `d`."""
+    int8 on raw_dataset (with its derived inputs), net0 on norm_dataset (none), each
+    as .onnx, .pth and a config .pkl ({name}, {name}_pth, {name}_pkl, {name}_config);
+    "foreign": net1 as tf2onnx would write a Keras model (no metadata, other names);
+    "forward": an untrained forward model (8 inputs).  Written into the folder `d`."""
     import onnx
     import torch
 
@@ -320,10 +320,14 @@ def quick_models_in(d, raw_dataset, norm_dataset):
     base = {"n_features": 13, "l0": 16, "activation": "relu", "track": "matching",
             "features": meta.features, "normalization": meta.normalization.to_dict(),
             "inputs": "standard", "standardization": meta.standardization.to_dict(),
-            "threshold": 0.5}
+            "threshold": 0.5, "derived": [x.to_dict() for x in meta.derived]}
+    norm_meta = load_meta(norm_dataset)  # no derived inputs: its scalings cover the features
+    norm = {"network": 0, "int8": False, "derived": [],
+            "normalization": norm_meta.normalization.to_dict(),
+            "standardization": norm_meta.standardization and norm_meta.standardization.to_dict()}
     paths = {}
     for name, extra, prefix in (("net1", {"network": 1, "int8": False}, raw_dataset),
-                                ("net0", {"network": 0, "int8": False}, norm_dataset),
+                                ("net0", norm, norm_dataset),
                                 ("int8", {"network": 1, "int8": True}, raw_dataset)):
         config = {**base, **extra}
         model = train_briefly(config, prefix)
@@ -348,7 +352,7 @@ def quick_models_in(d, raw_dataset, norm_dataset):
     onnx.save(proto, paths["foreign"])
     forward = {**base, "n_features": 8, "track": "forward", "features": features_for("forward"),
                "inputs": "minmax", "normalization": {"offsets": [0.0] * 8, "scales": [1.0] * 8},
-               "standardization": None, "network": 1, "int8": False}
+               "standardization": None, "network": 1, "int8": False, "derived": []}
     paths["forward"] = str(d / "forward.onnx")
     with open(paths["forward"], "wb") as f:
         f.write(onnx_bytes(build_model(ModelConfig.from_dict(forward)).eval(),

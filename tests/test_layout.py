@@ -13,7 +13,7 @@ from helpers import RAY_FIXTURES, ROOT_DIR
 # Wings from the bottom up: a module imports only from its own wing or those below.
 WINGS = [
     ("plumbing", ["utils", "cli", "records", "provenance", "outputs"]),
-    ("data", ["features", "derived", "rootio", "rootwrite", "dataset"]),
+    ("data", ["derived", "features", "rootio", "rootwrite", "dataset"]),
     ("measures", ["metrics", "kinematics", "compare", "diagnostics", "suggest"]),
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
                "scoring", "inputs"]),

@@ -16,6 +16,7 @@ import torch
 from architecture import ModelConfig
 from artifacts import load_config
 from dataset import load_dataset, load_meta
+from derived import extend
 from helpers import (
     ROOT_DIR,
     SEARCH,
@@ -78,6 +79,12 @@ def test_the_model_records_its_working_point_prior_and_ranges(trained_model, raw
     train_x = load_dataset(raw_dataset)["train"][0]
     assert config["training_ranges"]["chi2"] == [float(train_x[:, 1].min()),
                                                  float(train_x[:, 1].max())]
+    # the derived inputs' ranges too (the guard rails check them), as computed there
+    inputs = extend(train_x, meta.derived, meta.features)
+    assert list(config["training_ranges"]) == meta.inputs() != meta.features
+    j = meta.inputs().index("chi2_ndof")
+    assert config["training_ranges"]["chi2_ndof"] == [float(inputs[:, j].min()),
+                                                      float(inputs[:, j].max())]
 
 
 # ---------------------------------------------------------------------------
