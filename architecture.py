@@ -4,6 +4,7 @@ that ties a network to its inputs.
 """
 from dataclasses import dataclass
 
+from derived import extend, from_dicts
 from features import MinMax, Standardize, width_problem
 from records import check_fields, is_int, is_text
 from utils import GhostError
@@ -81,6 +82,7 @@ FIELD_TYPES = {
     "int8": (lambda v: isinstance(v, bool), "true or false"),
     "normalization": (lambda v: isinstance(v, dict), "an object"),
     "standardization": (lambda v: isinstance(v, dict), "an object"),
+    "derived": (lambda v: isinstance(v, list), "a list of derived inputs"),
 }
 
 
@@ -96,6 +98,10 @@ class ModelConfig:
     normalization: MinMax = None   # min-max: network 0's inputs, or network 1's layer
     standardization: Standardize = None  # network 1's layer with inputs "standard"
     int8: bool = False
+    # derived.Derived inputs (fitted) the first layer computes from the raw branches,
+    # named in `branches` (the features, in column order); the scaling covers both
+    derived: tuple = ()
+    branches: tuple = None
 
     def __post_init__(self):
         if self.network not in NETWORKS:
@@ -114,10 +120,20 @@ class ModelConfig:
             if self.inputs == "standard" and self.standardization is None:
                 raise ValueError("network 1 with standardized inputs needs the "
                                  "standardization (transforms, means, stds)")
+        if self.derived:
+            if not normalizes_inside(self.network):
+                raise ValueError("derived inputs are computed in network 1's first layer; "
+                                 "network 0 takes its inputs normalized beforehand")
+            if self.branches is None or len(self.branches) != self.n_features:
+                raise ValueError("derived inputs need the names of the network's "
+                                 f"{self.n_features} input branches")
+            pending = [d.name for d in self.derived if d.needs_fit()]
+            if pending:
+                raise ValueError(f"derived input(s) {', '.join(pending)} are not fitted")
         for key in ("normalization", "standardization"):
             scaling = getattr(self, key)
             problem = None if scaling is None else width_problem(
-                scaling.to_dict(), self.n_features, "inputs", key)
+                scaling.to_dict(), self.n_inputs(), "inputs", key)
             if problem:
                 raise ValueError(problem)
 
@@ -127,9 +143,19 @@ class ModelConfig:
             return None
         return self.standardization if self.inputs == "standard" else self.normalization
 
+    def n_inputs(self):
+        """The width of the first hidden layer's input: the raw branches and the
+        derived inputs."""
+        return self.n_features + len(self.derived)
+
+    def extend(self, data):
+        """[raw branches | derived inputs] float32 (derived.extend): what the input
+        scaling covers."""
+        return extend(data, self.derived, list(self.branches or ()))
+
     def cost(self):
         """(multiply-adds per track, parameters)."""
-        return macs_and_params(self.n_features, self.hidden)
+        return macs_and_params(self.n_inputs(), self.hidden)
 
     @classmethod
     def from_dict(cls, d):
@@ -146,9 +172,20 @@ class ModelConfig:
                 scalings[key] = kind.from_dict(d[key]) if d.get(key) else None
             except ValueError as e:
                 raise ValueError(f"'{key}': {e}")
+        derived, branches = (), None
+        if d.get("derived"):
+            branches = d.get("features")
+            if not isinstance(branches, list) or not all(isinstance(b, str) for b in branches):
+                raise ValueError("'derived': the record lists no 'features' they read")
+            try:
+                derived = tuple(from_dicts(d["derived"], branches))
+            except ValueError as e:
+                raise ValueError(f"'derived': {e}")
+            branches = tuple(branches)
         return cls(network=d.get("network", 0), n_features=d["n_features"],
                    hidden=tuple(hidden), activation=d.get("activation", "relu"),
-                   inputs=d.get("inputs", "minmax"), int8=d.get("int8", False), **scalings)
+                   inputs=d.get("inputs", "minmax"), int8=d.get("int8", False),
+                   derived=derived, branches=branches, **scalings)
 
     def to_dict(self):
         macs, params = self.cost()
@@ -158,4 +195,5 @@ class ModelConfig:
                 "macs": macs, "params": params,
                 "normalization": self.normalization.to_dict() if self.normalization else None,
                 "standardization": (self.standardization.to_dict()
-                                    if self.standardization else None)}
+                                    if self.standardization else None),
+                "derived": [x.to_dict() for x in self.derived]}

@@ -20,6 +20,7 @@ import numpy as np
 
 from architecture import ModelConfig
 from cpp_export import cpp_identifier, export_header
+from derived import extend
 from metrics import threshold_at
 from records import check_fields, in_range, is_distinct_names, is_real, is_text
 from trainer import FIELD_TYPES as TRAINING_FIELD_TYPES
@@ -250,7 +251,8 @@ def onnx_metadata(saved):
     threshold from an InferenceSession's metadata without a JSON parser: `threshold`
     is the model's one threshold (SavedConfig.cut: its working point's), and
     `working_point_efficiency` the fraction of the validation split's real tracks it
-    keeps."""
+    keeps; `derived` the derived inputs the graph computes from the features and
+    appends to them, one 'name := expression' (fitted) a line."""
     record = saved.to_dict()
     model = saved.model
     threshold, efficiency = saved.cut()
@@ -258,6 +260,8 @@ def onnx_metadata(saved):
         METADATA_KEY: json.dumps(record),
         "track": str(saved.track or ""),
         "features": ",".join(saved.features or []),
+        "derived": "\n".join(f"{d.name} := {d.fit or d.expression}"
+                             for d in (model.derived if model else ())),
         "network": str(model.network if model else ""),
         "threshold": "" if threshold is None else repr(threshold),
         "working_point_efficiency": "" if efficiency is None else repr(efficiency),
@@ -347,13 +351,13 @@ def inference_record(meta, splits, scores, efficiency):
     """What a model records beside its architecture for inference: its threshold, the
     working point's (the threshold keeping `efficiency` of the validation split's real
     tracks: the model's one threshold, in every file), the class mix its output is
-    calibrated to, and the training ranges of the raw features (none for a normalized
-    dataset)."""
+    calibrated to, and the training ranges of the raw features and the derived inputs
+    (none for a normalized dataset)."""
     threshold = threshold_at(scores["valid"], splits["valid"][1].ravel() > 0.5, efficiency)
-    train = splits["train"][0]
+    train = extend(splits["train"][0], meta.derived, meta.features)
     ranges = None if meta.normalized else {
         name: [float(train[:, j].min()), float(train[:, j].max())]
-        for j, name in enumerate(meta.features)}
+        for j, name in enumerate(meta.inputs())}
     return {"threshold": threshold,
             "working_point": {"efficiency": efficiency, "threshold": threshold},
             "training_prior": 0.5, "ghost_fraction": meta.ghost_fraction,

@@ -3,6 +3,9 @@ in (Allen evaluates networks this small as plain arithmetic with the weights
 compiled in).  It holds the input transform and scaling constants, the weights and
 biases as constexpr arrays, the feature names in order, and one inline function
 `float ghost_probability(const float* features)`, __host__ __device__ under CUDA.
+The derived inputs (derived.py) it computes from the raw features first, in float32
+in the order written, as the ONNX graph does (measured: the same agreement with
+onnxruntime as computing them in the float header's double), and appends them.
 
 The float header computes what the ONNX graph computes (to float rounding).  The
 INT8 header follows the quantized arithmetic as onnxruntime runs the INT8 ONNX file:
@@ -19,6 +22,7 @@ import re
 import numpy as np
 
 from architecture import ACTIVATIONS
+from derived import walk
 from features import Standardize
 from provenance import comment_lines
 
@@ -42,16 +46,58 @@ def _array(name, values, ctype="float"):
             f"        {rows}}};")
 
 
+class _CppOps:
+    """derived.walk's meaning as C++ float expressions over `features` (branch name
+    -> index): every operation in float32, in the order written, as the ONNX graph
+    (fully parenthesized; min/max NaN when either side is NaN or infinite, as
+    derived.ArrayOps; products through detail::mul, which CUDA may not contract into
+    a fused multiply-add)."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def num(self, v):
+        return f"({_f(v)})"
+
+    def var(self, name):
+        return f"features[{self.index[name]}]"
+
+    def neg(self, a):
+        return f"(-{a})"
+
+    def __getattr__(self, kind):
+        symbol = {"add": "+", "sub": "-", "div": "/"}.get(kind)
+        if symbol:
+            return lambda a, b: f"({a} {symbol} {b})"
+        call = {"mul": "detail::mul", "abs": "fabsf", "log": "logf", "sqrt": "sqrtf",
+                "min": "detail::minimum", "max": "detail::maximum"}.get(kind)
+        if call:
+            return lambda *args: f"{call}({', '.join(args)})"
+        raise AttributeError(kind)
+
+
+def _derived_code(config):
+    """C++ lines filling `in[n_inputs]` with the raw features, then each derived
+    input (architecture.ModelConfig.derived, fitted) computed from them."""
+    lines = ["    float in[n_inputs];  // the raw features, then the derived inputs",
+             "    for (int i = 0; i < n_features; ++i) in[i] = features[i];"]
+    ops = _CppOps({name: i for i, name in enumerate(config.branches or ())})
+    for j, d in enumerate(config.derived):
+        lines += [f"    in[{config.n_features + j}] = "
+                  f"{walk(d.tree(list(config.branches)), ops)};  // {d.name}"]
+    return lines
+
+
 def _scaling_code(scaling, t):
-    """C++ lines turning raw `features` into the network's inputs `x0` of type t, as
-    the ONNX graph does: Standardize (Sign x Log(1 + Abs), Where, Sub, Mul) or MinMax
-    (Sub, Mul, Clip to [0, 1])."""
+    """C++ lines turning the raw and derived inputs `in` into the network's inputs
+    `x0` of type t, as the ONNX graph does: Standardize (Sign x Log(1 + Abs), Where,
+    Sub, Mul) or MinMax (Sub, Mul, Clip to [0, 1])."""
     if scaling is None:
-        return [f"    {t} x0[n_features];",
-                "    for (int i = 0; i < n_features; ++i) x0[i] = features[i];"]
+        return [f"    {t} x0[n_inputs];",
+                "    for (int i = 0; i < n_inputs; ++i) x0[i] = in[i];"]
     shift, inv = scaling.float32_arrays()
-    lines = [_array("shift", shift), _array("inv_scale", inv), f"    {t} x0[n_features];",
-             "    for (int i = 0; i < n_features; ++i) {", f"        {t} v = features[i];"]
+    lines = [_array("shift", shift), _array("inv_scale", inv), f"    {t} x0[n_inputs];",
+             "    for (int i = 0; i < n_inputs; ++i) {", f"        {t} v = in[i];"]
     if isinstance(scaling, Standardize):
         lines[:0] = [_array("take_log", [int(v) for v in scaling.log_mask()], "int")]
         return lines + [
@@ -204,17 +250,27 @@ def export_header(model, saved, namespace="ghost_model"):
             "// Usage: float p = " + namespace + "::ghost_probability(features);",
             "//   features: the raw branch values of one track, in feature_names order;",
             "//   p: the ghost probability (a track is a ghost when p > threshold);",
-            "//   a NaN or infinite feature gives a NaN probability (drop such tracks, as the",
-            "//   toolkit does)."]
+            "//   a NaN or infinite feature or derived input gives a NaN probability (drop",
+            "//   such tracks, as the toolkit does)."]
+    if config.derived:
+        head += ["// Derived inputs, computed from the features inside ghost_probability as the "
+                 "ONNX graph", "// computes them (float32, in the order written), then "
+                 "scaled with the features:"]
+        head += [f"//   {d.name} := {d.fit or d.expression}" for d in config.derived]
     head += [f"// {line}" for line in comment_lines(saved.provenance or {})]
     lines = [*head, "#pragma once", "#include <cmath>", "#include <cstdint>", "",
              "#if defined(__CUDACC__)", "#define GHOST_HD __host__ __device__", "#else",
              "#define GHOST_HD", "#endif", "", f"namespace {namespace} {{", "",
-             f"constexpr int n_features = {config.n_features};",
+             f"constexpr int n_features = {config.n_features};  // the raw inputs",
+             f"constexpr int n_derived = {len(config.derived)};  // computed from them",
+             "constexpr int n_inputs = n_features + n_derived;",
              f"constexpr bool int8 = {'true' if int8 else 'false'};",
              *_threshold_lines(saved),
              "inline constexpr const char* feature_names[n_features] = {"
-             + ", ".join(f'"{n}"' for n in names) + "};", "",
+             + ", ".join(f'"{n}"' for n in names) + "};",
+             *(["inline constexpr const char* derived_names[n_derived] = {"
+                + ", ".join(f'"{d.name}"' for d in config.derived) + "};"]
+               if config.derived else []), "",
              "namespace detail {",
              "template <class T> GHOST_HD inline T activation(T x) {",
              f"    return {ACTIVATIONS[config.activation].cpp};",
@@ -233,16 +289,33 @@ def export_header(model, saved, namespace="ghost_model"):
              "    v = v < lo ? lo : (v > hi ? hi : v);",
              "    return (std::int32_t)nearbyintf(v) + zero_point;",
              "}",
+             "// the derived inputs' float32 arithmetic: a product rounded on its own (CUDA",
+             "// would fuse it with an addition); min and max NaN where either side is NaN or",
+             "// infinite, as the ONNX graph's Where(a < b, a, b) + (a - a) + (b - b)",
+             "GHOST_HD inline float mul(float a, float b) {",
+             "#if defined(__CUDA_ARCH__)",
+             "    return __fmul_rn(a, b);",
+             "#else",
+             "    return a * b;",
+             "#endif",
+             "}",
+             "GHOST_HD inline float minimum(float a, float b) {",
+             "    return (a < b ? a : b) + (a - a) + (b - b);",
+             "}",
+             "GHOST_HD inline float maximum(float a, float b) {",
+             "    return (a > b ? a : b) + (a - a) + (b - b);",
+             "}",
              "}  // namespace detail", "",
              "GHOST_HD inline float ghost_probability(const float* features) {",
-             "    for (int i = 0; i < n_features; ++i)  // NaN or +-inf in, NaN out: x - x is",
-             "        if (!(features[i] - features[i] == 0.0f)) return NAN;  // NaN just then"]
+             *_derived_code(config),
+             "    for (int i = 0; i < n_inputs; ++i)  // NaN or +-inf in, NaN out: x - x is",
+             "        if (!(in[i] - in[i] == 0.0f)) return NAN;  // NaN just then"]
     # INT8: float32 scaling, exactly as the ONNX graph feeds its first QuantizeLinear
     lines += _scaling_code(scaling, "float" if int8 else "detail::sum_t")
     if int8:
         s0, zp0 = model.quants[0].frozen[0], model.quants[0].frozen[1]
-        lines += ["    std::int32_t q0[n_features];",
-                  "    for (int i = 0; i < n_features; ++i)",
+        lines += ["    std::int32_t q0[n_inputs];",
+                  "    for (int i = 0; i < n_inputs; ++i)",
                   f"        q0[i] = detail::quantize(x0[i] / {_f(s0)}, {zp0});"]
         body, out = _int8_layers(model)
     else:

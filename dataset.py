@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from derived import extend, from_dicts
 from features import MinMax, Standardize, width_problem
 from records import check_fields, in_range, is_distinct_names, is_int, is_names, is_real, is_text
 from utils import GhostError, one_line
@@ -94,6 +95,7 @@ FIELD_TYPES = {
     "normalization": (lambda v: isinstance(v, dict), "an object"),
     "standardization": (lambda v: isinstance(v, dict), "an object"),
     "spectators": (is_names, "a list of branch names"),
+    "derived": (lambda v: isinstance(v, list), "a list of derived inputs"),
     "features_page": (is_text, "a string"),
 }
 
@@ -120,6 +122,9 @@ class DatasetMeta:
     normalization: MinMax = None                # min-max: network 0, --inputs minmax
     standardization: Standardize = None         # network 1's default first layer
     spectators: list = field(default_factory=list)  # columns of the spectator arrays
+    # derived.Derived inputs (fitted on the train split), computed by network 1's
+    # first layer from the features; the scalings cover the features, then them
+    derived: list = field(default_factory=list)
     features_page: str = None                   # make_dataset.py --plot's index.html
 
     @classmethod
@@ -142,6 +147,9 @@ class DatasetMeta:
         if n != width and width is not None:
             raise GhostError(f"{path} lists {n} features, but the arrays have {width} columns")
         what = "features" if meta.features else "columns"  # what the n entries are for
+        if meta.derived:
+            meta.derived = _derived(meta.derived, meta.features, path)
+            n, what = (None if n is None else n + len(meta.derived)), "inputs"
         for key, kind in (("normalization", MinMax), ("standardization", Standardize)):
             scaling = getattr(meta, key)
             if scaling is None:
@@ -168,12 +176,30 @@ class DatasetMeta:
             return f"the input's natural mix{fraction}"
         return "a balanced 50/50 mix (subsampled)"
 
+    def inputs(self):
+        """The names of network 1's inputs: the features, then the derived inputs."""
+        return list(self.features or []) + [d.name for d in self.derived]
+
     def to_dict(self):
         d = asdict(self)
+        d["derived"] = [x.to_dict() for x in self.derived]
         for key in ("normalization", "standardization"):
             scaling = getattr(self, key)
             d[key] = scaling.to_dict() if scaling else None
         return d
+
+
+def _derived(records, features, path):
+    """The recorded derived inputs as derived.Derived, fitted (GhostError if not)."""
+    if not features:
+        raise GhostError(f"{path}: derived inputs are recorded without the features they read")
+    try:
+        derived = from_dicts(records, features)
+    except ValueError as e:
+        raise GhostError(f"{path}: {e}")
+    if pending := [d.name for d in derived if d.needs_fit()]:
+        raise GhostError(f"{path}: derived input(s) {', '.join(pending)} were never fitted")
+    return derived
 
 
 def load_meta(prefix, width=None, arrays=None):
@@ -260,6 +286,15 @@ def _check_values(meta, prefix, data_path, data, lo, hi):
                              f"{lo[j]:.4g} to {hi[j]:.4g}), but {meta_path(prefix)} records "
                              "the arrays as normalized")
     elif meta.standardization is not None:
+        if meta.derived:  # the scalings cover the derived inputs too
+            names = meta.inputs()
+            extra = extend(data, meta.derived, meta.features)[:, data.shape[1]:]
+            bad = [f"{int((~np.isfinite(extra[:, j])).sum())} in {d.name}"
+                   for j, d in enumerate(meta.derived) if not np.isfinite(extra[:, j]).all()]
+            if bad:
+                raise GhostError(f"{data_path}: derived inputs are NaN or inf for tracks "
+                                 f"({', '.join(bad)}): remake the dataset with make_dataset.py")
+            lo, hi = np.r_[lo, extra.min(axis=0)], np.r_[hi, extra.max(axis=0)]
         try:
             meta.standardization.check_range(lo, hi, names, data_path)
         except ValueError as e:

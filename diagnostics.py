@@ -38,8 +38,14 @@ def correlations(data, labels):
     return out
 
 
+def csv_field(text):
+    """A CSV field: quoted where it holds a comma or a quote (a derived input's
+    expression, 'kick := residual(pr_match_dtx, qop)')."""
+    return f'"{text.replace(chr(34), 2 * chr(34))}"' if any(c in text for c in ',"') else text
+
+
 def ranking_csv(rows):
     lines = ["rank,feature,auc_drop,rejection_drop_at_99"]
-    lines += [f"{i},{r['feature']},{r['auc_drop']:.6g},{r['rejection_drop']:.6g}"
+    lines += [f"{i},{csv_field(r['feature'])},{r['auc_drop']:.6g},{r['rejection_drop']:.6g}"
               for i, r in enumerate(rows, 1)]
     return "\n".join(lines) + "\n"

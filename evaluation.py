@@ -31,6 +31,9 @@ LIMIT_CURVE = f"limit ({LIMIT})"  # the known optimum's curve, where the input h
 RANKING_STEM = "ranking"  # ranking.png and ranking.csv
 RANKING_CAPTION = ("Features ranked by the drop in AUC and in ghost rejection at 99 % when "
                    "each is shuffled.")
+RANKING_DERIVED = (" Each derived input (name := expression) is shuffled as a column of its "
+                   "own; a shuffled feature is shuffled alone, the derived inputs computed "
+                   "from it keeping their original values.")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Ranking:
     """The permutation ranking of the features (diagnostics.permutation_ranking)."""
     reference: dict            # the unshuffled figures of merit
     rows: list                 # [{feature, auc_drop, rejection_drop}], largest drop first
+    caption: str = RANKING_CAPTION
 
     def line(self, head, top=None):
         """The console line: `head`, then each (or the `top`) feature's AUC drop."""
@@ -86,7 +90,7 @@ class Ranking:
     def figure(self, plt, title):
         """(stem, Figure, caption) for report.write_analysis's extra figures."""
         return (RANKING_STEM, ranking_figure(plt, self.reference, self.rows, title),
-                RANKING_CAPTION)
+                self.caption)
 
 
 def rank_features(score, data, labels, names, seed):
@@ -222,18 +226,21 @@ def input_record(source):
 def run_context(source, model, settings, finite, scored):
     """What metrics.json records about an inference.py run before its numbers: the
     input (inputs.Source), the model (scoring.LoadedModel), the settings it was read
-    with, which tracks had every feature finite and the scoring pass (`scored`: its
-    scores, description, seconds and cross-check)."""
+    with, which tracks had every feature and derived input finite and the scoring
+    pass (`scored`: its scores, description, seconds and cross-check)."""
     n, seconds = len(scored.scores), scored.seconds
+    config = model.saved.model  # the derived inputs it computes in its first layer
     context = {
         "input": input_record(source), "input_kind": source.kind,
         "model": file_record(model.path), "model_kind": model.kind,
         "int8": model.int8, "scoring": scored.desc, "track": settings.track,
         "features": settings.features, "network": settings.network,
+        "derived": [d.to_dict() for d in config.derived] if config is not None else [],
         "macs_per_track": model_macs(model),
         "normalized_by_inference": settings.normalization is not None,
         "normalization_origin": settings.normalization_origin,
         "tracks": n, "tracks_nonfinite": int((~finite).sum()),
+        "tracks_nonfinite_derived_only": scored.inp.nonfinite_derived,
         "scoring_seconds": seconds,
         "tracks_per_second": n / seconds if seconds > 0 else None,
     }

@@ -38,9 +38,25 @@ FIXED_BOUNDS = {
     "chi2": (0.0, 400.0),
 }
 
+# Derived inputs (derived.py: `name := expression` of the track type's features), the
+# quantities physicists give TMVA as expressions: network 1's first layer computes
+# them from the raw branches, beside them.  make_dataset.py --derived adds more,
+# --no-derived drops these.  From the physics of a track:
+#   chi2_ndof  the fit quality per degree of freedom (chi2 grows with ndof)
+#   dqop       the relative change of q/p from pattern recognition to the Kalman fit
+#   sin_theta  pT / p, the polar angle (best_pt = p sin(theta))
+#   kick       matching: the slope change in the magnet less what q/p predicts, the
+#              kick's slope fitted on the real tracks of the training split
+DERIVED = {
+    "forward": ["chi2_ndof := chi2 / ndof", "dqop := qop / first_qop - 1",
+                "sin_theta := best_pt * abs(qop)"],
+    "matching": ["chi2_ndof := chi2 / ndof", "dqop := qop / first_qop - 1",
+                 "sin_theta := best_pt * abs(qop)", "kick := residual(pr_match_dtx, qop)"],
+}
+
 # Features whose distribution has a heavy tail: plotted on a log scale, and
 # transformed by a signed log1p before they are standardized (Standardize).
-HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2"}
+HEAVY_TAILED = {"best_pt", "chi2", "pr_seed_chi2", "chi2_ndof", "dqop"}
 TRANSFORMS = ("identity", "log")  # "log": sign(x) * log(1 + |x|)
 
 # Units for axis labels: Allen's files hold MeV and mm (qop: charge over momentum).
@@ -306,13 +322,16 @@ class Standardize:
         return ((t - means) * inv_stds).astype(np.float32, copy=False)
 
 
-def overflowing(data, finite, scaling, chunk=1 << 18):
+def overflowing(data, finite, scaling, extend=None, chunk=1 << 18):
     """The tracks with every feature finite that `scaling` (the model's input
     transform, features.MinMax or Standardize, computed in float32 as the model
-    does; None: none) takes beyond float32's range: bool [n].  The transforms are
-    monotone, so only columns whose extremes overflow can; in those, only values
-    beyond half of what their scale allows are candidates, and only the candidates'
-    rows are transformed."""
+    does; None: none) takes beyond float32's range: bool [n].  `extend`: rows of
+    data -> the inputs the scaling covers (the model's derived inputs appended,
+    architecture.ModelConfig.extend), applied a chunk of rows at a time.  The
+    transforms are monotone, so only columns whose extremes overflow can; in those,
+    only values beyond half of what their scale allows are candidates, and only the
+    candidates' rows are transformed."""
+    grow = extend or np.asarray
     out = np.zeros(len(data), dtype=bool)
     if scaling is None or not len(data):
         return out
@@ -326,10 +345,11 @@ def overflowing(data, finite, scaling, chunk=1 << 18):
         logs = scaling.log_mask() if hasattr(scaling, "log_mask") else np.zeros(len(inv), bool)
         bound = np.where(logs, 0, top / 2 / np.maximum(inv, 1) - np.abs(shift))[risky]
         for lo in range(0, len(data), chunk):
-            out[lo:lo + chunk] = (np.abs(data[lo:lo + chunk, risky]) > bound).any(axis=1)
+            x = grow(data[lo:lo + chunk])[:, risky]
+            out[lo:lo + chunk] = (np.abs(x) > bound).any(axis=1)
         rows = np.flatnonzero(out & finite)
         out[:] = False
-        out[rows] = ~np.isfinite(scaling.apply(data[rows])[:, risky]).all(axis=1)
+        out[rows] = ~np.isfinite(scaling.apply(grow(data[rows]))[:, risky]).all(axis=1)
     return out
 
 

@@ -28,9 +28,11 @@ from inputs import (
     describe_source,
     finite_part,
     load_input,
+    nonfinite_line,
     overflow_warning,
     release_features,
     resolve_settings,
+    scorable,
 )
 from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
@@ -213,7 +215,8 @@ class Scorer:
                            self.args.backend, self.args.nocuda, self.args.batch)
 
     def scores(self, data, finite=None):
-        return self.run(data, np.ones(len(data), bool) if finite is None else finite)[0]
+        """Probabilities of the tracks `finite` (default: inputs.scorable's), NaN elsewhere."""
+        return self.run(data, scorable(self.model, data) if finite is None else finite)[0]
 
 
 @dataclass
@@ -273,11 +276,8 @@ def score_input(args, scorer, source):
                 warn(f"the two engines differ by {check['max_abs_diff']:.2e} (more than "
                      f"{CROSS_CHECK_TOLERANCE:g}): the model does not compute the same in both")
     if n_bad:
-        log(f"{n_bad:,} tracks have a non-finite feature: their probability is NaN "
-            f"and they are left out of the metrics")
-    train_scores = None
-    if inp.train is not None:
-        train_scores = scorer.scores(inp.train[0], np.isfinite(inp.train[0]).all(axis=1))
+        log(nonfinite_line(n_bad, inp))
+    train_scores = None if inp.train is None else scorer.scores(inp.train[0])
     return Scored(source, inp, finite, scores, train_scores, desc, seconds, check)
 
 

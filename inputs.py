@@ -19,6 +19,7 @@ from dataset import (
     meta_path,
     split_paths,
 )
+from derived import compute_all
 from features import (
     LABEL,
     LIMIT,
@@ -63,6 +64,7 @@ class Input:
     train: tuple = None       # (data, labels) of the train split
     limit: np.ndarray = None  # the generator's log-likelihood ratio (features.LIMIT)
     columns: dict = None      # branches for the performance vs kinematics, where present
+    nonfinite_derived: int = 0  # tracks whose features are finite but not a derived input
 
 
 def read_input(source, names, tree, threads=None):
@@ -109,19 +111,53 @@ def read_input(source, names, tree, threads=None):
 
 def load_input(source, settings, model, tree, threads=None):
     """What inference.py scores: the Input read from `source` with `settings`
-    (read_input), and which tracks have every feature finite; the guard rails
-    checked for `model`."""
+    (read_input), and which tracks have every feature and derived input finite;
+    the guard rails checked for `model`."""
     clock = Stopwatch()
     inp = read_input(source, settings.features, tree, threads)
     if len(inp.data) == 0:
         raise GhostError(f"{source.path} holds no tracks")
-    finite = np.isfinite(inp.data).all(axis=1)
+    derived = derived_inputs(model, inp.data)
+    finite = finite_tracks(inp.data, derived[0])
+    inp.nonfinite_derived = int((np.isfinite(inp.data).all(axis=1) & ~finite).sum())
     log(f"read {len(inp.data):,} tracks from {source.path} in {clock():.1f} s"
         + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
-    guard(source, tree, settings.track, model, settings.features, inp.data, finite)
+    guard(source, tree, settings.track, model, settings.features, inp.data, finite, derived)
     if settings.normalization is not None:
         log(f"normalized with the transform recorded in {settings.normalization_origin}")
     return inp, finite
+
+
+def derived_inputs(model, data):
+    """(float32 [tracks, derived] of the derived inputs `model` computes in its first
+    layer from data's columns (its branches), their names); (None, []) for a model
+    without."""
+    config = model.saved.model
+    if config is None or not config.derived:
+        return None, []
+    return (compute_all(config.derived, data, list(config.branches)),
+            [d.name for d in config.derived])
+
+
+def finite_tracks(data, derived=None):
+    """bool [tracks]: every feature finite, and every derived input (`derived`, as
+    derived_inputs gives them), so the model computes a probability."""
+    finite = np.isfinite(data).all(axis=1)
+    return finite if derived is None else finite & np.isfinite(derived).all(axis=1)
+
+
+def scorable(model, data):
+    """bool [tracks]: those `model` computes a probability for (finite_tracks)."""
+    return finite_tracks(data, derived_inputs(model, data)[0])
+
+
+def nonfinite_line(n_bad, inp):
+    """The console's line on the tracks left unscored: a non-finite feature, or
+    only a non-finite derived input (load_input counts those)."""
+    only = inp.nonfinite_derived
+    what = f" or derived input ({only:,} only a derived input)" if only else ""
+    return (f"{n_bad:,} tracks have a non-finite feature{what}: their probability is NaN "
+            "and they are left out of the metrics")
 
 
 OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
@@ -129,22 +165,27 @@ CONSTANT_MIN_TRACKS = 10  # fewer finite tracks: no feature is called constant
 TREE_ROWS = 500_000  # the tracks (first in order) whose features results.root's trees hold
 
 
-def guard(source, tree, track, model, names, data, finite=None):
+def guard(source, tree, track, model, names, data, finite=None, derived=(None, [])):
     """Guard rails: does the input look like what the model was trained on?
 
-    - a feature finite on no track (NaN or +-inf everywhere): an error, as nothing
-      can be scored;
+    - a feature or derived input finite on no track (NaN or +-inf everywhere): an
+      error, as nothing can be scored;
     - features constant here but not in training (or, for a model that records no
       training ranges, 0 for every track): the input is of another track type or a
       branch is empty (from CONSTANT_MIN_TRACKS finite tracks up);
-    - features outside the model's training range for more than 1 % of the tracks.
+    - features and derived inputs outside the model's training range for more than
+      1 % of the tracks.
     One warning line names them with their fractions; where half the features or more
     are constant the scores mean nothing, and it is an error.  `finite`: the rows
-    with every feature finite (computed if not given)."""
+    with every feature and derived input finite (computed if not given); `derived`:
+    (values, names) of the model's derived inputs (derived_inputs)."""
+    values, dnames = derived
     if finite is None:
-        finite = np.isfinite(data).all(axis=1)
-    if not finite.any() and (nowhere := nowhere_finite(data, names)):
-        raise GhostError("; ".join(f"feature {n} is {what} for every track" for n, what in
+        finite = finite_tracks(data, values)
+    nowhere = {} if finite.any() else {**nowhere_finite(data, names, "feature"),
+                                       **nowhere_finite(values, dnames, "derived input")}
+    if nowhere:
+        raise GhostError("; ".join(f"{n} is {what} for every track" for n, what in
                                    nowhere.items()) + ": no track can be scored (is the "
                          "branch filled in this input?)")
     ranges = model.saved.training_ranges or {}
@@ -160,6 +201,9 @@ def guard(source, tree, track, model, names, data, finite=None):
         constant = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
     outside = {n: float(outside_fraction[j]) for j, n in enumerate(names)
                if n in ranges and n not in constant and outside_fraction[j] > OUTSIDE_WARNING}
+    if any(n in ranges for n in dnames):  # a ratio may leave its range where its parts do not
+        outside.update((n, float(f)) for n, f in zip(dnames, column_stats(
+            values, finite, [ranges.get(n) for n in dnames])[2]) if f > OUTSIDE_WARNING)
     if not constant and not outside:
         return
     parts = []
@@ -185,14 +229,14 @@ def guard(source, tree, track, model, names, data, finite=None):
          "metrics are not meaningful")
 
 
-def nowhere_finite(data, names):
-    """{feature: what it holds} for the features finite on no track: "NaN", "+inf",
-    "-inf" or several of them joined by "or"."""
+def nowhere_finite(data, names, what="feature"):
+    """{"<what> <name>": what it holds} for the columns finite on no track: "NaN",
+    "+inf", "-inf" or several of them joined by "or"."""
     out = {}
     for j, name in enumerate(names):
         col = data[:, j]
         if not np.isfinite(col).any():
-            out[name] = " or ".join(what for what, has in (
+            out[f"{what} {name}"] = " or ".join(kind for kind, has in (
                 ("NaN", np.isnan(col)), ("+inf", col == np.inf), ("-inf", col == -np.inf))
                 if has.any())
     return out
@@ -281,6 +325,11 @@ def choose_features(track_flag, features_flag, model, source):
     if model.n_in is not None and model.n_in != len(names):
         raise GhostError(f"{model.path} takes {model.n_in} input features, but {len(names)} "
                          f"features are selected ({','.join(names)})")
+    config = saved.model
+    if config is not None and config.derived and list(config.branches) != names:
+        raise GhostError(f"{model.path} computes its derived inputs from the features "
+                         f"{','.join(config.branches)} in this order, but "
+                         f"{','.join(names)} are selected")
     return track, names
 
 

@@ -12,8 +12,10 @@ import numpy as np
 
 from cli import FORMATS, Parser, add_plot_options, add_threads_option, parse_formats, run_cli
 from dataset import SPLITS, DatasetMeta, dataset_files, dataset_outputs, meta_path, write_dataset
+from derived import SYNTAX, extend, fit_all, parse_all
 from features import (
     DEFAULT_TREE,
+    DERIVED,
     HEAVY_TAILED,
     LABEL,
     LIMIT,
@@ -49,6 +51,9 @@ OUTPUTS = [
     ("files in --plots-dir with --plot (figures as .png; .pdf as well with --format png,pdf):",
      [("{" + ",".join(features_for(t)) + "}.png", f"with --track {t}: one figure per feature, "
        "ghosts vs real tracks") for t in TRACK_TYPES]
+     + [("{" + ",".join(d.split(":=")[0].strip() for d in DERIVED[t]) + "}.png",
+         f"with --track {t}: one figure per default derived input (and per --derived's), "
+         "titled name := expression") for t in TRACK_TYPES]
      + [(PAGE, "the page: the data set, its files and every figure")]),
 ]
 
@@ -76,7 +81,14 @@ def parse_args(argv=None):
                         "transform and standardization")
     add_plot_options(p, "--plot's figure")
     p.add_argument("--normalize", action="store_true",
-                   help="min-max normalize the features into [0, 1] (for network 0)")
+                   help="min-max normalize the features into [0, 1] (for network 0, which "
+                        "takes no derived inputs)")
+    p.add_argument("--derived", action="append", default=[], metavar="'NAME := EXPR'",
+                   help="a derived input network 1 computes from the features, beside the "
+                        f"track type's defaults (repeatable; one of the same name replaces a "
+                        f"default): {SYNTAX}")
+    p.add_argument("--no-derived", action="store_true",
+                   help="without the track type's default derived inputs (only --derived's)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     add_threads_option(p, PARALLEL_READ_ENTRIES)
@@ -84,7 +96,24 @@ def parse_args(argv=None):
     if not 0.0 < args.fraction <= 1.0:
         raise GhostError(f"--fraction must be in (0, 1], got {args.fraction}")
     args.formats = parse_formats(args.format)
+    if args.normalize and args.derived:
+        raise GhostError("--derived needs network 1's first layer, but --normalize makes "
+                         "inputs for network 0: leave out one of them")
     return args
+
+
+def derived_inputs(args, names):
+    """The derived inputs (derived.Derived, not yet fitted): the track type's defaults
+    (none with --no-derived or --normalize), then --derived's, a user's replacing a
+    default of the same name; GhostError naming a bad expression."""
+    try:
+        users = parse_all(args.derived, names)
+        defaults = [] if args.no_derived or args.normalize else parse_all(DERIVED[args.track],
+                                                                          names)
+    except ValueError as e:
+        raise GhostError(f"--derived: {e}")
+    mine = {d.name for d in users}
+    return [d for d in defaults if d.name not in mine] + users
 
 
 def check_outputs(args, files):
@@ -102,13 +131,16 @@ def check_outputs(args, files):
         prepare_folder(args.plots_dir, "--plots-dir")
 
 
-def clean(columns, names, where):
-    """Tracks whose features and label are all finite: (row numbers, their labels,
-    dropped tracks per feature); `where`: the inputs, in words, for errors."""
+def clean(columns, names, where, derived=()):
+    """Tracks whose features, derived inputs and label are all finite: (row numbers,
+    their labels, dropped tracks per feature or derived input); `where`: the inputs,
+    in words, for errors.  A residual's line is fitted later (on the train split):
+    its finiteness is that of y - x until then."""
     finite = np.ones(len(columns[LABEL]), dtype=bool)
     dropped = {}
-    for name in names + [LABEL]:
-        ok = np.isfinite(columns[name])
+    values = {d.name: d.unfitted_values(columns, names) for d in derived}
+    for name in names + [LABEL] + list(values):
+        ok = np.isfinite(values[name] if name in values else columns[name])
         if (n_bad := int((~ok).sum())):
             dropped[name] = n_bad
         finite &= ok
@@ -171,16 +203,31 @@ def in_words(files):
     return files[0] + (f" and {len(files) - 1} more files" if len(files) > 1 else "")
 
 
-def fit_scalings(splits, names, where):
-    """(MinMax, Standardize) of the train split, both recorded (network 1 embeds
-    either); a feature float32 cannot scale in some split (values near its
-    maximum) is refused by name: such tracks would turn into NaN or inf."""
-    train = splits["train"][0]
+def fit_derived(derived, splits, names, where):
+    """The derived inputs with their residual lines fitted on the real tracks of the
+    train split (GhostError if one cannot be)."""
+    train, labels = splits["train"]
+    columns = {name: train[:, j] for j, name in enumerate(names)}
     try:
-        scalings = MinMax.fit(train, names), Standardize.fit(train, names)
+        return fit_all(derived, columns, labels[:, 0] == 0.0, names)
+    except ValueError as e:
+        raise GhostError(f"{e} in {where}")
+
+
+def fit_scalings(splits, names, where, derived=()):
+    """(MinMax, Standardize) of the train split's features and derived inputs, both
+    recorded (network 1 embeds either); a feature float32 cannot scale in some
+    split (values near its maximum) is refused by name: such tracks would turn
+    into NaN or inf."""
+    inputs = names + [d.name for d in derived]
+    train = extend(splits["train"][0], derived, names)
+    try:
+        scalings = MinMax.fit(train, inputs), Standardize.fit(train, inputs)
         for split in ("valid", "test"):
-            x = splits[split][0]
-            scalings[1].check_range(x.min(axis=0), x.max(axis=0), names, f"the {split} split")
+            x = extend(splits[split][0], derived, names)
+            if not np.isfinite(x).all():
+                raise ValueError(f"a fitted derived input is NaN or inf in the {split} split")
+            scalings[1].check_range(x.min(axis=0), x.max(axis=0), inputs, f"the {split} split")
     except ValueError as e:
         raise GhostError(f"{e}; values this large are no measurement (like NaN): remove "
                          f"those tracks from {where}")
@@ -207,7 +254,8 @@ def read_tracks(files, tree, track, names, threads):
     return columns
 
 
-def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators):
+def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators,
+             derived):
     """The DatasetMeta written beside the arrays."""
     minmax, standardize = scalings
     return DatasetMeta(
@@ -222,7 +270,7 @@ def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spect
                        else None),
         # both always recorded: network 1 embeds one of them, inference reuses them
         normalized=args.normalize, normalization=minmax, standardization=standardize,
-        spectators=spectators,
+        spectators=spectators, derived=derived,
         features_page=os.path.abspath(os.path.join(args.plots_dir, PAGE)) if args.plot else None)
 
 
@@ -234,9 +282,10 @@ def main(argv=None):
     check_outputs(args, files)
 
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
+    derived = derived_inputs(args, names)
     columns = read_tracks(files, args.tree, args.track, names, args.threads)
     n_read = len(columns[LABEL])
-    rows, labels, dropped = clean(columns, names, in_words(files))
+    rows, labels, dropped = clean(columns, names, in_words(files), derived)
     log(f"read {n_read:,} tracks in {clock():.1f} s; "
         f"dropped {n_read - len(rows):,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
@@ -251,10 +300,12 @@ def main(argv=None):
     extra = split_arrays(columns, spectators, take) if spectators else None
     if not args.plot:  # every track is in the splits now; --plot draws the columns
         del columns
-    scalings = fit_scalings(splits, names, in_words(files))
+    derived = fit_derived(derived, splits, names, in_words(files))
+    scalings = fit_scalings(splits, names, in_words(files), derived)
     if args.normalize:
         splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
-    meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators)
+    meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators,
+                    derived)
     page = os.path.join(args.plots_dir, PAGE) if args.plot else None
     written = (f"wrote {args.output}_{{{','.join(SPLITS)}}}_*.npy and "
                f"{meta_path(args.output)}")
@@ -262,13 +313,14 @@ def main(argv=None):
         write_dataset(out, args.output, splits, meta, extra)
         if args.plot:
             html, data_files = dataset_parts(meta, args.output, args.plots_dir)
-            log(f"drawing {len(names)} feature figures in {args.plots_dir} ...")
+            log(f"drawing {len(names) + len(derived)} figures (features, derived inputs) in "
+                f"{args.plots_dir} ...")
             write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats,
                                   args.label,
                                   Parts(dataset_headline(meta, written, None),
-                                        [("Data set", html)], files=data_files))
+                                        [("Data set", html)], files=data_files), derived)
 
     kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
             if args.balance == "subsample" else

@@ -2,8 +2,9 @@
 embedded input scaling, ready for INT8 quantization-aware training.
 
   network 0:           features (min-max normalized beforehand) -> MLP -> sigmoid
-  network 1: raw branch values -> StandardizeLayer (signed log1p where heavy-tailed,
-             then standardized; or MinMaxNorm, the original) -> the same MLP
+  network 1: raw branch values -> DerivedLayer (the derived inputs, if any, appended)
+             -> StandardizeLayer (signed log1p where heavy-tailed, then standardized;
+             or MinMaxNorm, the original) -> the same MLP
 
 One function, build_model(ModelConfig), builds either (architecture.py describes
 them without torch).
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from architecture import ACTIVATIONS
+from derived import ArrayOps, walk
 from features import Standardize
 
 
@@ -27,6 +29,22 @@ def quant_name(i):
     then `act_quant`, `act_quant1`, ... for the hidden layers' outputs (the names of
     the one-hidden-layer toolkit, and of the QuantizeLinear nodes of an INT8 ONNX)."""
     return "quant" if i == 0 else "act_quant" if i == 1 else f"act_quant{i - 1}"
+
+
+class DerivedLayer(nn.Module):
+    """The derived inputs (derived.Derived, fitted), computed from the raw branches
+    and appended to them: [tracks, branches] -> [tracks, branches + derived].  No
+    parameters: the fitted constants are part of the expressions."""
+
+    def __init__(self, derived, branches):
+        super().__init__()
+        self.trees = [d.tree(list(branches)) for d in derived]
+        self.index = {name: i for i, name in enumerate(branches)}
+
+    def forward(self, x):
+        ops = ArrayOps(torch, lambda name: x[:, self.index[name]], x.new_tensor)
+        columns = [walk(tree, ops).expand(x.shape[0]).unsqueeze(1) for tree in self.trees]
+        return torch.cat([x, *columns], dim=1)
 
 
 class MinMaxNorm(nn.Module):
@@ -184,11 +202,14 @@ class GhostNet(nn.Module):
     Module names keep the one-hidden-layer toolkit's state dicts loadable: linear
     layers fc0, fc1, ...; the quantizers as quant_name says."""
 
-    def __init__(self, n_features, hidden, activation, scaling=None):
+    def __init__(self, n_features, hidden, activation, scaling=None, derive=None):
         super().__init__()
+        self.n_features = n_features  # the raw inputs; derive appends the derived ones
+        self.derive = derive if derive is not None else nn.Identity()
         self.norm = scaling if scaling is not None else nn.Identity()
         self.act, self.act_name = activation_layer(activation), activation
-        widths = (n_features, *hidden, 1)
+        n_derived = len(derive.trees) if derive is not None else 0
+        widths = (n_features + n_derived, *hidden, 1)
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             setattr(self, f"fc{i}", QuantLinear(n_in, n_out))
             setattr(self, quant_name(i), FakeQuant())  # the INT8 domain of layer i's input
@@ -213,14 +234,25 @@ class GhostNet(nn.Module):
                 x = self.act(x)
         return x
 
+    def scaled(self, x):
+        """Raw branch values -> the inputs of the first hidden layer: the derived
+        inputs appended, then the input scaling."""
+        return self.norm(self.derive(x))
+
     def logits(self, x):
-        return self.core(self.norm(x))
+        return self.core(self.scaled(x))
 
     def forward(self, x):
-        """Ghost probabilities; NaN for a track with a NaN or infinite feature, here,
-        in the ONNX graph (float and INT8) and in the C++ header alike: x - x is 0
-        for a finite value and NaN for NaN and +-inf, and p + 0 is p exactly."""
-        return torch.sigmoid(self.logits(x)) + (x - x).sum(dim=1, keepdim=True)
+        """Ghost probabilities; NaN for a track with a NaN or infinite feature or
+        derived input, here, in the ONNX graph (float and INT8) and in the C++ header
+        alike: x - x is 0 for a finite value and NaN for NaN and +-inf, and p + 0 is
+        p exactly."""
+        return self.from_inputs(self.derive(x))
+
+    def from_inputs(self, x):
+        """Ghost probabilities from the columns [raw | derived] (the derived inputs
+        given, not computed; what the permutation ranking shuffles one by one)."""
+        return torch.sigmoid(self.core(self.norm(x))) + (x - x).sum(dim=1, keepdim=True)
 
     def fake_quants(self):
         return [m for m in self.modules() if isinstance(m, FakeQuant)]
@@ -250,7 +282,8 @@ def build_model(config):
     """The network a ModelConfig describes, INT8 fake quantization on if it says so."""
     scaling = config.input_layer()
     model = GhostNet(config.n_features, config.hidden, config.activation,
-                     input_layer(scaling) if scaling is not None else None)
+                     input_layer(scaling) if scaling is not None else None,
+                     DerivedLayer(config.derived, config.branches) if config.derived else None)
     return model.set_int8(config.int8)
 
 
@@ -262,4 +295,5 @@ def load_model(config, state_dict):
 
 
 def n_inputs(model):
-    return model.fc0.in_features
+    """The raw branches a model reads (its derived inputs it computes itself)."""
+    return getattr(model, "n_features", model.fc0.in_features)

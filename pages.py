@@ -202,9 +202,12 @@ def inference_parts(context, folder, source, model):
     section = facts({
         "input": link(shown, folder) if os.path.isfile(shown) else source,
         "kind": "a data set's test split" if is_dataset else "a ROOT file, every entry",
-        "tracks": f"{tracks:,} ({context['tracks_nonfinite']:,} with a non-finite feature)",
+        "tracks": f"{tracks:,} ({context['tracks_nonfinite']:,} with a non-finite feature"
+                  f"{' or derived input' if context.get('derived') else ''})",
         "track type": context.get("track"),
         "features": ", ".join(context.get("features") or ()),
+        "derived inputs": "; ".join(f"{d['name']} := {d['fit'] or d['expression']}"
+                                    for d in context.get("derived") or ()) or None,
         "model": link(model, folder) if os.path.isfile(model) else model,
         "model kind": f"{context.get('model_kind')}{' (INT8)' if context.get('int8') else ''}",
         "network": context.get("network"),

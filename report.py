@@ -13,6 +13,7 @@ import numpy as np
 
 from cli import FORMATS
 from compare import comparison_csv, format_comparison
+from derived import extend, input_labels
 from diagnostic_plots import feature_figure
 from drawing import draw_figures, save_figure, style
 from evaluation import RANKING_STEM
@@ -356,25 +357,32 @@ def write_tables(out, folder, e):
 
 
 def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
-                          standardize=None, formats=("png",), label="", parts=None):
-    """make_dataset.py --plot's folder: one figure per feature (the given rows of its
-    column, ghosts vs real tracks; with `standardize` (features.Standardize), as
-    network 1 sees them) and the folder's index.html (with the caller's pages.Parts)."""
+                          standardize=None, formats=("png",), label="", parts=None,
+                          derived=()):
+    """make_dataset.py --plot's folder: one figure per feature and per derived input
+    (derived.Derived, fitted; named 'name := expression', drawn into name.png): the
+    given rows, ghosts vs real tracks; with `standardize` (features.Standardize), as
+    network 1 sees them; and the folder's index.html (with the caller's pages.Parts)."""
     figures = []
+    data = extend(np.column_stack([columns[n][rows] for n in names]), derived, names)
+    if standardize is not None:
+        data = standardize.apply(data)
+    stems = list(names) + [d.name for d in derived]
     with style() as plt:
-        if standardize is not None:
-            data = standardize.apply(np.column_stack([columns[n][rows] for n in names]))
-        for j, name in enumerate(names):
-            x = data[:, j] if standardize is not None else columns[name][rows]
-            fig = feature_figure(plt, name, x, ghost, name in heavy_tailed,
+        for j, (stem, shown) in enumerate(zip(stems, input_labels(names, derived))):
+            fig = feature_figure(plt, shown, data[:, j], ghost, stem in heavy_tailed,
                                  transformed=standardize is not None)
-            figures.append((save_figure(out, os.path.join(plots_dir, f"{name}.png"), fig,
+            what = (" A derived input, computed from the features as network 1's first "
+                    "layer computes it." if j >= len(names) else "")
+            figures.append((save_figure(out, os.path.join(plots_dir, f"{stem}.png"), fig,
                                         formats=formats, label=label),
-                            f"{name}: ghosts and real tracks, each normalized to unit area."))
+                            f"{shown}: ghosts and real tracks, each normalized to unit "
+                            f"area.{what}"))
     parts = parts or Parts()
     drawn = facts({"tracks": f"{len(ghost):,}", "ghosts": f"{int(ghost.sum()):,}",
                    "real tracks": f"{int((~ghost).sum()):,}",
+                   "derived inputs": ", ".join(d.text() for d in derived) or "none",
                    "values": "standardized, as network 1 sees them" if standardize is not None
                    else "as read (raw)"})
-    write_page(out, plots_dir, "The features, ghosts vs real tracks",
+    write_page(out, plots_dir, "The features and derived inputs, ghosts vs real tracks",
                replace(parts, sections=parts.sections + [("Drawn", drawn)]), figures)

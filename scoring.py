@@ -371,8 +371,9 @@ def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
     input layer, or inf/NaN inside it), NaN like the non-finite ones."""
     backend, note = choose_backend(model, backend, nocuda)
     score, desc = make_scorer(model, backend, nocuda, batch)
-    inside = model.saved.model.input_layer() if model.saved.model is not None else None
-    overflow = overflowing(data, finite, scaling if scaling is not None else inside)
+    config = model.saved.model  # network 1's scaling covers its derived inputs too
+    inside, extend = (None, None) if config is None else (config.input_layer(), config.extend)
+    overflow = overflowing(data, finite, scaling if scaling is not None else inside, extend)
     scores, seconds, lost = score_tracks(
         score, data if scaling is None else scaling.apply(data), finite & ~overflow)
     return scores, desc, seconds, note, overflow | lost

@@ -91,13 +91,20 @@ class TrialSetup:
     schedule: str = "onecycle"
     weights: tuple = None    # (real, ghost) loss weights, or None
     select: str = "loss"
+    derived: tuple = ()      # derived.Derived inputs (fitted), computed in the first layer
+    branches: tuple = None   # the features' names, which they read
+
+    def n_inputs(self):
+        """The first hidden layer's input width: the features and the derived inputs."""
+        return self.n_features + len(self.derived)
 
     def model_config(self, params):
         return ModelConfig(network=self.network, n_features=self.n_features,
                            hidden=tuple(int(w) for w in hidden_widths(params)),
                            activation=params["activation"], inputs=self.inputs,
                            normalization=self.normalization,
-                           standardization=self.standardization)
+                           standardization=self.standardization,
+                           derived=self.derived, branches=self.branches)
 
     def train_settings(self, params):
         original = "l0" in params
@@ -305,7 +312,7 @@ def run_search(args, data, setup, record):
         scheduler = ASHAScheduler(max_t=args.epochs, grace_period=grace, reduction_factor=2)
         tuner = tune.Tuner(
             trainable,
-            param_space=search_space(args.space, setup.n_features, args.max_macs,
+            param_space=search_space(args.space, setup.n_inputs(), args.max_macs,
                                      args.batch),
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, scheduler=scheduler,

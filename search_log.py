@@ -134,7 +134,7 @@ def search_callbacks(total, setup, grace):
             nan = float("nan")
             n = self.finished(trials, trial)
             log(f"[{n}/{total}] "
-                f"{describe_params(trial.config, setup.n_features)}  epochs "
+                f"{describe_params(trial.config, setup.n_inputs())}  epochs "
                 f"{r.get('epoch', 0):>3}  val loss {r.get('loss', nan):.4f}"
                 f"  AUC {r.get('auc', nan):.4f}  rej@99% {r.get('rejection@0.99', nan):.4f}"
                 f"{stop}" + (self.heartbeat.ending(trials, trial) if n < total else ""))

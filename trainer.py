@@ -127,7 +127,7 @@ def to_tensors(model, data, device):
     x = torch.as_tensor(data[0], device=device)
     y = torch.as_tensor(data[1], device=device)
     with torch.no_grad():
-        x = model.norm(x).contiguous()
+        x = model.scaled(x).contiguous()
     return x, y
 
 
@@ -163,7 +163,7 @@ class Trainer:
                  start_epoch=0, weights=None, raw=False):
         import torch
         self.model, self.opt, self.x, self.y, self.batch = model, optimizer, x, y, batch
-        self.raw = raw  # x holds raw branch values: each batch goes through model.norm
+        self.raw = raw  # x holds raw branch values: each batch goes through model.scaled
         self.device = x.device
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -242,7 +242,7 @@ class Trainer:
             for i in range(0, steps * self.batch, self.batch):
                 rows = perm[i:i + self.batch]
                 with torch.no_grad():
-                    xb = self.model.norm(gather_rows(self.x, rows))
+                    xb = self.model.scaled(gather_rows(self.x, rows))
                 losses.append(self._step(xb, gather_rows(self.y, rows)))
             return float(torch.stack(losses).mean())
         xs, ys = gather_rows(self.x, perm), gather_rows(self.y, perm)
@@ -282,15 +282,17 @@ def evaluate(model, x, y, threshold, weights=None, chunk=1 << 16, raw=False,
     return {"loss": loss, "accuracy": accuracy, **quality(p, labels)}
 
 
-def predict(model, data, device=None, chunk=1 << 18):
+def predict(model, data, device=None, chunk=1 << 18, inputs=False):
     """Ghost probabilities (numpy float32) of raw branch values `data` (numpy), the
-    model's input layer included."""
+    model's input layer included; with `inputs`, of the columns [raw | derived]
+    (GhostNet.from_inputs: the derived inputs given, not computed)."""
     import torch
     device = device or next(model.parameters()).device
     model.eval()
+    score = model.from_inputs if inputs else model
     with torch.inference_mode():
         return np.concatenate([
-            model(torch.as_tensor(data[i:i + chunk], device=device)).cpu().numpy().ravel()
+            score(torch.as_tensor(data[i:i + chunk], device=device)).cpu().numpy().ravel()
             for i in range(0, len(data), chunk)]) if len(data) else np.zeros(0, np.float32)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 import provenance
 import search_folder
+import suggest
 import training_report
 from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
 from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, inference_record, save_model_files
@@ -42,7 +43,7 @@ from utils import GhostError, Stopwatch, heartbeat, log, pick_device
 
 
 def parse_args(argv=None):
-    p = Parser(__doc__, training_report.outputs())
+    p = Parser(__doc__, training_report.outputs() + suggest.OUTPUTS)
     p.add_argument("-f", "--filename", required=True,
                    help="dataset prefix written by make_dataset.py")
     add_search_options(p.add_argument_group("search and training"))
@@ -90,6 +91,7 @@ def add_search_options(p):
                    help="batch size (default: searched in 512, 1024, 2048; 2048 in the "
                         "original space)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    suggest.add_option(p)
     p.add_argument("--baseline", action="store_true",
                    help="also fit gradient-boosted trees (scikit-learn) on the same split, "
                         "shown beside the network on the test split")
@@ -211,7 +213,9 @@ def make_setup(args, meta, splits):
         normalization=meta.normalization, standardization=meta.standardization,
         epochs=args.epochs, seed=args.seed, threshold=args.threshold, use_gpu=args.gpu > 0,
         batch=args.batch or 2048, schedule=args.schedule, select=args.select,
-        weights=(weights["real"], weights["ghost"]) if weights else None)
+        weights=(weights["real"], weights["ghost"]) if weights else None,
+        **({"derived": tuple(meta.derived), "branches": tuple(meta.features)}
+           if meta.derived and normalizes_inside(network) else {}))
 
 
 def prepare_outputs(args, locks):
@@ -358,20 +362,25 @@ def main(argv=None):
 def run(args, signals):
     clock = Stopwatch()
     splits, meta, spectators = load_data(args.filename, args.batch)
+    if args.suggest_derived is not None:  # no search: which derived inputs to add
+        return suggest.run(args, splits, meta)
     setup = make_setup(args, meta, splits)
-    check_learnable(args, splits, setup.n_features)
+    check_learnable(args, splits, setup.n_inputs())
     check_machines(args)
     record = search_folder.check(args, setup.network, splits)
     with contextlib.ExitStack() as locks:
         prepare_outputs(args, locks)
-        log(f"dataset {args.filename}: {setup.n_features} features, "
+        log(f"dataset {args.filename}: {setup.n_features} features"
+            + (f" and {len(setup.derived)} derived inputs ("
+               + ", ".join(d.text() for d in setup.derived) + ")" if setup.derived else "")
+            + ", "
             + ", ".join(f"{s} {len(y):,}" for s, (_, y) in splits.items())
             + f" ({meta.mix()}); network {setup.network}"
             + (f" ({setup.inputs} inputs)" if normalizes_inside(setup.network) else "")
             + f"; {args.num_samples} trials x {args.epochs} epochs, select by {args.select}")
         params, state, epoch, trials = run_search_step(args, splits, setup, record, signals)
         log(f"search done in {clock():.1f} s; best: "
-            f"{describe_params(params, setup.n_features)} (epoch {epoch})")
+            f"{describe_params(params, setup.n_inputs())} (epoch {epoch})")
         artifacts, rows, scores = finish(args, splits, meta, setup, params, state)
         extra, baseline = references(args, splits, setup, spectators)
         rows = {**rows, **extra}
@@ -388,7 +397,8 @@ def run(args, signals):
             report = training_report.ReportInput(
                 splits, meta, spectators, artifacts[0][2],
                 {**scores, **({"baseline": baseline} if baseline else {})},
-                lambda x: predict(model, x), args.filename, [a[0] for a in artifacts], rows,
+                lambda x: predict(model, x, inputs=True), args.filename,
+                [a[0] for a in artifacts], rows,
                 headline(args, splits, meta, artifacts, scores, rows, page=False))
             save(args, artifacts, report, trials, params)
     log(f"total time {clock():.1f} s")

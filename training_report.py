@@ -11,10 +11,19 @@ import numpy as np
 import kinematics
 from architecture import normalizes_inside
 from artifacts import ARTIFACT, MODEL_FILES
+from derived import extend, input_labels
 from diagnostic_plots import correlation_figure, history, search_front
 from diagnostics import correlations
 from drawing import style
-from evaluation import LIMIT_CURVE, Sample, Tracks, evaluate, rank_features, report_context
+from evaluation import (
+    LIMIT_CURVE,
+    RANKING_DERIVED,
+    Sample,
+    Tracks,
+    evaluate,
+    rank_features,
+    report_context,
+)
 from features import LIMIT
 from pages import REPORT, Html, Parts, csv_table, dataset_parts, facts, features_page, link, table
 from report import analysis_outputs, quality_table, trials_csv, write_analysis, write_ranking
@@ -28,7 +37,8 @@ FIGURES = {
                     "against multiply-adds per track.",
     "history": "Training (dashed) and validation loss, and the selection metric, per epoch "
                "of every trial; the chosen one bold, its best epoch starred.",
-    "correlations": "Rank correlations of the features, ghosts and real tracks.",
+    "correlations": "Rank correlations of the features and the derived inputs (name := "
+                    "expression), ghosts and real tracks.",
 }
 TRIALS_CSV = "search_trials.csv"
 
@@ -57,7 +67,7 @@ class ReportInput:
     spectators: dict        # the test split's, {name: array}
     saved: object           # the network's artifacts.SavedConfig
     scores: dict            # classifier -> {split: probabilities}; "network" always
-    score_fn: object        # raw data -> the network's probabilities (for the ranking)
+    score_fn: object        # [raw | derived] columns -> the network's probabilities
     prefix: str = None      # the dataset's
     stems: list = None      # the model files' stems, in the report folder's parent
     table: dict = None      # training.py's table {classifier: metrics} (report.quality_table)
@@ -131,15 +141,19 @@ def write(out, folder, r, trials, best, formats=("png",), seed=42, label=""):
                       {"train": train_labels, "test": labels},
                       {**{k: (k, v) for k, v in r.scores.items()}, **limit},
                       r.meta.class_weights, r.saved)
+    derived = r.saved.model.derived  # ranked and correlated as columns of their own
+    test_in, inputs = extend(test_x, derived, names), input_labels(names, derived)
     rows = np.random.default_rng(seed).permutation(len(test_x))[:RANKING_TRACKS]
     log(f"ranking the features: each one permuted on {len(rows):,} test tracks ...")
-    e.ranking = rank_features(r.score_fn, test_x[rows], labels[rows], names, seed)
+    e.ranking = rank_features(r.score_fn, test_in[rows], labels[rows], inputs, seed)
+    if derived:
+        e.ranking.caption += RANKING_DERIVED
     with style() as plt:
         figures = [
             ("search_front", search_front(plt, trials, best), FIGURES["search_front"]),
             ("history", history(plt, trials, best), FIGURES["history"]),
             e.ranking.figure(plt, "test split"),
-            ("correlations", correlation_figure(plt, correlations(test_x, labels), names),
+            ("correlations", correlation_figure(plt, correlations(test_in, labels), inputs),
              FIGURES["correlations"]),
         ] if formats else []
     log("drawing the report's figures and writing its tables ...")

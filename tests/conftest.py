@@ -21,6 +21,7 @@ from helpers import (
     SEARCH,
     SEARCH_FIXTURES,
     SavedSearch,
+    derived_models_in,
     made_once,
     quick_models_in,
     sample_file,
@@ -210,3 +211,11 @@ def reference(quick_models, root_features):
     ref = np.full(len(data), np.nan, dtype=np.float32)
     ref[finite] = torch_scores(quick_models, "net1", data[finite])
     return ref
+
+
+@pytest.fixture(scope="session")
+def derived_models(tmp_path_factory, matching_file):
+    """Network 1 with derived inputs, float and INT8, trained briefly without Ray and
+    saved as training.py --save saves (helpers.derived_models_in)."""
+    return made_once(tmp_path_factory, "derived_models",
+                     lambda d: derived_models_in(d, matching_file))

@@ -325,4 +325,43 @@ JSON_CASES = {  # name: (build, needles)
                                            '"scales": [1]}}')), ["normalization"]),
 }
 
+def put_derived(name, key, value):
+    """Set `key` of the recorded derived input `name` (a dataset JSON or a config)."""
+    def change(m):
+        next(d for d in m["derived"] if d["name"] == name)[key] = value
+    return change
+
+
+def _derived_twice(m):
+    m["derived"].append(dict(m["derived"][0]))
+
+
+def _scalings_of_the_features(m):
+    for key in ("normalization", "standardization"):
+        m[key] = {k: v[:len(NAMES)] for k, v in m[key].items()}
+
+
+DERIVED_RECORD_CASES = {  # the derived inputs a dataset JSON or a config records
+    "derived_a_string": (put("derived", "chi2_ndof := chi2 / ndof"), ["derived"]),
+    "derived_entry_a_number": (put("derived", [3]), ["derived"]),
+    "derived_entry_without_expression": (put("derived", [{"name": "x"}]), ["expression"]),
+    "derived_unknown_branch": (put_derived("chi2_ndof", "expression", "chi3 / ndof"),
+                               ["chi3"]),
+    "derived_import": (put_derived("chi2_ndof", "expression", "__import__('os').getcwd()"),
+                       ["not allowed"]),
+    "derived_named_as_a_branch": (put_derived("chi2_ndof", "name", "chi2"),
+                                  ["chi2", "takes the name of a branch"]),
+    "derived_declared_twice": (_derived_twice, ["chi2_ndof", "declared twice"]),
+    "derived_residual_unfitted": (put_derived("kick", "fit", None), ["kick", "fitted"]),
+    "derived_fit_holds_residual": (put_derived("kick", "fit", "residual(pr_match_dtx, qop)"),
+                                   ["kick", "residual"]),
+    "derived_fit_a_number": (put_derived("kick", "fit", 0.5), ["kick", "fit"]),
+}
+JSON_CASES.update({
+    **{name: (_json(change), needles) for name, (change, needles) in
+       DERIVED_RECORD_CASES.items()},
+    "derived_dropped_scalings_of_17": (_json(put("derived", [])), ["17", "13 features"]),
+    "derived_scalings_of_13": (_json(_scalings_of_the_features), ["13", "17 inputs"]),
+})
+
 JSON_TRAINING_ONLY = ["normalized_true_on_raw_arrays"]  # inference.py: network 1 refused

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 
-from fault_inputs import dump, put, put_in
+from fault_inputs import DERIVED_RECORD_CASES, dump, put, put_derived, put_in
 from faultlib import flipped, truncated
 
 # ---------------------------------------------------------------------------
@@ -87,6 +87,17 @@ CONFIG_CASES = {  # name: (build(b, w) -> config path, needles)
     "training_prior_1": (_config(put("training_prior", 1.0)), ["training_prior"]),
     "training_ranges_a_list": (_config(put("training_ranges", [0, 1])), ["training_ranges"]),
 }
+
+
+CONFIG_CASES.update({
+    **{name: (_config(change), needles) for name, (change, needles) in
+       DERIVED_RECORD_CASES.items()},
+    "derived_unknown_branch_json": (_config(put_derived("chi2_ndof", "expression",
+                                                        "chi3 / ndof"), ".json"), ["chi3"]),
+    "derived_on_network_0": (_config(put("network", 0)), ["derived", "network 1"]),
+    "derived_without_features": (_config(put("features", None)), ["derived", "features"]),
+    "derived_dropped": (_config(put("derived", [])), ["normalization", "17"]),
+})
 
 
 def _state(change):

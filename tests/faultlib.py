@@ -173,7 +173,8 @@ def flipped(src, dst, offset, count=16):
 
 def make_models(prefix, folder):
     """A small network 1 (random weights, never trained) for the dataset `prefix`,
-    saved as training.py --save writes it: .pth, _config.pkl/.json, .onnx, .hpp."""
+    computing its derived inputs, saved as training.py --save writes it: .pth,
+    _config.pkl/.json, .onnx, .hpp."""
     import torch
 
     from architecture import ModelConfig
@@ -186,7 +187,8 @@ def make_models(prefix, folder):
     meta = load_meta(prefix)
     config = ModelConfig(network=1, n_features=len(meta.features), hidden=(8,),
                          inputs="standard", normalization=meta.normalization,
-                         standardization=meta.standardization)
+                         standardization=meta.standardization,
+                         derived=tuple(meta.derived), branches=tuple(meta.features))
     saved = SavedConfig(model=config, track=meta.track, features=meta.features,
                         threshold=0.5, training=TrainSettings(epochs=1, seed=0),
                         working_point={"efficiency": 0.99, "threshold": 0.5},

@@ -304,10 +304,10 @@ def train_briefly(config, prefix, epochs=13, batch=512):
 
 def quick_models_in(d, raw_dataset, norm_dataset):
     """Models trained briefly (train_briefly), so the metrics mean something: net1 and
-    int8 on raw_dataset, net0 on norm_dataset, each as .onnx, .pth and a config .pkl
-    ({name}, {name}_pth, {name}_pkl, {name}_config); "foreign": net1 as tf2onnx
-    would write a Keras model (no metadata, other names); "forward": an untrained
-    forward model (8 inputs).  Written into the folder `d`."""
+    int8 on raw_dataset (with its derived inputs), net0 on norm_dataset (none), each
+    as .onnx, .pth and a config .pkl ({name}, {name}_pth, {name}_pkl, {name}_config);
+    "foreign": net1 as tf2onnx would write a Keras model (no metadata, other names);
+    "forward": an untrained forward model (8 inputs).  Written into the folder `d`."""
     import onnx
     import torch
 
@@ -320,10 +320,14 @@ def quick_models_in(d, raw_dataset, norm_dataset):
     base = {"n_features": 13, "l0": 16, "activation": "relu", "track": "matching",
             "features": meta.features, "normalization": meta.normalization.to_dict(),
             "inputs": "standard", "standardization": meta.standardization.to_dict(),
-            "threshold": 0.5}
+            "threshold": 0.5, "derived": [x.to_dict() for x in meta.derived]}
+    norm_meta = load_meta(norm_dataset)  # no derived inputs: its scalings cover the features
+    norm = {"network": 0, "int8": False, "derived": [],
+            "normalization": norm_meta.normalization.to_dict(),
+            "standardization": norm_meta.standardization and norm_meta.standardization.to_dict()}
     paths = {}
     for name, extra, prefix in (("net1", {"network": 1, "int8": False}, raw_dataset),
-                                ("net0", {"network": 0, "int8": False}, norm_dataset),
+                                ("net0", norm, norm_dataset),
                                 ("int8", {"network": 1, "int8": True}, raw_dataset)):
         config = {**base, **extra}
         model = train_briefly(config, prefix)
@@ -348,7 +352,7 @@ def quick_models_in(d, raw_dataset, norm_dataset):
     onnx.save(proto, paths["foreign"])
     forward = {**base, "n_features": 8, "track": "forward", "features": features_for("forward"),
                "inputs": "minmax", "normalization": {"offsets": [0.0] * 8, "scales": [1.0] * 8},
-               "standardization": None, "network": 1, "int8": False}
+               "standardization": None, "network": 1, "int8": False, "derived": []}
     paths["forward"] = str(d / "forward.onnx")
     with open(paths["forward"], "wb") as f:
         f.write(onnx_bytes(build_model(ModelConfig.from_dict(forward)).eval(),
@@ -376,13 +380,15 @@ int main(int argc, char** argv) {
 """
 
 
-def compile_and_run(header, namespace, x, folder, opt="-O2"):
+def compile_and_run(header, namespace, x, folder, opt="-O2", driver_code=DRIVER,
+                    dtype=np.float32):
     """Compile the header `header` (namespace `namespace`) with a small driver in
-    `folder` and score the rows of `x` with it: the probabilities (float32)."""
+    `folder` and score the rows of `x` with it: the probabilities (float32), or
+    what `driver_code` writes (`dtype`)."""
     assert CXX, "a C++ compiler (g++) is needed: ROOT needs one too"
     folder = Path(folder)
     driver, exe = folder / "driver.cpp", folder / f"score_{namespace}"
-    driver.write_text(DRIVER)
+    driver.write_text(driver_code)
     build = subprocess.run([CXX, opt, "-std=c++17", "-Wall", f"-I{header.parent}",
                             f'-DHEADER="{header.name}"', f"-DNAMESPACE={namespace}",
                             str(driver), "-o", str(exe)], capture_output=True, text=True,
@@ -391,4 +397,44 @@ def compile_and_run(header, namespace, x, folder, opt="-O2"):
     x.astype(np.float32).tofile(folder / "x.bin")
     subprocess.run([str(exe), str(folder / "x.bin"), str(folder / "p.bin")], check=True,
                    timeout=120)
-    return np.fromfile(folder / "p.bin", dtype=np.float32)
+    return np.fromfile(folder / "p.bin", dtype=dtype)
+
+
+# Derived inputs beside the matching defaults (chi2_ndof := chi2 / ndof, dqop, sin_theta
+# with abs, the data-fitted kick := residual(pr_match_dtx, qop)), so that the models of
+# derived_models_in hold every operation of derived.py's language
+EXTRA_DERIVED = ["lchi := log(chi2 + 1)",
+                 "spread := max(pr_match_dx, pr_match_dy) - min(pr_match_dx, pr_match_dy)",
+                 "hits := -sqrt(n_velo * n_scifi) / 2"]
+
+
+def derived_models_in(d, matching_file):
+    """A matching dataset with derived inputs (make_dataset.py --derived EXTRA_DERIVED
+    beside the defaults: the residual fitted on its train split's real tracks) and
+    network 1 trained briefly on it (train_briefly), float and INT8, each saved as
+    training.py --save saves a model (artifacts.save_model_files: .pth, config,
+    .onnx, .hpp): {"prefix": the dataset, "float"/"int8": the folder/stem, the stem
+    the header's C++ namespace}."""
+    import make_dataset
+    from artifacts import SavedConfig, save_model_files
+    from dataset import load_meta
+    from outputs import AtomicOutputs
+    prefix = str(d / "derived")
+    args = ["-f", matching_file, "--output", prefix, "--track", "matching"]
+    for text in EXTRA_DERIVED:
+        args += ["--derived", text]
+    assert make_dataset.main(args) in (None, 0)
+    meta = load_meta(prefix)
+    paths = {"prefix": prefix}
+    for name, stem, int8 in (("float", "ghost_model", False),
+                             ("int8", "ghost_model_int8", True)):
+        config = {"network": 1, "n_features": len(meta.features), "hidden": [16, 8],
+                  "activation": "relu", "track": "matching", "features": meta.features,
+                  "inputs": "standard", "standardization": meta.standardization.to_dict(),
+                  "derived": [x.to_dict() for x in meta.derived], "int8": int8,
+                  "threshold": 0.5}
+        model = train_briefly(config, prefix, epochs=4)
+        with AtomicOutputs() as out:
+            save_model_files(out, str(d), stem, model, SavedConfig.from_dict(config))
+        paths[name] = d / stem
+    return paths

@@ -252,3 +252,77 @@ def test_the_threshold_cut_prefers_the_working_point():
     assert onnx_metadata(old)["threshold"] == "0.83"
     assert SavedConfig.from_dict({"n_features": 3, "l0": 8, "threshold": 0.5}).cut() == (0.5, None)
     assert SavedConfig.from_dict({"n_features": 3, "l0": 8}).cut() == (None, None)
+
+
+def test_onnx_with_derived_inputs_records_them_and_round_trips(derived_models):
+    """An .onnx model with derived inputs takes the 13 raw features, lists its derived
+    inputs (fitted) in the metadata key `derived`, and reads back (model_from_onnx)
+    into the .pth's weights and scores, float and INT8; written again from what it
+    read, it scores as before."""
+    from artifacts import model_from_onnx, onnx_bytes
+    x = load_split(derived_models["prefix"], "test")[0]
+    for name in ("float", "int8"):
+        base = derived_models[name]
+        config = load_config(f"{base}_config.json")
+        pth = load_model(ModelConfig.from_dict(config),
+                         torch.load(f"{base}.pth", weights_only=True))
+        proto = onnx.load(f"{base}.onnx")
+        assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 13
+        props = {p.key: p.value for p in proto.metadata_props}
+        saved = SavedConfig.from_dict(onnx_record(proto))
+        assert props["derived"].splitlines() == [
+            f"{d.name} := {d.fit or d.expression}" for d in saved.model.derived]
+        assert len(saved.model.derived) == 7 and "residual" not in props["derived"]
+        assert saved.model == ModelConfig.from_dict(config)
+        read = model_from_onnx(proto, saved)
+        want = pth.state_dict()
+        if pth.int8:  # the ONNX file holds each bias on its integer grid, as frozen
+            want.update({f"fc{k}.bias": fc.frozen[1] for k, fc in enumerate(pth.linears)})
+            assert [q.frozen for q in read.quants] == [q.frozen for q in pth.quants]
+        assert read.state_dict().keys() == want.keys()
+        for key, value in read.state_dict().items():  # the weights and the scaling
+            if key.startswith(("fc", "norm.")):
+                assert torch.equal(value, want[key]), (name, key)
+        with torch.inference_mode():
+            a = pth(torch.from_numpy(x)).numpy()
+            b = read(torch.from_numpy(x)).numpy()
+        assert np.array_equal(a, b), name
+        got = ort.InferenceSession(f"{base}.onnx").run(None, {"features": x})[0]
+        again = ort.InferenceSession(onnx_bytes(read, saved)).run(None, {"features": x})[0]
+        assert np.array_equal(got, again), name
+        if name == "float":
+            assert np.abs(got - a).max() < 1e-5
+        else:  # one INT8 rounding step of the logit can differ between runtimes
+            assert np.mean(np.abs(got - a) < 1e-3) > 0.99
+
+
+def test_scoring_models_with_derived_inputs_gives_the_same_scores(derived_models):
+    """scoring.load_model_file and score_model on the .onnx (onnxruntime, and
+    onnx2torch for the float model) and the .pth (torch): the same scores; tracks with
+    finite features whose derived input or scaled input is not finite are the ones the
+    model gives NaN (overflow), with no error."""
+    from features import features_for
+    from scoring import load_model_file, score_model
+    col = {n: j for j, n in enumerate(features_for("matching"))}
+    x = load_split(derived_models["prefix"], "test")[0][:500].copy()
+    x[0, col["ndof"]] = 0.0  # chi2 / ndof = inf
+    x[1, col["n_velo"]] = -4.0  # sqrt of a negative
+    x[2, col["pr_match_dx"]], x[2, col["pr_match_dy"]] = 3e38, -3e38  # spread = inf
+    x[3, col["qop"]] = 3e38  # the fitted kick = -inf, qop beyond float32 once scaled
+    x[4, col["chi2"]] = np.nan
+    finite = np.isfinite(x).all(axis=1)
+    for name in ("float", "int8"):
+        base = derived_models[name]
+        runs = [(load_model_file(f"{base}.onnx"), "onnxruntime"),
+                (load_model_file(f"{base}.pth", f"{base}_config.pkl"), "torch")]
+        if name == "float":
+            runs.append((load_model_file(f"{base}.onnx"), "torch"))
+        scores = []
+        for model, backend in runs:
+            p, _, _, _, overflow = score_model(model, x, finite, backend=backend)
+            assert np.isnan(p[:5]).all() and np.isfinite(p[5:]).all(), (name, backend)
+            assert overflow[:4].all() and not overflow[4:].any(), (name, backend)
+            scores.append(p[5:])
+        bound = 1e-5 if name == "float" else 1e-3
+        for other in scores[1:]:
+            assert np.mean(np.abs(other - scores[0]) < bound) > 0.99, name

@@ -15,3 +15,13 @@ def test_permuting_an_irrelevant_feature_ranks_it_last():
     assert [r["feature"] for r in ranked] == ["strong", "weak", "noise"]
     assert ranked[-1]["auc_drop"] == 0.0 and ranked[0]["auc_drop"] > 0.2
     assert reference["auc"] > 0.9
+
+
+def test_ranking_csv_quotes_a_derived_input_holding_a_comma():
+    from diagnostics import ranking_csv
+    rows = [{"feature": "kick := residual(pr_match_dtx, qop)", "auc_drop": 0.1,
+             "rejection_drop": 0.2}, {"feature": "chi2", "auc_drop": 0.0, "rejection_drop": 0.0}]
+    import csv
+    parsed = list(csv.reader(ranking_csv(rows).splitlines()))
+    assert parsed[1] == ["1", "kick := residual(pr_match_dtx, qop)", "0.1", "0.2"]
+    assert parsed[2][1] == "chi2" and ranking_csv(rows).splitlines()[2].startswith("2,chi2,")

@@ -97,7 +97,8 @@ def test_inference_and_the_report_record_the_same_analysis(case, tmp_path):
     context = {"input", "input_kind", "model", "model_kind", "int8",
                "scoring", "track", "features", "network", "macs_per_track",
                "normalized_by_inference", "normalization_origin", "tracks",
-               "tracks_nonfinite", "scoring_seconds", "tracks_per_second"}
+               "tracks_nonfinite", "scoring_seconds", "tracks_per_second", "derived",
+               "tracks_nonfinite_derived_only"}
     shared = set(mine) - context - {"comparison"}
     assert shared == set(theirs) - context - {"comparison", "ranking"}
     for key in sorted(shared):

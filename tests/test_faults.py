@@ -34,6 +34,7 @@ from fault_inputs import (
     ROOT_INFERENCE,
     SPEC,
     TRAINING_ONLY,
+    _root_columns,
     copy_dataset,
 )
 from fault_models import CONFIG_CASES, ONNX_CASES, PTH_CASES
@@ -181,6 +182,30 @@ def test_corpus_size():
     sizes = {k: len(v) for k, v in kinds.items()}
     assert set(sizes) == {"root", "arrays", "spectators", "json", "config", "pth", "onnx"}
     assert all(n >= 6 for n in sizes.values()), sizes
+
+
+@pytest.mark.parametrize("options,needles", [
+    (["--derived", "x := chi2 / "], ["--derived", "cannot parse 'chi2 /'"]),
+    (["--derived", "x := chi3 / ndof"], ["--derived", "unknown branch 'chi3'"]),
+    (["--derived", "chi2 := chi2 / ndof"], ["'chi2'", "takes the name of a branch"]),
+    (["--derived", "log := chi2"], ["'log'", "takes the name of a function"]),
+    (["--derived", "x := chi2", "--derived", "x := ndof"], ["x", "declared twice"]),
+    (["--derived", "x := exp(chi2)"], ["unknown function 'exp'"]),
+    (["--derived", "x := chi2.real"], ["'chi2.real'", "not allowed"]),
+    (["--derived", "x = chi2"], ["cannot read derived input"]),
+    (["--derived", "x := residual(chi2, 2)"], ["cannot fit x := residual(chi2, 2.0)",
+                                               "same for every real track", "bad.root"]),
+    (["--normalize", "--derived", "x := chi2 / ndof"], ["--derived", "--normalize"]),
+], ids=["syntax", "unknown_branch", "branch_name", "function_name", "twice", "call",
+        "attribute", "no_walrus", "unfittable_residual", "with_normalize"])
+def test_bad_derived_options_are_refused(base, server, tmp_path, options, needles):
+    """make_dataset.py --derived: one error line naming what is wrong, nothing written."""
+    w = str(tmp_path)
+    path = _root_columns(lambda c: None)(base, w)  # a good file, named bad.root
+    before = snapshot(w, base.dir)
+    result = server.run(*run_make_dataset(base, w, path, *options)[:2], w)
+    assert_refused(result, *needles)
+    assert_unchanged(before, snapshot(w, base.dir))
 
 
 # ---------------------------------------------------------------------------

@@ -99,6 +99,63 @@ def _forward_model(path, forward_file):
     return path
 
 
+def _derived_forward_model(path, forward_file):
+    """A forward model that computes the default derived inputs (features.DERIVED) in
+    its first layer, with the training ranges of a forward file's features and
+    derived inputs (weights random: the guard rails look at the inputs only)."""
+    from derived import extend, parse_all
+    from features import DERIVED
+    from rootio import MATRIX, read_root
+    names = features_for("forward")
+    derived = tuple(parse_all(DERIVED["forward"], names))
+    x = read_root([forward_file], DEFAULT_TREE, names, matrix=True)[MATRIX]
+    x = extend(x, derived, names)
+    x = x[np.isfinite(x).all(axis=1)]
+    inputs = names + [d.name for d in derived]
+    config = ModelConfig(network=1, n_features=8, hidden=(8,), inputs="standard",
+                         standardization=Standardize.fit(x, inputs), derived=derived,
+                         branches=tuple(names))
+    ranges = {n: [float(x[:, j].min()), float(x[:, j].max())] for j, n in enumerate(inputs)}
+    saved = SavedConfig(model=config, track="forward", features=names, threshold=0.5,
+                        training_ranges=ranges)
+    path.write_bytes(onnx_bytes(build_model(config).eval(), saved))
+    return path, ranges
+
+
+def test_guard_rails_check_the_derived_inputs_too(tmp_path, forward_file):
+    from make_sample import generate
+    from rootwrite import write_root
+    model, ranges = _derived_forward_model(tmp_path / "derived.onnx", forward_file)
+    cols = generate(4000, "forward", seed=9, nonfinite=0)
+    # chi2 and ndof each in their training range, their ratio below its own for 5 %
+    low = ranges["chi2"][0] * 1.01 / ranges["ndof"][1]
+    assert low < ranges["chi2_ndof"][0]
+    cols["chi2"][:200], cols["ndof"][:200] = ranges["chi2"][0] * 1.01, ranges["ndof"][1]
+    path = str(tmp_path / "ratio.root")
+    write_root(path, DEFAULT_TREE, cols)
+    proc = run_script("inference.py", "-f", path, "--model", model, "--plots-dir",
+                      tmp_path / "p", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    warning = lines_starting(proc.stderr, "warning:")
+    assert warning == ["warning: outside the model's training range: chi2_ndof for 5.0% of "
+                       "the tracks; the model sees inputs unlike its training data, so its "
+                       "scores and metrics are not meaningful"], proc.stderr
+    # a derived input finite on no track: nothing can be scored, and it is named
+    cols["ndof"][:] = 0.0
+    write_root(path, DEFAULT_TREE, cols)
+    proc = run_script("inference.py", "-f", path, "--model", model, "--plots-dir",
+                      tmp_path / "q", "--output", tmp_path / "s.npy")
+    assert_clean_error(proc, "derived input chi2_ndof is +inf for every track",
+                       "no track can be scored")
+    assert not (tmp_path / "s.npy").exists() and not (tmp_path / "q").exists()
+    # the model computes its derived inputs from its branches in its order
+    names = features_for("forward")
+    proc = run_script("inference.py", "-f", forward_file, "--model", model, "--features",
+                      ",".join(names[::-1]), "--plots-dir", tmp_path / "r", "--no-plots")
+    assert_clean_error(proc, "computes its derived inputs from the features "
+                       f"{','.join(names)} in this order")
+
+
 def test_guard_rails_fire_on_a_forward_model_with_a_matching_file(tmp_path, forward_file,
                                                                   matching_file):
     model = _forward_model(tmp_path / "forward.onnx", forward_file)
@@ -143,22 +200,29 @@ def test_guard_rails_name_features_outside_the_training_range(tmp_path, forward_
 def test_values_near_float32_max_are_left_out_like_non_finite_tracks(quick_models, tmp_path):
     from make_sample import generate
     cols = generate(20000, "matching", seed=12, nonfinite=0)
-    huge = np.random.default_rng(0).permutation(20000)[:200]
-    cols["qop"][huge[:100]], cols["qop"][huge[100:]] = 3e38, -3e38
+    huge = np.random.default_rng(0).permutation(20000)[:250]
+    # pr_match_dty (std ~0.005, read by no derived input) overflows once standardized;
+    # a huge qop makes the derived dqop = qop / first_qop - 1 infinite: a non-finite input
+    cols["pr_match_dty"][huge[:100]], cols["pr_match_dty"][huge[100:200]] = 3e38, -3e38
+    cols["qop"][huge[200:]] = 3e38
     path = write_tracks(tmp_path / "huge.root", cols)
     out, plots = tmp_path / "p.npy", tmp_path / "plots"
     proc = run_script("inference.py", "-f", path, "--model", quick_models["net1"], "--output", out,
                       "--plots-dir", plots, "--no-plots")
     assert proc.returncode == 0, proc.stderr
     warning = [ln for ln in lines_starting(proc.stderr, "warning:") if "float32" in ln]
-    assert len(warning) == 1 and "200 tracks" in warning[0] and "qop" in warning[0], \
+    assert len(warning) == 1 and "200 tracks" in warning[0] and "pr_match_dty" in warning[0], \
         proc.stderr
+    assert ("50 tracks have a non-finite feature or derived input (50 only a derived input)"
+            in proc.stdout)
     p = np.load(out)
     nan = np.flatnonzero(np.isnan(p))
     assert sorted(nan) == sorted(huge)
     assert ((p[np.isfinite(p)] >= 0) & (p[np.isfinite(p)] <= 1)).all()
     metrics = json.loads((plots / "metrics.json").read_text())
-    assert metrics["tracks_labelled"] == 19800 and metrics["tracks_nonfinite"] == 200
+    assert metrics["tracks_labelled"] == 19750 and metrics["tracks_nonfinite"] == 250
+    assert metrics["tracks_nonfinite_derived_only"] == 50
+    assert [d["name"] for d in metrics["derived"]] == ["chi2_ndof", "dqop", "sin_theta", "kick"]
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

@@ -14,8 +14,8 @@ from helpers import RAY_FIXTURES, ROOT_DIR
 # Wings from the bottom up: a module imports only from its own wing or those below.
 WINGS = [
     ("plumbing", ["utils", "cli", "records", "provenance", "outputs"]),
-    ("data", ["features", "rootio", "rootwrite", "dataset"]),
-    ("measures", ["metrics", "kinematics", "compare", "diagnostics"]),
+    ("data", ["derived", "features", "rootio", "rootwrite", "dataset"]),
+    ("measures", ["metrics", "kinematics", "compare", "diagnostics", "suggest"]),
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
                "scoring", "inputs"]),
     ("search", ["search_folder", "search_log", "search"]),

@@ -11,7 +11,7 @@ import pytest
 
 import make_dataset
 from dataset import SPLITS, load_dataset, load_meta, load_spectators, split_paths
-from features import FIXED_BOUNDS, LIMIT, TRACK_FEATURES, TRUTH, features_for
+from features import DERIVED, FIXED_BOUNDS, LIMIT, TRACK_FEATURES, TRUTH, features_for
 from helpers import assert_clean_error, help_outputs, listed, run_script
 from metrics import roc_auc
 from rootio import read_root
@@ -198,14 +198,19 @@ def test_threads_must_be_positive(matching_file):
     assert r.returncode == 2 and "--threads: must be a whole number" in r.stderr
 
 
-def test_plot_writes_one_png_per_feature(tmp_path, matching_file):
+@pytest.mark.parametrize("transformed", [[], ["--plot-transformed"]])
+def test_plot_writes_one_png_per_feature_and_derived_input(tmp_path, matching_file,
+                                                           transformed):
     plots = tmp_path / "plots"
     make(tmp_path, "-f", matching_file, "--track", "matching", "--plot",
-         "--plots-dir", plots)
+         "--plots-dir", plots, *transformed)
     pngs = sorted(p.name for p in plots.iterdir() if p.suffix == ".png")
-    assert pngs == sorted(f"{n}.png" for n in TRACK_FEATURES["matching"])
-    assert (plots / "index.html").is_file()
+    derived = [d.split(":=")[0].strip() for d in DERIVED["matching"]]
+    assert pngs == sorted(f"{n}.png" for n in TRACK_FEATURES["matching"] + derived)
+    page = (plots / "index.html").read_text()
     assert all((plots / p).stat().st_size > 5000 for p in pngs)
+    assert "<figcaption>kick := residual(pr_match_dtx, qop): ghosts and real" in page
+    assert "standardized, as network 1 sees them" in page if transformed else "as read" in page
 
 
 def _cols(n, ghost):
@@ -385,3 +390,95 @@ def test_the_files_written_are_those_its_help_names(matching_file, tmp_path):
     ghosts = sum(c["ghost"] for c in meta.counts.values())
     assert f"kept {ghosts:,} ghosts" in block[1] and f"read {meta.tracks_read:,} " in block[1]
     assert block[-1] == f"    open {tmp_path / 'plots' / 'index.html'}"
+
+
+# ---------------------------------------------------------------------------
+# derived inputs
+# ---------------------------------------------------------------------------
+
+def _derived_case(tmp_path):
+    """A 6,000-track matching file whose features are all finite, but 7 tracks have
+    ndof 0 (chi2_ndof infinite) and 3 first_qop 0 (dqop infinite)."""
+    from helpers import write_tracks
+    from make_sample import generate
+    cols = generate(6000, "matching", seed=21, nonfinite=0)
+    cols["ndof"][:7], cols["first_qop"][7:10] = 0.0, 0.0
+    return write_tracks(tmp_path / "derived.root", cols)
+
+
+def _files(prefix):
+    return {s: open(p, "rb").read() for s, p in zip(SIX + ["_features.json"], outputs(prefix))}
+
+
+def test_derived_inputs_recorded_dropped_and_reproducible(tmp_path, capsys):
+    from derived import Derived, compute_all
+    from features import DERIVED
+    path = _derived_case(tmp_path)
+    names = features_for("matching")
+    a = make(tmp_path, "-f", path, "--track", "matching", name="a")
+    out = capsys.readouterr().out
+    b = make(tmp_path, "-f", path, "--track", "matching", name="b")
+    assert _files(a) == _files(b)  # the same seed: the same bytes, the fit included
+    meta = json.load(open(a + "_features.json"))
+    assert [d["name"] for d in meta["derived"]] == ["chi2_ndof", "dqop", "sin_theta", "kick"]
+    assert [f"{d['name']} := {d['expression']}" for d in meta["derived"]] == [
+        Derived.parse(t, names).text() for t in DERIVED["matching"]]
+    assert [d["fit"] is None for d in meta["derived"]] == [True, True, True, False]
+    assert meta["derived"][3]["fit"].startswith("pr_match_dtx - (")
+    # the 10 tracks with a non-finite derived input are dropped and counted by name
+    assert meta["tracks_dropped_nonfinite"] == 10
+    assert meta["dropped_per_feature"] == {"chi2_ndof": 7, "dqop": 3}
+    assert "dropped 10 with a non-finite value (chi2_ndof: 7, dqop: 3)" in out
+    # the arrays hold the raw features; the scalings cover features and derived inputs
+    loaded = load_meta(a)
+    splits = load_dataset(a)
+    for data, _ in splits.values():
+        assert data.shape[1] == 13 and np.isfinite(data).all()
+        assert np.isfinite(compute_all(loaded.derived, data, names)).all()
+    assert len(meta["normalization"]["offsets"]) == len(meta["standardization"]["means"]) == 17
+    train = np.hstack([splits["train"][0], compute_all(loaded.derived, splits["train"][0],
+                                                       names)])
+    assert meta["normalization"]["offsets"][13] == float(train[:, 13].min())  # chi2_ndof
+    assert sum(splits[s][0].shape[0] for s in SPLITS) == 5990
+
+
+def test_no_derived_gives_the_features_alone(tmp_path):
+    path = _derived_case(tmp_path)
+    with_ = make(tmp_path, "-f", path, "--track", "matching", name="with")
+    without = make(tmp_path, "-f", path, "--track", "matching", "--no-derived", name="without")
+    meta, old = (json.load(open(p + "_features.json")) for p in (with_, without))
+    assert old["derived"] == [] and old["tracks_dropped_nonfinite"] == 0
+    assert "dropped_per_feature" not in old or not old["dropped_per_feature"]
+    assert len(old["normalization"]["offsets"]) == len(old["standardization"]["means"]) == 13
+    assert load_meta(without).inputs() == features_for("matching")
+    # the features' own scalings are those fitted beside the derived inputs, where the
+    # same tracks are kept (a file without the 10 dropped tracks)
+    from helpers import write_tracks
+    from rootio import read_root
+    cols = read_root([path], "kalman_validator/kalman_ip_tree", features_for("matching")
+                     + ["ghost"], optional=("truth_llr", "tx", "ty"))
+    clean = write_tracks(tmp_path / "clean.root", {k: v[10:] for k, v in cols.items()})
+    d = make(tmp_path, "-f", clean, "--track", "matching", name="d")
+    n = make(tmp_path, "-f", clean, "--track", "matching", "--no-derived", name="n")
+    for s in SPLITS:  # the same tracks in the same splits
+        assert np.array_equal(load_dataset(d)[s][0], load_dataset(n)[s][0])
+    md, mn = (json.load(open(p + "_features.json")) for p in (d, n))
+    for key in ("normalization", "standardization"):
+        for part, values in mn[key].items():
+            assert md[key][part][:13] == values, (key, part)
+
+
+def test_a_users_derived_input_replaces_a_default_of_its_name(tmp_path):
+    path = _derived_case(tmp_path)
+    prefix = make(tmp_path, "-f", path, "--track", "matching", "--derived",
+                  "chi2_ndof := chi2 / (ndof + 1)", "--derived", "pt2 := best_pt*best_pt",
+                  name="u")
+    meta = json.load(open(prefix + "_features.json"))
+    assert [(d["name"], d["expression"]) for d in meta["derived"]] == [
+        ("dqop", "qop / first_qop - 1.0"), ("sin_theta", "best_pt * abs(qop)"),
+        ("kick", "residual(pr_match_dtx, qop)"), ("chi2_ndof", "chi2 / (ndof + 1.0)"),
+        ("pt2", "best_pt * best_pt")]
+    assert meta["dropped_per_feature"] == {"dqop": 3}  # ndof + 1 is never 0
+    only = make(tmp_path, "-f", path, "--track", "matching", "--no-derived", "--derived",
+                "pt2 := best_pt*best_pt", name="o")
+    assert [d["name"] for d in json.load(open(only + "_features.json"))["derived"]] == ["pt2"]

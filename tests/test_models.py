@@ -98,3 +98,25 @@ def test_config_that_is_not_plain_data_is_refused(tmp_path):
         load_config(str(tmp_path / "list.pkl"))
     with pytest.raises(GhostError, match="not plain data"):
         plain({"a": object()})
+
+
+def test_from_inputs_scores_the_raw_and_derived_columns_given():
+    """What the permutation ranking scores: the columns [raw | derived] through the
+    scaling and the core, the derived inputs taken as given (not recomputed)."""
+    from derived import Derived, extend
+    from trainer import predict
+    names = ("a", "b", "c")
+    derived = (Derived.parse("r := a / b", names),)
+    model = build_model(ModelConfig(
+        network=1, n_features=3, hidden=(8,), derived=derived, branches=names,
+        normalization=MinMax(tuple(OFFSETS + [0.0]), tuple(SCALES + [4.0]))))
+    raw = (np.random.default_rng(0).random((50, 3)) * 4 + 1).astype(np.float32)
+    columns = extend(raw, derived, names)
+    assert columns.shape == (50, 4)
+    np.testing.assert_array_equal(predict(model, columns, inputs=True), predict(model, raw))
+    shuffled = columns.copy()
+    shuffled[:, 0] = columns[::-1, 0]  # a shuffled alone: r keeps its values
+    direct = predict(model, shuffled, inputs=True)
+    assert not np.array_equal(direct, predict(model, shuffled[:, :3]))
+    columns[3, 3] = np.nan  # NaN guard as forward's
+    assert np.isnan(predict(model, columns, inputs=True)[3])

@@ -16,6 +16,7 @@ import torch
 from architecture import ModelConfig
 from artifacts import load_config
 from dataset import load_dataset, load_meta
+from derived import extend
 from helpers import (
     ROOT_DIR,
     SEARCH,
@@ -78,6 +79,12 @@ def test_the_model_records_its_working_point_prior_and_ranges(trained_model, raw
     train_x = load_dataset(raw_dataset)["train"][0]
     assert config["training_ranges"]["chi2"] == [float(train_x[:, 1].min()),
                                                  float(train_x[:, 1].max())]
+    # the derived inputs' ranges too (the guard rails check them), as computed there
+    inputs = extend(train_x, meta.derived, meta.features)
+    assert list(config["training_ranges"]) == meta.inputs() != meta.features
+    j = meta.inputs().index("chi2_ndof")
+    assert config["training_ranges"]["chi2_ndof"] == [float(inputs[:, j].min()),
+                                                      float(inputs[:, j].max())]
 
 
 # ---------------------------------------------------------------------------
@@ -409,3 +416,44 @@ def test_a_signal_ends_the_run_at_any_stage(raw_dataset, tmp_path, stage, signum
     assert not models.exists() or not os.listdir(models), os.listdir(models)
     assert ray_processes  # seen, and gone with the run
     assert not [p for p in ray_processes if alive(p)]
+
+
+def test_suggest_derived_prints_the_table_and_writes_the_csv(raw_dataset, tmp_path):
+    """--suggest-derived: no search (no Ray folder), the top N as ready --derived
+    lines on the console, every candidate in suggested_derived.csv."""
+    from suggest import candidates
+    out = tmp_path / "out"
+    proc = run_script("training.py", "-f", raw_dataset, "--suggest-derived", "3",
+                      "--output-dir", out, "--path", tmp_path / "ray")
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(table) if line.split()[:3] == ["rank", "AUC", "gain"])
+    rows = table[at + 1:at + 4]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3"]
+    assert all(" --derived '" in r and " := " in r for r in rows)
+    meta = load_meta(raw_dataset)
+    csv = (out / "suggested_derived.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(candidates(meta.features, meta.derived))
+    assert csv[1].split(",")[1] in rows[0]
+    assert not (tmp_path / "ray").exists() and os.listdir(out) == ["suggested_derived.csv"]
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--suggest-derived", "--save"], ["trains no model", "drop --save"]),
+    (["--suggest-derived", "--int8", "--baseline"], ["drop --int8, --baseline"]),
+    (["--suggest-derived", "0"], ["--suggest-derived must be at least 1"]),
+    (["--suggest-derived", "--network", "0"], ["--network 0 takes none"]),
+    (["--suggest-derived", "many"], ["--suggest-derived", "invalid int value"]),
+])
+def test_suggest_derived_bad_combinations(raw_dataset, tmp_path, extra, needles):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_script("training.py", "-f", raw_dataset, "--output-dir", out, *extra)
+    assert_clean_error(proc, *needles)
+    assert not list(out.iterdir())
+
+
+def test_suggest_derived_refuses_a_normalized_dataset(norm_dataset, tmp_path):
+    proc = run_script("training.py", "-f", norm_dataset, "--suggest-derived",
+                      "--output-dir", tmp_path)
+    assert_clean_error(proc, "network 1's first layer", "remake it without --normalize")

@@ -1,8 +1,11 @@
 """training_report.py: what training.py --save writes into training_report/ (the
 figures in PNG and PDF, the ranking, metrics.json, index.html), read from the
 session's trained model (its results.root: tests/test_results_file.py)."""
+import csv
 import json
 import os
+
+from features import TRACK_FEATURES
 
 
 def test_training_report_folder(trained_model):
@@ -12,8 +15,14 @@ def test_training_report_folder(trained_model):
                  "kinematics_pt"):
         for fmt in ("png", "pdf"):
             assert (report / f"{stem}.{fmt}").stat().st_size > 5000, (stem, fmt)
-    ranking = (report / "ranking.csv").read_text().splitlines()
-    assert ranking[0] == "rank,feature,auc_drop,rejection_drop_at_99" and len(ranking) == 14
+    ranking = list(csv.reader((report / "ranking.csv").read_text().splitlines()))
+    assert ranking[0] == ["rank", "feature", "auc_drop", "rejection_drop_at_99"]
+    # the 13 features and the 4 derived inputs, each named by its expression
+    ranked = {row[1] for row in ranking[1:]}
+    assert ranked == set(TRACK_FEATURES["matching"]) | {"chi2_ndof := chi2 / ndof",
+                                                        "dqop := qop / first_qop - 1.0",
+                                                        "sin_theta := best_pt * abs(qop)",
+                                                        "kick := residual(pr_match_dtx, qop)"}
     metrics = json.loads((report / "metrics.json").read_text())
     assert {"overtraining", "comparison", "limit", "kinematics", "ranking"} <= set(metrics)
     assert [c["name"] for c in metrics["comparison"]] == ["network", "INT8", "baseline",
@@ -31,3 +40,4 @@ def test_index_html_shows_every_figure_with_its_caption(trained_model):
     assert page.count("<figcaption>") == len(images)
     assert "Working points" in page and "model&#x27;s 99.0% point" in page
     assert "ROC AUC" in page and "gap to the limit" in page
+    assert "the derived inputs computed from it keeping their original values" in page
