@@ -20,6 +20,7 @@ from artifacts import (
     onnx_record,
     state_problem,
 )
+from derived import extend
 from features import overflowing
 from utils import GhostError, Stopwatch, one_line, pick_device
 
@@ -371,8 +372,12 @@ def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
     input layer, or inf/NaN inside it), NaN like the non-finite ones."""
     backend, note = choose_backend(model, backend, nocuda)
     score, desc = make_scorer(model, backend, nocuda, batch)
-    inside = model.saved.model.input_layer() if model.saved.model is not None else None
-    overflow = overflowing(data, finite, scaling if scaling is not None else inside)
+    config = model.saved.model
+    inside = config.input_layer() if config is not None else None
+    if scaling is None and inside is not None and config.derived:  # it scales them too
+        overflow = overflowing(extend(data, config.derived, config.branches), finite, inside)
+    else:
+        overflow = overflowing(data, finite, scaling if scaling is not None else inside)
     scores, seconds, lost = score_tracks(
         score, data if scaling is None else scaling.apply(data), finite & ~overflow)
     return scores, desc, seconds, note, overflow | lost
