@@ -316,7 +316,8 @@ def references(args, splits, setup, spectators):
             "(scikit-learn) ...")
         clock = Stopwatch()
         with heartbeat("fitting the baseline"):
-            trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed)
+            trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed,
+                                 setup.derived, setup.branches)
         scores = {s: baseline_scores(trees, splits[s][0]) for s in ("train", "test")}
         p, y = scores["test"].astype(np.float64), test_y.ravel()
         cut = args.threshold  # else the baseline's own working point, as the network's
@@ -327,8 +328,8 @@ def references(args, splits, setup, spectators):
             "loss": log_loss(p, y, setup.weights),
             "accuracy": float(np.mean((p > cut) == (y > 0.5))),
             **quality(p, y)}
-        log(f"baseline: gradient-boosted trees, {trees.n_iter_} iterations, "
-            f"{clock():.1f} s")
+        log(f"baseline: gradient-boosted trees, {trees.trees.n_iter_} iterations, "
+            f"{clock():.1f} s" + (" (with the derived inputs)" if setup.derived else ""))
     if LIMIT in spectators:
         rows["limit (test)"] = quality(spectators[LIMIT], test_y.ravel())
     return rows, scores
