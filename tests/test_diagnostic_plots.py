@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from diagnostic_plots import _bins
-from features import features_for
+from features import DERIVED, features_for
 
 
 def test_integer_branches_are_binned_per_integer():
@@ -21,7 +21,8 @@ def test_feature_plots_transformed_and_pdf(tmp_path, matching_file):
     make_dataset.main(["-f", matching_file, "--output", str(tmp_path / "ds"), "--track",
                        "matching", "--plot", "--plot-transformed", "--plots-dir", str(plots),
                        "--format", "png,pdf"])
-    names = features_for("matching")
+    # the features, then the default derived inputs, a figure each
+    names = features_for("matching") + [d.split(" := ")[0] for d in DERIVED["matching"]]
     assert sorted(os.listdir(plots)) == sorted([f"{n}.png" for n in names] +
                                                [f"{n}.pdf" for n in names] + ["index.html"])
     page = (plots / "index.html").read_text()

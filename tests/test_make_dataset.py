@@ -58,7 +58,10 @@ def test_six_files_shapes_dtypes_balance(raw_dataset, tmp_path, matching_file, b
     if balance == "subsample":
         assert meta["counts"]["train"]["ghost"] == meta["counts"]["train"]["real"]
     assert meta["normalized"] is False
-    assert len(meta["normalization"]["offsets"]) == 13
+    # the scalings cover the 13 features, then the default derived inputs
+    assert [d["name"] for d in meta["derived"]] == [
+        d.split(" := ")[0] for d in DERIVED["matching"]]
+    assert len(meta["normalization"]["offsets"]) == 13 + len(DERIVED["matching"])
 
 
 def test_splits_disjoint_shuffled_and_reproducible(tmp_path, matching_file):

@@ -37,7 +37,7 @@ def test_the_heartbeat_names_the_trials_and_the_time_left(monkeypatch, capsys):
     from types import SimpleNamespace
 
     import search_log
-    setup = SimpleNamespace(epochs=8, n_features=13)
+    setup = SimpleNamespace(epochs=8, n_features=13, n_inputs=lambda: 13)
     line, heartbeat = search_log.search_callbacks(3, setup, grace=3)
     trial = SimpleNamespace(trial_id="a", status="RUNNING", path="p", last_result={},
                             config={"hidden": [8], "activation": "relu", "lr": 1e-3,

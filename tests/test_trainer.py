@@ -40,7 +40,9 @@ def test_raw_batches_train_the_same_model_as_inputs_scaled_once(raw_dataset):
     vx, vy = load_split(raw_dataset, "valid")
     meta = load_meta(raw_dataset)
     config = ModelConfig(network=1, n_features=x.shape[1], hidden=(16, 8), activation="elu",
-                         inputs="standard", standardization=meta.standardization)
+                         inputs="standard", standardization=meta.standardization,
+                         derived=tuple(meta.derived), branches=tuple(meta.features))
+    assert config.derived  # the default derived inputs, computed batch by batch too
     runs = []
     for raw in (False, True):
         torch.manual_seed(3)

@@ -244,7 +244,8 @@ def test_what_cannot_be_learned_is_refused_before_ray(raw_dataset, tmp_path, cas
     ("path_is_file", ["--path", "is a file"]),
     ("output_dir_in_proc", ["--output-dir", "/proc/ghost_models"]),
     ("json_not_object", ["_features.json", "not an object"]),
-    ("norm_wrong_length", ["_features.json", "12 offsets for 13 features"]),
+    # 13 features and 5 derived inputs (features.DERIVED["matching"])
+    ("norm_wrong_length", ["_features.json", "12 offsets for 18 inputs"]),
     ("norm_wrong_length_no_names", ["_features.json", "12", "13 columns"]),
 ])
 def test_bad_outputs_and_metadata_fail_before_ray(tmp_path, raw_dataset, case, needles):
@@ -266,8 +267,8 @@ def test_bad_outputs_and_metadata_fail_before_ray(tmp_path, raw_dataset, case, n
         meta = [meta]
     elif case.startswith("norm_wrong_length"):
         meta["normalization"]["offsets"] = meta["normalization"]["offsets"][:12]
-        if case.endswith("no_names"):
-            del meta["features"]
+        if case.endswith("no_names"):  # arrays without names: no derived inputs either
+            del meta["features"], meta["derived"]
     json.dump(meta, open(prefix + "_features.json", "w"))
     proc = run_script("training.py", "-f", prefix, "--save", "--output-dir", out,
                       "--path", path, "-n", "1", "--epochs", "1")
