@@ -10,19 +10,17 @@ import contextlib
 import os
 from dataclasses import replace
 
-import numpy as np
-
 import provenance
 import search_folder
 import suggest
 import training_report
 from architecture import INPUT_LAYERS, default_network, normalizes_inside, refuse_normalized
 from artifacts import ARTIFACT, MODEL_FILES, SavedConfig, inference_record, save_model_files
-from baseline import baseline_scores, fit_baseline
+from baseline import baseline_row
 from cli import Parser, Stopped, add_plot_options, parse_formats, run_cli
 from dataset import dataset_files, load_dataset, load_meta, load_spectators
 from features import LIMIT
-from metrics import MODEL_WORKING_POINT, quality, threshold_at
+from metrics import MODEL_WORKING_POINT, quality
 from outputs import AtomicOutputs, FolderLock, plain_name, prepare_folder, remove_stale_temporaries
 from report import PAGE, print_headline, print_quality, training_headline
 from search import (
@@ -38,7 +36,7 @@ from search import (
     trial_table,
 )
 from search_log import describe_params
-from trainer import SCHEDULES, evaluate, log_loss, predict, quantize, to_tensors
+from trainer import SCHEDULES, evaluate, predict, quantize, to_tensors
 from utils import GhostError, Stopwatch, heartbeat, log, pick_device
 
 
@@ -310,28 +308,12 @@ def references(args, splits, setup, spectators):
     (with --baseline) and the known optimum (where the dataset has it); and the
     baseline's probabilities per split."""
     rows, scores = {}, {}
-    test_x, test_y = splits["test"]
     if args.baseline:
-        log(f"fitting the gradient-boosted baseline on {len(splits['train'][1]):,} tracks "
-            "(scikit-learn) ...")
-        clock = Stopwatch()
-        with heartbeat("fitting the baseline"):
-            trees = fit_baseline(splits["train"], splits["valid"], setup.weights, args.seed,
-                                 setup.derived, setup.branches)
-        scores = {s: baseline_scores(trees, splits[s][0]) for s in ("train", "test")}
-        p, y = scores["test"].astype(np.float64), test_y.ravel()
-        cut = args.threshold  # else the baseline's own working point, as the network's
-        if cut is None:
-            cut = threshold_at(baseline_scores(trees, splits["valid"][0]),
-                               splits["valid"][1].ravel() > 0.5, args.working_point)
-        rows["baseline (test)"] = {
-            "loss": log_loss(p, y, setup.weights),
-            "accuracy": float(np.mean((p > cut) == (y > 0.5))),
-            **quality(p, y)}
-        log(f"baseline: gradient-boosted trees, {trees.trees.n_iter_} iterations, "
-            f"{clock():.1f} s" + (" (with the derived inputs)" if setup.derived else ""))
+        rows["baseline (test)"], scores = baseline_row(
+            splits, setup.weights, args.seed, setup.derived, setup.branches, args.threshold,
+            args.working_point)
     if LIMIT in spectators:
-        rows["limit (test)"] = quality(spectators[LIMIT], test_y.ravel())
+        rows["limit (test)"] = quality(spectators[LIMIT], splits["test"][1].ravel())
     return rows, scores
 
 
