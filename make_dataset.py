@@ -281,8 +281,8 @@ def main(argv=None):
     files = expand_inputs(args.filename)
     check_outputs(args, files)
 
+    derived = derived_inputs(args, names)  # a bad expression: one line, before the read
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
-    derived = derived_inputs(args, names)
     columns = read_tracks(files, args.tree, args.track, names, args.threads)
     n_read = len(columns[LABEL])
     rows, labels, dropped = clean(columns, names, in_words(files), derived)
