@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 
 from faultlib import flipped, truncated
-from features import DEFAULT_TREE, LABEL, features_for
+from features import DEFAULT_TREE, DERIVED, LABEL, features_for
 from helpers import write_tracks
 
 NAMES = features_for("matching")
+N_INPUTS = len(NAMES) + len(DERIVED["matching"])  # the corpus datasets: the default derived inputs
 QOP = NAMES.index("qop")
 
 
@@ -360,8 +361,10 @@ DERIVED_RECORD_CASES = {  # the derived inputs a dataset JSON or a config record
 JSON_CASES.update({
     **{name: (_json(change), needles) for name, (change, needles) in
        DERIVED_RECORD_CASES.items()},
-    "derived_dropped_scalings_of_17": (_json(put("derived", [])), ["17", "13 features"]),
-    "derived_scalings_of_13": (_json(_scalings_of_the_features), ["13", "17 inputs"]),
+    "derived_dropped_scalings_kept": (_json(put("derived", [])),
+                                      [f"{N_INPUTS} offsets", "13 features"]),
+    "derived_scalings_of_the_features": (_json(_scalings_of_the_features),
+                                         ["13 offsets", f"{N_INPUTS} inputs"]),
 })
 
 JSON_TRAINING_ONLY = ["normalized_true_on_raw_arrays"]  # inference.py: network 1 refused

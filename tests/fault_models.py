@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 
-from fault_inputs import DERIVED_RECORD_CASES, dump, put, put_derived, put_in
+from fault_inputs import DERIVED_RECORD_CASES, N_INPUTS, dump, put, put_derived, put_in
 from faultlib import flipped, truncated
 
 # ---------------------------------------------------------------------------
@@ -96,7 +96,8 @@ CONFIG_CASES.update({
                                                         "chi3 / ndof"), ".json"), ["chi3"]),
     "derived_on_network_0": (_config(put("network", 0)), ["derived", "network 1"]),
     "derived_without_features": (_config(put("features", None)), ["derived", "features"]),
-    "derived_dropped": (_config(put("derived", [])), ["normalization", "17"]),
+    "derived_dropped": (_config(put("derived", [])),
+                        ["normalization", f"{N_INPUTS} offsets for 13 inputs"]),
 })
 
 

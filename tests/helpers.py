@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from faultlib import ForkServer
+from features import DERIVED
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -406,6 +407,8 @@ def compile_and_run(header, namespace, x, folder, opt="-O2", driver_code=DRIVER,
 EXTRA_DERIVED = ["lchi := log(chi2 + 1)",
                  "spread := max(pr_match_dx, pr_match_dy) - min(pr_match_dx, pr_match_dy)",
                  "hits := -sqrt(n_velo * n_scifi) / 2"]
+# derived_models' derived inputs: matching's defaults, then EXTRA_DERIVED (new names)
+N_DERIVED = len(DERIVED["matching"]) + len(EXTRA_DERIVED)
 
 
 def derived_models_in(d, matching_file):

@@ -22,6 +22,8 @@ from artifacts import (
     onnx_record,
 )
 from dataset import load_split
+from features import DERIVED
+from helpers import N_DERIVED
 from models import load_model
 from search import ARCHITECTURES
 from trainer import TrainSettings
@@ -49,7 +51,9 @@ def test_config_is_plain_and_complete(trained_model, raw_dataset):
     assert config["standardization"] == meta["standardization"]
     assert config["inputs"] == "standard"  # network 1's default first layer
     assert tuple(config["hidden"]) in ARCHITECTURES and config["l0"] == config["hidden"][0]
-    assert (config["macs"], config["params"]) == macs_and_params(13, config["hidden"])
+    assert config["derived"] == meta["derived"] and len(meta["derived"]) == len(DERIVED["matching"])
+    n_inputs = len(config["features"]) + len(config["derived"])  # the MACs count the derived inputs
+    assert (config["macs"], config["params"]) == macs_and_params(n_inputs, config["hidden"])
     assert config["macs"] <= 20000  # the default --max-macs
     assert config["optimizer"] == "adamw" and config["schedule"] == "onecycle"
     assert config["batch"] == 512 and config["weight_decay"] > 0
@@ -272,7 +276,7 @@ def test_onnx_with_derived_inputs_records_them_and_round_trips(derived_models):
         saved = SavedConfig.from_dict(onnx_record(proto))
         assert props["derived"].splitlines() == [
             f"{d.name} := {d.fit or d.expression}" for d in saved.model.derived]
-        assert len(saved.model.derived) == 7 and "residual" not in props["derived"]
+        assert len(saved.model.derived) == N_DERIVED and "residual" not in props["derived"]
         assert saved.model == ModelConfig.from_dict(config)
         read = model_from_onnx(proto, saved)
         want = pth.state_dict()

@@ -13,6 +13,7 @@ from artifacts import load_config
 from dataset import load_split
 from helpers import (
     CXX,
+    N_DERIVED,
     assert_clean_error,
     compile_and_run,
     lines_starting,
@@ -276,9 +277,9 @@ def test_the_header_lists_the_derived_inputs(derived_models):
         base = derived_models[name]
         text = base.with_suffix(".hpp").read_text()
         config = ModelConfig.from_dict(load_config(f"{base}_config.json"))
-        assert len(config.derived) == 7 and config.n_features == 13
+        assert len(config.derived) == N_DERIVED and config.n_features == 13
         assert "constexpr int n_features = 13;" in text
-        assert "constexpr int n_derived = 7;" in text
+        assert f"constexpr int n_derived = {N_DERIVED};" in text
         assert "constexpr int n_inputs = n_features + n_derived;" in text
         head = [ln for ln in text.splitlines() if ln.startswith("//")]
         for d in config.derived:

@@ -11,7 +11,7 @@ import pytest
 from architecture import ModelConfig
 from artifacts import SavedConfig, onnx_bytes
 from dataset import DatasetMeta, load_split, meta_path, split_paths
-from features import DEFAULT_TREE, MinMax, Standardize, features_for
+from features import DEFAULT_TREE, DERIVED, MinMax, Standardize, features_for
 from helpers import (
     assert_clean_error,
     lines_starting,
@@ -222,7 +222,9 @@ def test_values_near_float32_max_are_left_out_like_non_finite_tracks(quick_model
     metrics = json.loads((plots / "metrics.json").read_text())
     assert metrics["tracks_labelled"] == 19750 and metrics["tracks_nonfinite"] == 250
     assert metrics["tracks_nonfinite_derived_only"] == 50
-    assert [d["name"] for d in metrics["derived"]] == ["chi2_ndof", "dqop", "sin_theta", "kick"]
+    names = [d["name"] for d in quick_models["net1_config"]["derived"]]  # raw_dataset's
+    assert names == [t.split(" := ")[0] for t in DERIVED["matching"]]  # matching's defaults
+    assert [d["name"] for d in metrics["derived"]] == names
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

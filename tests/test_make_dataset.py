@@ -423,11 +423,15 @@ def test_derived_inputs_recorded_dropped_and_reproducible(tmp_path, capsys):
     b = make(tmp_path, "-f", path, "--track", "matching", name="b")
     assert _files(a) == _files(b)  # the same seed: the same bytes, the fit included
     meta = json.load(open(a + "_features.json"))
-    assert [d["name"] for d in meta["derived"]] == ["chi2_ndof", "dqop", "sin_theta", "kick"]
+    defaults = [Derived.parse(t, names) for t in DERIVED["matching"]]  # matching's defaults
+    assert [d["name"] for d in meta["derived"]] == [d.name for d in defaults]
     assert [f"{d['name']} := {d['expression']}" for d in meta["derived"]] == [
-        Derived.parse(t, names).text() for t in DERIVED["matching"]]
-    assert [d["fit"] is None for d in meta["derived"]] == [True, True, True, False]
-    assert meta["derived"][3]["fit"].startswith("pr_match_dtx - (")
+        d.text() for d in defaults]
+    # fitted: those with residual() (kick), and only those
+    assert [d["fit"] is None for d in meta["derived"]] == [
+        "residual(" not in d.expression for d in defaults]
+    kick = next(d for d in meta["derived"] if d["name"] == "kick")
+    assert kick["fit"].startswith("pr_match_dtx - (")
     # the 10 tracks with a non-finite derived input are dropped and counted by name
     assert meta["tracks_dropped_nonfinite"] == 10
     assert meta["dropped_per_feature"] == {"chi2_ndof": 7, "dqop": 3}
@@ -438,7 +442,8 @@ def test_derived_inputs_recorded_dropped_and_reproducible(tmp_path, capsys):
     for data, _ in splits.values():
         assert data.shape[1] == 13 and np.isfinite(data).all()
         assert np.isfinite(compute_all(loaded.derived, data, names)).all()
-    assert len(meta["normalization"]["offsets"]) == len(meta["standardization"]["means"]) == 17
+    assert (len(meta["normalization"]["offsets"]) == len(meta["standardization"]["means"])
+            == 13 + len(DERIVED["matching"]))
     train = np.hstack([splits["train"][0], compute_all(loaded.derived, splits["train"][0],
                                                        names)])
     assert meta["normalization"]["offsets"][13] == float(train[:, 13].min())  # chi2_ndof
@@ -472,15 +477,18 @@ def test_no_derived_gives_the_features_alone(tmp_path):
 
 
 def test_a_users_derived_input_replaces_a_default_of_its_name(tmp_path):
+    from derived import Derived
     path = _derived_case(tmp_path)
     prefix = make(tmp_path, "-f", path, "--track", "matching", "--derived",
                   "chi2_ndof := chi2 / (ndof + 1)", "--derived", "pt2 := best_pt*best_pt",
                   name="u")
     meta = json.load(open(prefix + "_features.json"))
+    # the other defaults in their order, then the user's, chi2_ndof's expression theirs
+    defaults = [Derived.parse(t, features_for("matching")) for t in DERIVED["matching"]]
+    assert "chi2_ndof" in [d.name for d in defaults]
     assert [(d["name"], d["expression"]) for d in meta["derived"]] == [
-        ("dqop", "qop / first_qop - 1.0"), ("sin_theta", "best_pt * abs(qop)"),
-        ("kick", "residual(pr_match_dtx, qop)"), ("chi2_ndof", "chi2 / (ndof + 1.0)"),
-        ("pt2", "best_pt * best_pt")]
+        (d.name, d.expression) for d in defaults if d.name != "chi2_ndof"] + [
+        ("chi2_ndof", "chi2 / (ndof + 1.0)"), ("pt2", "best_pt * best_pt")]
     assert meta["dropped_per_feature"] == {"dqop": 3}  # ndof + 1 is never 0
     only = make(tmp_path, "-f", path, "--track", "matching", "--no-derived", "--derived",
                 "pt2 := best_pt*best_pt", name="o")

@@ -7,7 +7,8 @@ import os
 import numpy as np
 from figure_checks import check, recorded, recording, style_family
 
-from features import features_for
+from dataset import load_meta
+from features import DERIVED, features_for
 from helpers import run_inference
 
 
@@ -42,9 +43,12 @@ def test_every_figure_of_a_run_passes_the_checks(trained_model, matching_file, t
         for stem, r in found.items():
             assert r["formats"] == formats and r["texts"] == label, (run, stem)
             defects.update({f"{run}/{stem}": r["defects"]} if r["defects"] else {})
-    assert set(recorded(checks / "features")) == set(features_for("matching"))
+    # a figure per feature and per derived input (the dataset's: matching's defaults)
+    inputs = load_meta(str(tmp_path / "ds")).inputs()
+    assert inputs == features_for("matching") + [t.split(" := ")[0] for t in DERIVED["matching"]]
+    assert set(recorded(checks / "features")) == set(inputs)
     assert all((tmp_path / "features" / f"{n}.pdf").read_bytes().startswith(b"%PDF")
-               for n in features_for("matching"))
+               for n in inputs)
     assert {"search_front", "history", "ranking", "correlations", "overtraining", "scores",
             "roc", "rejection", "thresholds", "confusion", "compare", "kinematics_p",
             "kinematics_n_velo", "kinematics_n_scifi"} <= set(recorded(models.parent /

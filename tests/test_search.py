@@ -12,6 +12,8 @@ import pytest
 
 from architecture import macs_and_params
 from artifacts import load_config
+from dataset import load_meta
+from features import DERIVED
 from helpers import ROOT_DIR, assert_clean_error, run_script, search, stop_ray_cluster
 from search import best_trial
 from utils import GhostError
@@ -94,12 +96,14 @@ def budget_search(raw_dataset, tmp_path_factory):
                   "--select", "rejection@0.99")
 
 
-def test_max_macs_is_respected_by_every_trial(budget_search, capsys):
+def test_max_macs_is_respected_by_every_trial(budget_search, raw_dataset, capsys):
     trials = _trials(budget_search)
     assert len(trials) == BUDGET_TRIALS
+    n_inputs = len(load_meta(raw_dataset).inputs())  # the features, then the derived inputs
+    assert n_inputs == 13 + len(DERIVED["matching"])  # the MACs count the derived inputs
     for t in trials:
         hidden = [int(w) for w in t["hidden"].split("x")]
-        assert int(t["macs"]) == macs_and_params(13, hidden)[0] <= 1000
+        assert int(t["macs"]) == macs_and_params(n_inputs, hidden)[0] <= 1000
     config = load_config(str(budget_search / "ghost_model_config.json"))
     assert config["macs"] <= 1000
 

@@ -5,7 +5,8 @@ import csv
 import json
 import os
 
-from features import TRACK_FEATURES
+from derived import Derived
+from features import DERIVED, TRACK_FEATURES
 
 
 def test_training_report_folder(trained_model):
@@ -17,12 +18,13 @@ def test_training_report_folder(trained_model):
             assert (report / f"{stem}.{fmt}").stat().st_size > 5000, (stem, fmt)
     ranking = list(csv.reader((report / "ranking.csv").read_text().splitlines()))
     assert ranking[0] == ["rank", "feature", "auc_drop", "rejection_drop_at_99"]
-    # the 13 features and the 4 derived inputs, each named by its expression
+    # the 13 features and matching's default derived inputs, each named by its
+    # expression as declared (e.g. "dqop := qop / first_qop - 1.0")
+    features = TRACK_FEATURES["matching"]
     ranked = {row[1] for row in ranking[1:]}
-    assert ranked == set(TRACK_FEATURES["matching"]) | {"chi2_ndof := chi2 / ndof",
-                                                        "dqop := qop / first_qop - 1.0",
-                                                        "sin_theta := best_pt * abs(qop)",
-                                                        "kick := residual(pr_match_dtx, qop)"}
+    assert ranked == set(features) | {Derived.parse(t, features).text()
+                                      for t in DERIVED["matching"]}
+    assert "kick := residual(pr_match_dtx, qop)" in ranked  # declared, not fitted
     metrics = json.loads((report / "metrics.json").read_text())
     assert {"overtraining", "comparison", "limit", "kinematics", "ranking"} <= set(metrics)
     assert [c["name"] for c in metrics["comparison"]] == ["network", "INT8", "baseline",
