@@ -332,17 +332,23 @@ def model_from_onnx(proto, saved):
     return model
 
 
+def ghost_net(model, what):
+    """The models.GhostNet of a loaded .pth or .onnx file of this toolkit
+    (scoring.LoadedModel); a one-line error naming the option `what` for any other."""
+    if model.saved.model is None:
+        raise GhostError(f"{what}: {model.path} records no architecture of this toolkit")
+    try:
+        return model.module if model.kind == "pth" else model_from_onnx(model.proto,
+                                                                        model.saved)
+    except ValueError as e:
+        raise GhostError(f"{what}: {model.path} is not a model this toolkit wrote: {e}")
+
+
 def model_header(model, path):
     """inference.py --export-cpp: (the header training.py --save writes, as bytes, and
     its C++ namespace, from the file name `path`) of a loaded .pth or .onnx file of
     this toolkit (scoring.LoadedModel); a one-line error for any other model."""
-    if model.saved.model is None:
-        raise GhostError(f"--export-cpp: {model.path} records no architecture of this toolkit")
-    try:
-        module = model.module if model.kind == "pth" else model_from_onnx(model.proto,
-                                                                          model.saved)
-    except ValueError as e:
-        raise GhostError(f"--export-cpp: {model.path} is not a model this toolkit wrote: {e}")
+    module = ghost_net(model, "--export-cpp")
     namespace = cpp_identifier(os.path.splitext(os.path.basename(path))[0])
     return export_header(module, model.saved, namespace).encode(), namespace
 

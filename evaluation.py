@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artifacts import ghost_net
 from compare import Curve, gap_to_limit
 from dataset import dataset_files
+from derived import input_labels
 from diagnostic_plots import ranking as ranking_figure
 from diagnostics import permutation_ranking, ranking_csv
 from features import LIMIT
@@ -25,6 +27,7 @@ from metrics import DEFAULT_THRESHOLDS, WORKING_POINTS, analyse, overtraining, r
 from plots import PlotInput
 from provenance import file_record
 from scoring import model_macs
+from trainer import predict
 from utils import log, plain
 
 LIMIT_CURVE = f"limit ({LIMIT})"  # the known optimum's curve, where the input has it
@@ -96,6 +99,21 @@ class Ranking:
 def rank_features(score, data, labels, names, seed):
     """The Ranking of the features of `data` (`score(x) -> probabilities`)."""
     return Ranking(*permutation_ranking(score, data, labels, names, seed))
+
+
+def rank_model_inputs(model, score, data, labels, names, seed):
+    """inference.py --ranking: the Ranking of a loaded model's (scoring.LoadedModel)
+    inputs on raw branch values `data` (`score(x)`): the features, and where the
+    model computes derived inputs, each column of [raw | derived] shuffled alone
+    through the model's torch form, as the training report ranks them."""
+    config = model.saved.model
+    if config is None or not config.derived:
+        return rank_features(score, data, labels, names, seed)
+    net = ghost_net(model, "--ranking")
+    ranking = rank_features(lambda x: predict(net, x, inputs=True), config.extend(data),
+                            labels, input_labels(names, config.derived), seed)
+    ranking.caption += RANKING_DERIVED
+    return ranking
 
 
 @dataclass

@@ -22,7 +22,7 @@ from cli import Parser, add_plot_options, add_threads_option, parse_formats, par
 from compare import compared_model_paths, curve_names
 from dataset import dataset_files
 from drawing import pyplot, style
-from evaluation import Sample, evaluate, rank_features, run_context
+from evaluation import Sample, evaluate, rank_model_inputs, run_context
 from features import DEFAULT_TREE, LABEL, TRACK_TYPES
 from inputs import (
     describe_source,
@@ -338,8 +338,8 @@ def feature_ranking(args, scorer, s):
     """--ranking: the permutation ranking on (up to 200,000 of) the finite, labelled
     tracks (an evaluation.Ranking), said on the console."""
     rows = np.flatnonzero(s.finite)[:200_000]
-    ranking = rank_features(scorer.scores, s.inp.data[rows], s.inp.labels[rows],
-                            scorer.settings.features, args.seed)
+    ranking = rank_model_inputs(scorer.model, scorer.scores, s.inp.data[rows],
+                                s.inp.labels[rows], scorer.settings.features, args.seed)
     log(ranking.line("feature ranking"))
     return ranking
 

@@ -15,7 +15,7 @@ import inference
 import rootio
 import rootwrite
 from dataset import load_split
-from features import DEFAULT_TREE, features_for
+from features import DEFAULT_TREE, DERIVED, features_for
 from helpers import (
     ROOT_DIR,
     assert_clean_error,
@@ -131,7 +131,12 @@ def test_ranking_without_figures(quick_models, small_file, tmp_path):
     assert len(np.load(out)) == 5000
     assert {"ranking.csv", "metrics.json", "index.html"} <= set(os.listdir(plots))
     assert not [n for n in os.listdir(plots) if n.endswith((".png", ".pdf"))]
-    assert len(json.loads((plots / "metrics.json").read_text())["ranking"]) == 13
+    # the features and the model's derived inputs, each ranked (as the training report)
+    ranked = [r["feature"] for r in json.loads((plots / "metrics.json").read_text())["ranking"]]
+    derived = [f"{d.split(' := ')[0]} := " for d in DERIVED["matching"]]
+    assert len(ranked) == 13 + len(DERIVED["matching"]), ranked
+    assert all(any(r.startswith(d) for r in ranked) for d in derived), ranked
+    assert "derived input" in (plots / "index.html").read_text()
 
 
 # ---------------------------------------------------------------------------
