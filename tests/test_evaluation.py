@@ -124,7 +124,8 @@ def test_the_ranking_is_the_same_in_both(case, tmp_path):
     assert ranking.line("head").count(",") == len(NAMES) - 1
     assert ranking.csv().splitlines()[0] == "rank,feature,auc_drop,rejection_drop_at_99"
     stand_in = SimpleNamespace(scores=lambda data, finite=None: _score(data),
-                               settings=scorer.settings)
+                               settings=scorer.settings, model=scorer.model)
+    assert not scorer.model.saved.model.derived  # the features alone, scored by _score
     mine = inference.feature_ranking(Namespace(seed=42), stand_in, scored)
     assert mine.rows[0]["feature"] == ranking.rows[0]["feature"] == "chi2"
     assert "ranking" not in record.metrics()  # only where asked
