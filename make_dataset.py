@@ -138,9 +138,9 @@ def clean(columns, names, where, derived=()):
     its finiteness is that of y - x until then."""
     finite = np.ones(len(columns[LABEL]), dtype=bool)
     dropped = {}
-    values = {d.name: d.unfitted_values(columns, names) for d in derived}
-    for name in names + [LABEL] + list(values):
-        ok = np.isfinite(values[name] if name in values else columns[name])
+    inputs = [(name, None) for name in names + [LABEL]] + [(d.name, d) for d in derived]
+    for name, d in inputs:  # a derived input's values only while its check runs
+        ok = np.isfinite(columns[name] if d is None else d.unfitted_values(columns, names))
         if (n_bad := int((~ok).sum())):
             dropped[name] = n_bad
         finite &= ok
@@ -254,7 +254,7 @@ def read_tracks(files, tree, track, names, threads):
     return columns
 
 
-def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators,
+def describe(args, files, n_read, n_clean, labels, dropped, splits, scalings, spectators,
              derived):
     """The DatasetMeta written beside the arrays."""
     minmax, standardize = scalings
@@ -262,7 +262,7 @@ def describe(args, files, n_read, rows, labels, dropped, splits, scalings, spect
         track=args.track, features=features_for(args.track), label=LABEL, tree=args.tree,
         input_files=[file_record(f) for f in files], seed=args.seed,
         fraction=args.fraction, tracks_read=n_read,
-        tracks_dropped_nonfinite=n_read - len(rows), dropped_per_feature=dropped,
+        tracks_dropped_nonfinite=n_read - n_clean, dropped_per_feature=dropped,
         counts={s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
                 for s, (_, y) in splits.items()},
         balance=args.balance, ghost_fraction=float(labels.mean()),
@@ -286,6 +286,7 @@ def main(argv=None):
     columns = read_tracks(files, args.tree, args.track, names, args.threads)
     n_read = len(columns[LABEL])
     rows, labels, dropped = clean(columns, names, in_words(files), derived)
+    n_clean = len(rows)
     log(f"read {n_read:,} tracks in {clock():.1f} s; "
         f"dropped {n_read - len(rows):,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
@@ -293,19 +294,24 @@ def main(argv=None):
 
     index = balance_and_split(labels, args.fraction, args.balance,
                               np.random.default_rng(args.seed), in_words(files))
+    n_kept = sum(len(i) for i in index.values())
     take = {s: rows[i] for s, i in index.items()}  # each split's rows of the input
+    y = {s: labels[i].reshape(-1, 1) for s, i in index.items()}
+    del index, columns[LABEL]  # held as `labels` and `y`
+    if not args.plot:  # --plot draws the kept tracks (`rows`) of the columns
+        del rows
     spectators = [c for c in SPECTATORS if c in columns]
-    splits = {s: (np.take(columns[MATRIX], r, axis=0), labels[index[s]].reshape(-1, 1))
-              for s, r in take.items()}  # whole rows gathered: one cache line per track
     extra = split_arrays(columns, spectators, take) if spectators else None
-    if not args.plot:  # every track is in the splits now; --plot draws the columns
+    splits = {s: (np.take(columns[MATRIX], take.pop(s), axis=0), y[s])  # whole rows
+              for s in SPLITS}  # gathered: one cache line per track
+    if not args.plot:  # every track is in the splits now
         del columns
     derived = fit_derived(derived, splits, names, in_words(files))
     scalings = fit_scalings(splits, names, in_words(files), derived)
     if args.normalize:
         splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
-    meta = describe(args, files, n_read, rows, labels, dropped, splits, scalings, spectators,
-                    derived)
+    meta = describe(args, files, n_read, n_clean, labels, dropped, splits, scalings,
+                    spectators, derived)
     page = os.path.join(args.plots_dir, PAGE) if args.plot else None
     written = (f"wrote {args.output}_{{{','.join(SPLITS)}}}_*.npy and "
                f"{meta_path(args.output)}")
@@ -322,7 +328,7 @@ def main(argv=None):
                                   Parts(dataset_headline(meta, written, None),
                                         [("Data set", html)], files=data_files), derived)
 
-    kept = (f"kept {sum(len(i) for i in index.values()) // 2:,} tracks per class"
+    kept = (f"kept {n_kept // 2:,} tracks per class"
             if args.balance == "subsample" else
             f"kept every track ({meta.ghost_fraction:.1%} ghosts; class weights "
             f"ghost {meta.class_weights['ghost']:.3f}, real {meta.class_weights['real']:.3f})")
