@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from derived import extend, from_dicts
+from derived import compute_all, from_dicts
 from features import MinMax, Standardize, width_problem
 from records import check_fields, in_range, is_distinct_names, is_int, is_names, is_real, is_text
 from utils import GhostError, one_line
@@ -288,7 +288,7 @@ def _check_values(meta, prefix, data_path, data, lo, hi):
     elif meta.standardization is not None:
         if meta.derived:  # the scalings cover the derived inputs too
             names = meta.inputs()
-            extra = extend(data, meta.derived, meta.features)[:, data.shape[1]:]
+            extra = compute_all(meta.derived, data, meta.features)
             bad = [f"{int((~np.isfinite(extra[:, j])).sum())} in {d.name}"
                    for j, d in enumerate(meta.derived) if not np.isfinite(extra[:, j]).all()]
             if bad:

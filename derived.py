@@ -261,12 +261,11 @@ class Derived:
             raise ValueError(f"derived input {d['name']!r}: 'fit' must be a string")
         derived = cls.parse(f"{d['name']} := {d['expression']}", branches)
         derived = cls(derived.name, derived.expression, d.get("fit"))
-        if derived.fit is not None and "residual(" not in derived.expression:
-            raise ValueError(f"derived input {derived.name!r}: a 'fit' is only for an "
-                             "expression with residual()")
         if derived.fit is not None:
-            tree = derived.tree(branches)
-            if "residual" in to_text(tree):
+            if "residual(" not in derived.expression:
+                raise ValueError(f"derived input {derived.name!r}: a 'fit' is only for an "
+                                 "expression with residual()")
+            if "residual(" in to_text(derived.tree(branches)):
                 raise ValueError(f"derived input {derived.name!r}: its fit still holds "
                                  "residual()")
         return derived

@@ -12,7 +12,7 @@ import numpy as np
 
 from cli import FORMATS, Parser, add_plot_options, add_threads_option, parse_formats, run_cli
 from dataset import SPLITS, DatasetMeta, dataset_files, dataset_outputs, meta_path, write_dataset
-from derived import SYNTAX, extend, fit_all, parse_all
+from derived import SYNTAX, compute_all, extend, fit_all, parse_all
 from features import (
     DEFAULT_TREE,
     DERIVED,
@@ -223,11 +223,13 @@ def fit_scalings(splits, names, where, derived=()):
     train = extend(splits["train"][0], derived, names)
     try:
         scalings = MinMax.fit(train, inputs), Standardize.fit(train, inputs)
-        for split in ("valid", "test"):
-            x = extend(splits[split][0], derived, names)
-            if not np.isfinite(x).all():
+        for split in ("valid", "test"):  # the derived columns alone, not a copy of the split
+            x, extra = splits[split][0], compute_all(derived, splits[split][0], names)
+            if not np.isfinite(extra).all():
                 raise ValueError(f"a fitted derived input is NaN or inf in the {split} split")
-            scalings[1].check_range(x.min(axis=0), x.max(axis=0), inputs, f"the {split} split")
+            scalings[1].check_range(np.r_[x.min(axis=0), extra.min(axis=0)],
+                                    np.r_[x.max(axis=0), extra.max(axis=0)], inputs,
+                                    f"the {split} split")
     except ValueError as e:
         raise GhostError(f"{e}; values this large are no measurement (like NaN): remove "
                          f"those tracks from {where}")

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from derived import Derived, extend
+from derived import Derived, compute_all, extend
 from diagnostics import csv_field
 from metrics import quality
 from outputs import AtomicOutputs, prepare_folder
@@ -139,7 +139,7 @@ def suggest(splits, names, derived, weights=None, seed=42, tracks=SUGGEST_TRACKS
     x, x_valid = (shapes(r) for r in ranks(extend(train, derived, names),
                                              extend(valid, derived, names)))
     theta = fit_base(x, y, w)
-    cand, cand_valid = (extend(a, tried, names)[:, len(names):] for a in (train, valid))
+    cand, cand_valid = (compute_all(tried, a, names) for a in (train, valid))
     z, z_valid = ranks(cand, cand_valid)
     coef = fit_candidates(x @ theta, z, y, w)
     base_valid = x_valid @ theta
