@@ -316,7 +316,9 @@ def run_search(args, data, setup, record):
                                      args.batch),
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, scheduler=scheduler,
-                num_samples=args.num_samples,
+                # a trial's worker process runs the next trial: one start (and one
+                # torch import, seconds) per core, not per trial; every trial seeds itself
+                num_samples=args.num_samples, reuse_actors=True,
                 search_alg=BasicVariantGenerator(random_state=args.seed)),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage, verbose=0,

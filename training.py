@@ -62,6 +62,8 @@ def parse_args(argv=None):
         raise GhostError(f"--working-point must be in (0, 1), got {args.working_point}")
     if args.gpu and args.nocuda:
         raise GhostError("--gpu and --nocuda contradict each other")
+    if args.no_report and not args.save:
+        raise GhostError("--no-report leaves the report out of what --save writes: add --save")
     args.formats = parse_formats(args.format)
     if not args.path:
         raise GhostError("--path must name a folder, got ''")
@@ -138,6 +140,9 @@ def add_output_options(p):
                    help="write the model files (and the search's report in "
                         "OUTPUT_DIR/training_report)")
     p.add_argument("--output-dir", default=".", help="where --save writes (default .)")
+    p.add_argument("--no-report", action="store_true",
+                   help="with --save, the model files alone: no training_report folder (its "
+                        "figures and tables take longer than a small search)")
     add_plot_options(p, "the report's figure")
     p.add_argument("--path", default="ray_results",
                    help="folder for Ray's output: metrics and checkpoints (default ray_results)")
@@ -261,7 +266,8 @@ def finish(args, splits, meta, setup, params, state):
     model.load_state_dict(state)
     model = model.to(device).eval()
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
-    wanted = splits if args.save else ("valid", "test")  # the report wants every split
+    report = args.save and not args.no_report
+    wanted = splits if report else ("valid", "test")  # the report wants every split
     scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
     record = inference_record(meta, splits, scores["network"], args.working_point)
     cut = accuracy_cut(args, record)
@@ -318,19 +324,24 @@ def references(args, splits, setup, spectators):
 
 
 def save(args, artifacts, report, trials, best):
-    """Every model's files and the report folder, all renamed into place together."""
+    """Every model's files and (but with --no-report, when `report` is None) the
+    report folder, all renamed into place together."""
     folder = os.path.join(args.output_dir, training_report.REPORT)
-    prepare_folder(folder, "the report folder")
-    log(f"writing the model files and the training report in {folder} ...")
+    if report is not None:
+        prepare_folder(folder, "the report folder")
+    log("writing the model files" + (f" and the training report in {folder}"
+                                     if report is not None else "") + " ...")
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
-        files = training_report.write(out, folder, report, trials, best, args.formats,
-                                      args.seed, args.label)
+        if report is not None:
+            files = training_report.write(out, folder, report, trials, best, args.formats,
+                                          args.seed, args.label)
     log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx, {ARTIFACT}.hpp"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
-        + f" in {os.path.abspath(args.output_dir)}; the report ({len(files)} files, "
-        f"index.html) in {folder}")
+        + f" in {os.path.abspath(args.output_dir)}"
+        + (f"; the report ({len(files)} files, index.html) in {folder}"
+           if report is not None else "; no report (--no-report)"))
 
 
 def main(argv=None):
@@ -375,7 +386,9 @@ def run(args, signals):
                 f"{args.working_point:.1%} of the validation split's real tracks)")
         for _, _, saved in artifacts:  # "baseline (test)" -> "baseline"
             saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
-        if args.save:
+        if args.save and args.no_report:
+            save(args, artifacts, None, trials, params)
+        elif args.save:
             model = artifacts[0][1]
             report = training_report.ReportInput(
                 splits, meta, spectators, artifacts[0][2],
@@ -402,7 +415,7 @@ def headline(args, splits, meta, artifacts, scores, rows, page=True):
              + (f", {ARTIFACT}_int8.*" if len(artifacts) > 1 else "") if args.save
              else "no files written (--save writes the model and the report)")
     page = (os.path.join(args.output_dir, training_report.REPORT, PAGE)
-            if args.save and page else None)
+            if args.save and not args.no_report and page else None)
     return training_headline(artifacts[0][2].model, splits["test"][1].ravel() > 0.5,
                              meta.mix(), models, references, files, page)
 

@@ -5,9 +5,9 @@ script, the one-line error check, ...) are in helpers.py.
 Tests that start Ray carry the `ray` marker, so that `pytest -m "not ray"` skips them:
 those that run a search themselves are marked where they are defined, those that
 use a fixture running one (RAY_FIXTURES, here or in their module) are marked here.
-Under pytest-xdist (`make test`: -n 2) the searches come first, a module's searches
-one after another on one worker (two searches at a time, one per worker), then the
-other tests module by module."""
+Under pytest-xdist (`make test`: -n 2) the searches come first (two at a time, one per
+worker), then the other tests module by module, last those that only read the trained
+model."""
 import contextlib
 import io
 import json
@@ -46,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
         searches = item.get_closest_marker("ray") is not None or bool(uses & SEARCH_FIXTURES)
         if uses & RAY_FIXTURES:
             item.add_marker(pytest.mark.ray)
-        units[item.nodeid] = _unit(item.nodeid, uses, searches)
+        units[item.nodeid] = _unit(item.nodeid, uses & SEARCH_FIXTURES, searches,
+                                   "trained_model" in uses)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: units[item.nodeid][0])
         path = _units_file(config)
@@ -55,16 +56,22 @@ def pytest_collection_modifyitems(config, items):
         os.replace(tmp, path)
 
 
-def _unit(nodeid, uses, searches):
-    """A test's place in line and its unit of work under pytest-xdist: the searches
-    first, each module's one after another as one unit (the unit that makes
-    trained_model first of all; two units, one per worker, run at once), then each
-    module's other tests, last those that only read trained_model (made by then)."""
+def _unit(nodeid, fixtures, searches, trained):
+    """A test's place in line and its unit of work under pytest-xdist (a worker runs
+    one unit at a time, in this order): first the search that makes trained_model
+    (the seed's reproducibility check), then the searches of a shared module fixture
+    (each fixture's tests one unit: it runs once), then every other search alone, then
+    each module's other tests, last, module by module, those that only read
+    trained_model (made by then; a module's fixtures built once)."""
     module = nodeid.split("::")[0]
+    if searches and trained:
+        return (0, 0), f"ray {nodeid}"
+    if fixtures:
+        return (0, 1), f"ray {module} {' '.join(sorted(fixtures))}"
     if searches:
-        return (0, "trained_model" not in uses), f"ray {module}"
-    if "trained_model" in uses:
-        return (2, 0), "trained"
+        return (0, 2), f"ray {nodeid}"
+    if trained:
+        return (2, 0), f"trained {module}"
     return (1, 0), module
 
 

@@ -70,7 +70,8 @@ def test_join_an_existing_ray_cluster(raw_dataset, tmp_path):
     try:
         proc = run_script("training.py", "-f", raw_dataset, "-n", "2", "--epochs", "1",
                           "--batch", "512", "--address", f"127.0.0.1:{port}",
-                          "--path", tmp_path / "ray", "--save", "--output-dir", tmp_path / "m")
+                          "--path", tmp_path / "ray", "--save", "--no-report",
+                          "--output-dir", tmp_path / "m")
         assert proc.returncode == 0, proc.stderr
         assert "[2/2]" in proc.stdout
         assert (tmp_path / "m" / "ghost_model.onnx").is_file()
@@ -108,6 +109,17 @@ def test_max_macs_is_respected_by_every_trial(budget_search, raw_dataset, capsys
     assert config["macs"] <= 1000
 
 
+def test_trials_reuse_one_worker_process(trained_model):
+    """Tune reuses a trial's actor for the next (reuse_actors): the session's search
+    (2 trials on --cpu 1) started one worker process, not one per trial (each start
+    imports torch, seconds per trial); each trial still seeds itself (the seed
+    reproducibility check in test_training.py)."""
+    results = [json.loads(f.read_text().splitlines()[0])
+               for f in trained_model.ray.rglob("result.json")]
+    assert len(results) == 2
+    assert len({r["pid"] for r in results}) == 1
+
+
 def test_too_small_a_budget_is_a_clean_error(raw_dataset, tmp_path):
     proc = run_script("training.py", "-f", raw_dataset, "--max-macs", "50",
                       "--path", tmp_path / "ray")
@@ -133,7 +145,7 @@ def test_select_loss_picks_the_lowest_validation_loss(trained_model):
 @pytest.mark.ray
 def test_original_space_is_the_seeds(raw_dataset, tmp_path):
     out = search(raw_dataset, tmp_path, "-n", "1", "--epochs", "1", "--cpu", "1",
-                 "--space", "original", "--inputs", "minmax")
+                 "--space", "original", "--inputs", "minmax", "--no-report")
     config = load_config(str(out / "ghost_model_config.json"))
     assert len(config["hidden"]) == 1 and config["l0"] in (8, 16, 32, 64, 128)
     assert config["optimizer"] in ("adam", "sgd") and config["schedule"] == "constant"

@@ -131,7 +131,8 @@ def test_resume_refuses_what_it_cannot_continue(stopped, tmp_path, case, needles
 def test_resume_an_interrupted_search(raw_dataset, tmp_path):
     args = [sys.executable, "-u", os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
             "-n", "2", "--epochs", "3", "--batch", "512", "--cpu", "1",
-            "--path", str(tmp_path / "ray"), "--save", "--output-dir", str(tmp_path / "m")]
+            "--path", str(tmp_path / "ray"), "--save", "--no-report",
+            "--output-dir", str(tmp_path / "m")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("[1/2]"):

@@ -10,6 +10,7 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -36,8 +37,14 @@ SMALL = ["-n", "1", "--epochs", "1", "--batch", "512", "--cpu", "1"]  # a search
 
 @pytest.mark.ray
 def test_seed_reproducibility(raw_dataset, tmp_path, trained_model):
+    """The same search again gives the same model files, byte for byte, also when
+    it writes them without the report (--no-report: the model files alone)."""
     trained = trained_model.models
-    again = search(raw_dataset, tmp_path, *SEARCH)
+    again = search(raw_dataset, tmp_path, *SEARCH, "--no-report")
+    assert sorted(os.listdir(again)) == sorted(set(os.listdir(trained)) - {"training_report"})
+    for name in ("ghost_model.onnx", "ghost_model_int8.onnx"):  # the same graphs
+        graphs = [onnx.load(str(folder / name)).graph for folder in (trained, again)]
+        assert graphs[0].SerializeToString() == graphs[1].SerializeToString(), name
     a = torch.load(trained / "ghost_model.pth", weights_only=True)
     b = torch.load(again / "ghost_model.pth", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -51,7 +58,7 @@ def test_seed_reproducibility(raw_dataset, tmp_path, trained_model):
 @pytest.mark.ray
 def test_network0_on_normalized_dataset(norm_dataset, tmp_path):
     out = search(norm_dataset, tmp_path, "-n", "1", "--epochs", "1", "--batch", "512",
-                 "--cpu", "1")
+                 "--cpu", "1", "--no-report")
     config = load_config(str(out / "ghost_model_config.pkl"))
     assert config["network"] == 0
     model = build_model(ModelConfig.from_dict(config))
@@ -169,6 +176,13 @@ def test_network0_on_raw_dataset_is_refused(raw_dataset, tmp_path):
     proc = run_script("training.py", "-f", raw_dataset, "--network", "0",
                       "--path", tmp_path / "ray")
     assert_clean_error(proc, "expects normalized inputs", "--normalize")
+
+
+def test_no_report_without_save_is_refused(raw_dataset, tmp_path):
+    proc = run_script("training.py", "-f", raw_dataset, "--no-report",
+                      "--path", tmp_path / "ray")
+    assert_clean_error(proc, "--no-report", "add --save")
+    assert not (tmp_path / "ray").exists()
 
 
 def test_threshold_only_cuts_the_accuracy_column():
@@ -296,7 +310,7 @@ def contested(raw_dataset, tmp_path_factory):
     stale = out / f".ghost_model.tmp{_dead_pid()}_3.onnx"
     stale.write_text("half a model")
     args = [sys.executable, os.path.join(ROOT_DIR, "training.py"), "-f", raw_dataset,
-            *SMALL, "--path", str(ray_dir), "--save", "--output-dir", str(out)]
+            *SMALL, "--path", str(ray_dir), "--save", "--no-report", "--output-dir", str(out)]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in first.stdout:  # the first one holds its locks once it starts Ray
@@ -341,7 +355,6 @@ def test_two_searches_at_once_one_is_refused(contested):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.ray
 def test_the_files_written_are_those_its_help_names(trained_model):
     """The session's search ran with --save --int8 --baseline --format png,pdf: every
     file --help lists is written, and nothing else."""
@@ -355,7 +368,6 @@ def test_the_files_written_are_those_its_help_names(trained_model):
         listed(report) | {n.replace(".png", ".pdf") for n in figures}
 
 
-@pytest.mark.ray
 def test_the_headline_ends_the_console_and_matches_metrics_json(trained_model):
     models = trained_model.models
     m = json.loads((models / "training_report" / "metrics.json").read_text())
@@ -384,6 +396,7 @@ def test_the_headline_ends_the_console_and_matches_metrics_json(trained_model):
 # a run that listens: SIGINT and SIGTERM at three stages
 # ---------------------------------------------------------------------------
 
+@pytest.mark.ray
 @pytest.mark.parametrize("stage,signum", [
     ("searching:", signal.SIGINT),                   # the search (Tune stops, keeps it)
     ("fitting the gradient-boosted", signal.SIGINT),  # the baseline, after the search
