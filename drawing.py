@@ -80,7 +80,10 @@ def write_figure(fig, files, keep=False, label=""):
         try:
             if engine is not None:
                 engine.execute(fig)
-                fig.set_layout_engine("none")
+            # laid out for good: no engine left, so that savefig draws each format once
+            # (with an engine, even matplotlib's placeholder, it draws twice: a pass
+            # for the engine, then the real one)
+            fig.set_layout_engine(None)
             import matplotlib
             bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(
                 matplotlib.rcParams["savefig.pad_inches"])
