@@ -5,9 +5,9 @@ script, the one-line error check, ...) are in helpers.py.
 Tests that start Ray carry the `ray` marker, so that `pytest -m "not ray"` skips them:
 those that run a search themselves are marked where they are defined, those that
 use a fixture running one (RAY_FIXTURES, here or in their module) are marked here.
-Under pytest-xdist (`make test`: -n 2) the searches come first (two at a time, one per
-worker), then the other tests module by module, last those that only read the trained
-model."""
+Under pytest-xdist (`make test`: -n 3, on two cores: a third worker fills the seconds a
+search waits on Ray) the searches come first (one per worker at a time), then the other
+tests, last those that only read the trained model (_unit)."""
 import contextlib
 import io
 import json
@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(config, items):
         if uses & RAY_FIXTURES:
             item.add_marker(pytest.mark.ray)
         units[item.nodeid] = _unit(item.nodeid, uses & SEARCH_FIXTURES, searches,
-                                   "trained_model" in uses)
+                                   "trained_model" in uses, _module_fixtures(item))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: units[item.nodeid][0])
         path = _units_file(config)
@@ -56,13 +56,22 @@ def pytest_collection_modifyitems(config, items):
         os.replace(tmp, path)
 
 
-def _unit(nodeid, fixtures, searches, trained):
+def _module_fixtures(item):
+    """The module-scoped fixtures a test uses (its unit of work keeps them built once)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.items() if info is not None else ()
+    return {name for name, d in defs if d and d[-1].scope == "module"}
+
+
+def _unit(nodeid, fixtures, searches, trained, shared):
     """A test's place in line and its unit of work under pytest-xdist (a worker runs
     one unit at a time, in this order): first the search that makes trained_model
     (the seed's reproducibility check), then the searches of a shared module fixture
     (each fixture's tests one unit: it runs once), then every other search alone, then
-    each module's other tests, last, module by module, those that only read
-    trained_model (made by then; a module's fixtures built once)."""
+    the other tests, those that only read trained_model last (made by then).  A test
+    is a unit alone unless it shares a module-scoped fixture (`shared`): then its
+    module's tests of the same fixtures are one unit, the fixture built once; small
+    units keep the workers busy to the end."""
     module = nodeid.split("::")[0]
     if searches and trained:
         return (0, 0), f"ray {nodeid}"
@@ -70,9 +79,8 @@ def _unit(nodeid, fixtures, searches, trained):
         return (0, 1), f"ray {module} {' '.join(sorted(fixtures))}"
     if searches:
         return (0, 2), f"ray {nodeid}"
-    if trained:
-        return (2, 0), f"trained {module}"
-    return (1, 0), module
+    alone = f"{module} {' '.join(sorted(shared))}" if shared else nodeid
+    return ((2, 0), f"trained {alone}") if trained else ((1, 0), alone)
 
 
 def _units_file(config):
@@ -85,8 +93,8 @@ def _units_file(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist (make test: -n 2): one unit of work at a time to each worker, in
-    the workers' order, so a module's searches run on one worker, one after another."""
+    """pytest-xdist (make test: -n 3): one unit of work (_unit) at a time to each
+    worker, in the workers' order."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Units(LoadScopeScheduling):
