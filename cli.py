@@ -11,6 +11,7 @@ every room may import it (outputs registers its undo of a failed run with
 at_failure and commits nothing once a signal came).
 """
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -160,6 +161,17 @@ def _stopped(e):
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM held back (blocked, then delivered on leaving) for a few
+    lines that must not be cut in two, such as a probe file created and removed."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def listen(handler):

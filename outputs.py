@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from cli import Stopped, at_failure, stop_received
+from cli import Stopped, at_failure, signals_held, stop_received
 from utils import GhostError, one_line, plain
 
 
@@ -44,9 +44,10 @@ def check_writable_folder(folder, what="output folder"):
     if not os.path.isdir(folder):
         raise GhostError(f"{what} {folder} does not exist")
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ghost_probe")
-        os.close(fd)
-        os.remove(probe)
+        with signals_held():  # a signal meanwhile would leave the probe behind
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".ghost_probe")
+            os.close(fd)
+            os.remove(probe)
     except OSError as e:
         raise GhostError(f"{what} {folder} is not writable ({e.strerror or e})")
     return folder

@@ -230,6 +230,37 @@ def test_a_signal_whose_stop_python_swallows_still_writes_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+PROBED = """
+import os, signal, sys, tempfile
+sys.path.insert(0, {root!r})
+from outputs import check_writable_folder
+from cli import run_cli
+real = tempfile.mkstemp
+def signalled(*args, **kw):  # the signal lands between the probe's creation and removal
+    made = real(*args, **kw)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return made
+tempfile.mkstemp = signalled
+def main(argv):
+    check_writable_folder("out")
+    print("checked")
+    return 0
+run_cli(main)
+"""
+
+
+def test_a_signal_during_the_writability_probe_leaves_no_probe(tmp_path):
+    """Seen once under load (the SIGTERM test of training.py): a signal between the
+    probe file's creation and its removal left `.ghost_probe*` behind; the probe now
+    holds the signal back until the file is gone."""
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run([sys.executable, "-c", PROBED.format(root=ROOT_DIR)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "error: stopped by SIGTERM; nothing was written"
+    assert os.listdir(tmp_path / "out") == []
+
+
 # ---------------------------------------------------------------------------
 # the checks themselves
 # ---------------------------------------------------------------------------
