@@ -324,13 +324,12 @@ def references(args, splits, setup, spectators):
 
 
 def save(args, artifacts, report, trials, best):
-    """Every model's files and (but with --no-report, when `report` is None) the
-    report folder, all renamed into place together."""
+    """Every model's files and the report folder (None: --no-report), renamed together."""
     folder = os.path.join(args.output_dir, training_report.REPORT)
     if report is not None:
         prepare_folder(folder, "the report folder")
-    log("writing the model files" + (f" and the training report in {folder}"
-                                     if report is not None else "") + " ...")
+    log(f"writing the model files{' and the training report in ' + folder if report else ''} ...")
+    files = []
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
@@ -339,9 +338,8 @@ def save(args, artifacts, report, trials, best):
                                           args.seed, args.label)
     log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx, {ARTIFACT}.hpp"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
-        + f" in {os.path.abspath(args.output_dir)}"
-        + (f"; the report ({len(files)} files, index.html) in {folder}"
-           if report is not None else "; no report (--no-report)"))
+        + f" in {os.path.abspath(args.output_dir)}; " + (f"the report ({len(files)} files, "
+        f"index.html) in {folder}" if report else "no report (--no-report)"))
 
 
 def main(argv=None):
@@ -386,11 +384,9 @@ def run(args, signals):
                 f"{args.working_point:.1%} of the validation split's real tracks)")
         for _, _, saved in artifacts:  # "baseline (test)" -> "baseline"
             saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
-        if args.save and args.no_report:
-            save(args, artifacts, None, trials, params)
-        elif args.save:
+        if args.save:
             model = artifacts[0][1]
-            report = training_report.ReportInput(
+            report = None if args.no_report else training_report.ReportInput(
                 splits, meta, spectators, artifacts[0][2],
                 {**scores, **({"baseline": baseline} if baseline else {})},
                 lambda x: predict(model, x, inputs=True), args.filename,
