@@ -290,7 +290,7 @@ def main(argv=None):
     rows, labels, dropped = clean(columns, names, in_words(files), derived)
     n_clean = len(rows)
     log(f"read {n_read:,} tracks in {clock():.1f} s; "
-        f"dropped {n_read - len(rows):,} with a non-finite value"
+        f"dropped {n_read - n_clean:,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
         + f"; {int((labels == 1.0).sum()):,} ghosts, {int((labels == 0.0).sum()):,} real")
 

@@ -64,6 +64,7 @@ def parse_args(argv=None):
         raise GhostError("--gpu and --nocuda contradict each other")
     if args.no_report and not args.save:
         raise GhostError("--no-report leaves the report out of what --save writes: add --save")
+    args.report = args.save and not args.no_report  # whether training_report/ is written
     args.formats = parse_formats(args.format)
     if not args.path:
         raise GhostError("--path must name a folder, got ''")
@@ -266,8 +267,7 @@ def finish(args, splits, meta, setup, params, state):
     model.load_state_dict(state)
     model = model.to(device).eval()
     valid, test = (to_tensors(model, splits[s], device) for s in ("valid", "test"))
-    report = args.save and not args.no_report
-    wanted = splits if report else ("valid", "test")  # the report wants every split
+    wanted = splits if args.report else ("valid", "test")  # the report wants every split
     scores = {"network": {s: predict(model, splits[s][0], device) for s in wanted}}
     record = inference_record(meta, splits, scores["network"], args.working_point)
     cut = accuracy_cut(args, record)
@@ -328,18 +328,17 @@ def save(args, artifacts, report, trials, best):
     folder = os.path.join(args.output_dir, training_report.REPORT)
     if report is not None:
         prepare_folder(folder, "the report folder")
-    log(f"writing the model files{' and the training report in ' + folder if report else ''} ...")
-    files = []
+    log("writing the model files"
+        + (f" and the training report in {folder}" if report is not None else "") + " ...")
     with AtomicOutputs() as out:
         for stem, model, saved in artifacts:
             save_model_files(out, args.output_dir, stem, model.cpu(), saved)
-        if report is not None:
-            files = training_report.write(out, folder, report, trials, best, args.formats,
-                                          args.seed, args.label)
+        files = [] if report is None else training_report.write(
+            out, folder, report, trials, best, args.formats, args.seed, args.label)
     log(f"saved {ARTIFACT}.pth, {ARTIFACT}_config.pkl/.json, {ARTIFACT}.onnx, {ARTIFACT}.hpp"
         + (f" and {ARTIFACT}_int8.*" if len(artifacts) > 1 else "")
         + f" in {os.path.abspath(args.output_dir)}; " + (f"the report ({len(files)} files, "
-        f"index.html) in {folder}" if report else "no report (--no-report)"))
+        f"index.html) in {folder}" if report is not None else "no report (--no-report)"))
 
 
 def main(argv=None):
@@ -386,7 +385,7 @@ def run(args, signals):
             saved.metrics.update({name.split()[0]: row for name, row in extra.items()})
         if args.save:
             model = artifacts[0][1]
-            report = None if args.no_report else training_report.ReportInput(
+            report = None if not args.report else training_report.ReportInput(
                 splits, meta, spectators, artifacts[0][2],
                 {**scores, **({"baseline": baseline} if baseline else {})},
                 lambda x: predict(model, x, inputs=True), args.filename,
@@ -411,7 +410,7 @@ def headline(args, splits, meta, artifacts, scores, rows, page=True):
              + (f", {ARTIFACT}_int8.*" if len(artifacts) > 1 else "") if args.save
              else "no files written (--save writes the model and the report)")
     page = (os.path.join(args.output_dir, training_report.REPORT, PAGE)
-            if args.save and not args.no_report and page else None)
+            if args.report and page else None)
     return training_headline(artifacts[0][2].model, splits["test"][1].ravel() > 0.5,
                              meta.mix(), models, references, files, page)
 
