@@ -390,7 +390,7 @@ def run(args, signals):
                 {**scores, **({"baseline": baseline} if baseline else {})},
                 lambda x: predict(model, x, inputs=True), args.filename,
                 [a[0] for a in artifacts], rows,
-                headline(args, splits, meta, artifacts, scores, rows, page=False))
+                headline(args, splits, meta, artifacts, scores, rows, page=False), cut)
             save(args, artifacts, report, trials, params)
     log(f"total time {clock():.1f} s")
     print_headline(*headline(args, splits, meta, artifacts, scores, rows))

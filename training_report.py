@@ -72,6 +72,7 @@ class ReportInput:
     stems: list = None      # the model files' stems, in the report folder's parent
     table: dict = None      # training.py's table {classifier: metrics} (report.quality_table)
     headline: tuple = None  # training.py's headline (report.training_headline)
+    cut: str = None         # the cut of the table's accuracy column, in words
 
 
 def _text(v):
@@ -107,7 +108,8 @@ def page_parts(folder, r, trials_table):
     search = facts({k: _text(v) for k, v in prov.get("search", {}).items()})
     dataset, data_files = dataset_parts(r.meta, r.prefix, folder)
     tables = [("Classifiers on the test split, as training.py printed them (loss and "
-               f"accuracy at 0.5 on {r.meta.mix()})", table(*quality_table(r.table or {}))),
+               f"accuracy on {r.meta.mix()}" + (f", accuracy at {r.cut})" if r.cut else ")"),
+               table(*quality_table(r.table or {}))),
               ("The search's trials", csv_table(trials_table))]
     features = features_page(r.prefix)
     return Parts(r.headline, [("Run", run), ("Model", model), ("Hyperparameters", chosen),

@@ -111,6 +111,9 @@ def test_training_page_shows_the_run_model_data_and_the_four_classifiers(trained
         shown = cells(page, row, "as training.py printed them")  # loss, acc, AUC, rej@...
         assert shown[3] == f"{record['auc']:.4f}" and shown[6] == \
             f"{record['rejection@0.99']:.4f}", row
+    # the accuracy's cut named as training.py used it: each model's own threshold
+    assert "accuracy at each model&#x27;s threshold, its 99.0% working point" in page
+    assert "accuracy at 0.5" not in page
     trials = (trained_model.models / "training_report" / "search_trials.csv").read_text()
     head = trials.splitlines()[0].split(",")
     assert f"<tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>" in page
