@@ -3,8 +3,8 @@ per defect], none for a clean figure.  The rules:
 
 - text: no two text artists overlap (titles, the suptitle, axis labels, the tick
   labels drawn, offset texts, annotations, legend texts and titles, colorbar
-  labels); none is cut at the image's edge, as the style saves the figure's tight
-  bounding box (savefig.bbox: tight);
+  labels); none is cut at the image's edge, as drawing.write_figure saves what the
+  figure draws, whole (its ink, or the tight bounding box where ink reaches an edge);
 - frame: every data point lies inside its axes' frame with headroom, a marker's
   whole size inside (Line2D points and markers, errorbar bars and caps, scatter
   offsets, bars, stairs and histogram outlines).  Exempt: a coordinate an artist
@@ -41,7 +41,7 @@ def check(fig, family=None, integer_x=False):
     px = fig.dpi / 72.0
     texts = _texts(fig)
     boxes = [(name, t.get_window_extent(r)) for name, t in texts]
-    defects = _overlaps(boxes)  # none is cut at the edge: the style saves the tight bbox
+    defects = _overlaps(boxes)  # none is cut at the edge: write_figure saves it whole
     legends = [leg for leg in [ax.get_legend() for ax in fig.axes] + fig.legends if leg]
     for ax in _data_axes(fig):
         defects += _clipped(ax, px)
@@ -285,18 +285,20 @@ def recording(folder, integer_x=COUNTING):
     original = drawing.write_figure
 
     def write(fig, files, keep=False, label=""):
-        stem, save, found = stem_of(files[0]), fig.savefig, {}
+        stem, canvas, found = stem_of(files[0]), fig.canvas, {}
+        draw = canvas.draw
 
-        def savefig(path, **kw):  # checked as saved: laid out, in the style it is drawn in
-            save(path, **kw)
+        def checked_draw(*args, **kwargs):  # checked as drawn: laid out, at the written
+            draw(*args, **kwargs)           # dpi, in the style it is drawn in
             if not found:
-                found.update(defects=check(fig, family, stem in integer_x), formats=[],
+                found["defects"] = None  # check() draws too
+                found.update(defects=check(fig, family, stem in integer_x),
                              texts=[t.get_text() for t in fig.texts if t is not fig._suptitle])
-            found["formats"].append(os.path.splitext(path)[1][1:])
 
-        fig.savefig = savefig
+        canvas.draw = checked_draw
         original(fig, files, True, label)
-        del fig.savefig
+        del canvas.draw
+        found["formats"] = [os.path.splitext(f)[1][1:] for f in files if os.path.isfile(f)]
         with open(os.path.join(folder, f"{stem}.json"), "w") as f:
             json.dump(found, f)
         if not keep:

@@ -167,3 +167,69 @@ def test_the_one_pass_layout_is_tight_layouts_in_the_rect(tmp_path):
         drawing.write_figure(fig, [str(tmp_path / "kept.png")], keep=True, label="LHCb")
         assert (fig.get_dpi(), fig.get_layout_engine()) == (dpi, engine)
         plt.close(fig)
+
+
+def _ink_margins(path):
+    """(left, top, right, bottom) blank pixels around what a written PNG draws."""
+    import PIL.Image
+    pixels = np.asarray(PIL.Image.open(path).convert("RGBA"))
+    ink = (pixels != pixels[0, 0]).any(axis=2)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return (int(cols[0]), int(rows[0]), ink.shape[1] - 1 - int(cols[-1]),
+            ink.shape[0] - 1 - int(rows[-1]))
+
+
+def test_a_figure_is_written_as_what_it_draws_and_the_pad(tmp_path):
+    """write_figure draws once and crops the canvas to its ink and the style's
+    savefig.pad_inches on every side: the PNG holds the canvas's own pixels, at
+    150 dpi, the size savefig(bbox_inches="tight") gives to a few pixels (its box
+    holds the text's blank ascent and descent, not a thick line's antialiased
+    edge); the PDF has the PNG's size."""
+    import re
+
+    import matplotlib
+    import PIL.Image
+
+    import drawing
+
+    def made(plt):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([1, 10, 100], [0.2, 0.5, 0.9], "o-", label="a curve")
+        ax.set_xscale("log")
+        drawing.decorate(ax, "what", "a title", "x [GeV]", "y", loc="below")
+        return fig
+
+    with drawing.style() as plt:
+        pad = round(matplotlib.rcParams["savefig.pad_inches"] * drawing.DPI)
+        drawing.write_figure(made(plt), [str(tmp_path / "a.png"), str(tmp_path / "a.pdf")],
+                             label="LHCb simulation")
+        fig = made(plt)
+        drawing.write_figure(fig, [str(tmp_path / "kept.png")], keep=True, label="LHCb simulation")
+        fig.savefig(tmp_path / "tight.png", dpi=drawing.DPI, bbox_inches="tight")
+        plt.close(fig)
+    assert pad == 45  # LHCb's 0.3 inch
+    png = PIL.Image.open(tmp_path / "a.png")
+    assert _ink_margins(tmp_path / "a.png") == (pad, pad, pad, pad)
+    assert np.allclose(png.info["dpi"], drawing.DPI, atol=0.02)  # PNG: dots per metre
+    tight = PIL.Image.open(tmp_path / "tight.png").size
+    assert all(abs(s - t) <= 25 for s, t in zip(png.size, tight)), (png.size, tight)
+    box = re.search(rb"/MediaBox \[\s*0 0 ([\d.]+) ([\d.]+)\s*\]",
+                    (tmp_path / "a.pdf").read_bytes())
+    assert np.allclose([float(box.group(1)), float(box.group(2))],
+                       np.array(png.size) / drawing.DPI * 72, atol=0.01)
+
+
+def test_a_figure_that_draws_beyond_its_canvas_is_written_whole(tmp_path):
+    """Ink at the canvas's edge may go on beyond it: write_figure then saves
+    matplotlib's tight bounding box, larger than the canvas, with every text whole."""
+    import PIL.Image
+
+    import drawing
+    with drawing.style() as plt:
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1], [0, 1])
+        fig.text(0.97, 0.5, "a note beyond the right edge", ha="left")
+        drawing.write_figure(fig, [str(tmp_path / "wide.png")], label="")
+    width = PIL.Image.open(tmp_path / "wide.png").size[0]
+    assert width > 4 * drawing.DPI + 100
+    assert min(_ink_margins(tmp_path / "wide.png")) > 0
