@@ -106,39 +106,46 @@ _COLLECTOR = """
 import json, os
 import pytest
 
+DESELECTED = {}
 
-@pytest.hookimpl(trylast=True)  # after conftest has marked the users of a search
+
+def _record(items):
+    return {i.nodeid: [i.get_closest_marker("ray") is not None, list(i.fixturenames)]
+            for i in items}
+
+
+def pytest_deselected(items):  # what -m leaves out
+    DESELECTED.update(_record(items))
+
+
+@pytest.hookimpl(trylast=True)  # after conftest has marked the users of a search, and -m
 def pytest_collection_modifyitems(config, items):
     with open(os.environ["GHOST_COLLECTED"], "w") as f:
-        json.dump({i.nodeid: [i.get_closest_marker("ray") is not None, list(i.fixturenames)]
-                   for i in items}, f)
+        json.dump({"selected": _record(items), "deselected": DESELECTED}, f)
 """
 
 
 def test_the_quick_loop_starts_no_search(tmp_path):
     """README ("Tests"): `pytest -m "not ray"` leaves out every test that starts Ray,
     itself (marked where it is defined) or through a fixture (marked by conftest);
-    `-m ray` and `-m "not ray"` split the suite.  Two collections: every test with
-    its markers and fixtures (the `ray` marker as conftest leaves it), and what
-    `-m "not ray"` selects."""
+    `-m ray` and `-m "not ray"` split the suite.  One collection with `-m "not ray"`:
+    what it lists, and every test with its markers (the `ray` marker as conftest
+    leaves it) and fixtures, as -m selected or deselected it."""
     (tmp_path / "ghost_collector.py").write_text(_COLLECTOR)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}"
            f"{os.environ.get('PYTHONPATH', '')}", "GHOST_COLLECTED": str(tmp_path / "all.json")}
-
-    def ids(*args):
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
-                               "--collect-only", *args, "tests"], cwd=ROOT_DIR,
-                              capture_output=True, text=True, timeout=300, env=env)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        return {line for line in proc.stdout.splitlines() if "::" in line}
-
-    every = ids("-p", "ghost_collector")
-    collected = json.loads((tmp_path / "all.json").read_text())
-    assert set(collected) == every
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
+                           "--collect-only", "-p", "ghost_collector", "-m", "not ray", "tests"],
+                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    quick = {line for line in proc.stdout.splitlines() if "::" in line}
+    seen = json.loads((tmp_path / "all.json").read_text())
+    collected = {**seen["selected"], **seen["deselected"]}
+    assert set(seen["selected"]) == quick
     searches = {t for t, (ray, _) in collected.items() if ray}
-    quick = ids("-m", "not ray")
     assert len(quick) > 500 and len(searches) > 20
-    assert quick | searches == every and not quick & searches
+    assert set(seen["deselected"]) == searches  # -m "not ray" leaves out the marked, only
+    assert quick | searches == set(collected) and not quick & searches
     # the quick tests that use a fixture starting a search (directly or through another)
     starting = [t for t in quick if set(collected[t][1]) & RAY_FIXTURES]
     assert not starting
