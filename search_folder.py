@@ -30,6 +30,19 @@ OPTIONS = {"space": "--space", "num_samples": "-n", "epochs": "--epochs",
 NEW_SEARCH = "start a new search without --resume (it replaces this one) or under another --name"
 
 
+
+def add_options(p):
+    """training.py's --path, --name and --resume: where the search's folder is."""
+    p.add_argument("--path", default="ray_results",
+                   help="folder for Ray's output: metrics and checkpoints (default ray_results)")
+    p.add_argument("--name", default="ghost_search",
+                   help="name of the search's folder under --path; a new search replaces "
+                        "an earlier search of this toolkit there, never another folder "
+                        "(default ghost_search)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search stored under --path/--name "
+                        "(with the same search options and dataset)")
+
 def folder_of(args):
     return os.path.join(os.path.abspath(args.path), args.name)
 

@@ -65,7 +65,10 @@ def parse_args(argv=None):
     if args.no_report and not args.save:
         raise GhostError("--no-report leaves the report out of what --save writes: add --save")
     args.report = args.save and not args.no_report  # whether training_report/ is written
-    args.formats = parse_formats(args.format)
+    if args.no_plots and not args.report:
+        raise GhostError("--no-plots leaves the figures out of the report --save writes: add "
+                         "--save (without --no-report)")
+    args.formats = () if args.no_plots else parse_formats(args.format)
     if not args.path:
         raise GhostError("--path must name a folder, got ''")
     plain_name(args.name, "--name")
@@ -144,16 +147,11 @@ def add_output_options(p):
     p.add_argument("--no-report", action="store_true",
                    help="with --save, the model files alone: no training_report folder (its "
                         "figures and tables take longer than a small search)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="with --save, the report without figures: its tables, metrics.json, "
+                        "results.root and pages")
     add_plot_options(p, "the report's figure")
-    p.add_argument("--path", default="ray_results",
-                   help="folder for Ray's output: metrics and checkpoints (default ray_results)")
-    p.add_argument("--name", default="ghost_search",
-                   help="name of the search's folder under --path; a new search replaces "
-                        "an earlier search of this toolkit there, never another folder "
-                        "(default ghost_search)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search stored under --path/--name "
-                        "(with the same search options and dataset)")
+    search_folder.add_options(p)
 
 
 def load_data(prefix, batch):

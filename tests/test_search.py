@@ -91,10 +91,11 @@ def _trials(folder):
 
 @pytest.fixture(scope="module")
 def budget_search(raw_dataset, tmp_path_factory):
-    """A small search within 1,000 multiply-adds, picked by rejection at 99 %."""
+    """A small search within 1,000 multiply-adds, picked by rejection at 99 %; its
+    report without figures (--no-plots)."""
     return search(raw_dataset, tmp_path_factory.mktemp("budget"), "-n", BUDGET_TRIALS,
                   "--epochs", "1", "--cpu", "1", "--seed", "5", "--max-macs", "1000",
-                  "--select", "rejection@0.99")
+                  "--select", "rejection@0.99", "--no-plots")
 
 
 def test_max_macs_is_respected_by_every_trial(budget_search, raw_dataset, capsys):
@@ -107,6 +108,16 @@ def test_max_macs_is_respected_by_every_trial(budget_search, raw_dataset, capsys
         assert int(t["macs"]) == macs_and_params(n_inputs, hidden)[0] <= 1000
     config = load_config(str(budget_search / "ghost_model_config.json"))
     assert config["macs"] <= 1000
+
+
+def test_a_report_without_plots_has_its_tables_and_pages_only(budget_search):
+    """--no-plots: the training report's tables, metrics.json, results.root and page,
+    and no figure (the page shows none)."""
+    report = budget_search / "training_report"
+    names = set(os.listdir(report))
+    assert {"search_trials.csv", "metrics.json", "results.root", "index.html"} <= names
+    assert not [n for n in names if n.endswith((".png", ".pdf"))]
+    assert "<img" not in (report / "index.html").read_text()
 
 
 def test_trials_reuse_one_worker_process(trained_model):

@@ -185,6 +185,14 @@ def test_no_report_without_save_is_refused(raw_dataset, tmp_path):
     assert not (tmp_path / "ray").exists()
 
 
+@pytest.mark.parametrize("options", [["--no-plots"], ["--save", "--no-report", "--no-plots"]])
+def test_no_plots_without_a_report_is_refused(raw_dataset, tmp_path, options):
+    proc = run_script("training.py", "-f", raw_dataset, *options, "--path", tmp_path / "ray",
+                      "--output-dir", tmp_path / "models")
+    assert_clean_error(proc, "--no-plots", "add --save (without --no-report)")
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "models").exists()
+
+
 def test_threshold_only_cuts_the_accuracy_column():
     """--threshold T: the accuracy's cut; by default the model's own threshold (its
     working point's), which is the model's threshold either way."""
