@@ -27,6 +27,10 @@ def test_feature_plots_transformed_and_pdf(tmp_path, matching_file):
                                                [f"{n}.pdf" for n in names] + ["index.html"])
     page = (plots / "index.html").read_text()
     assert all(f'<img src="{n}.png"' in page for n in names)
+    assert all((plots / f"{n}.{fmt}").stat().st_size > 5000
+               for n in names for fmt in ("png", "pdf"))
+    assert "<figcaption>kick := residual(pr_match_dtx, qop): ghosts and real" in page
+    assert "standardized, as network 1 sees them" in page
 
 
 def test_history_shows_training_and_validation_and_the_best_epoch():
