@@ -149,3 +149,21 @@ def test_the_quick_loop_starts_no_search(tmp_path):
     # the quick tests that use a fixture starting a search (directly or through another)
     starting = [t for t in quick if set(collected[t][1]) & RAY_FIXTURES]
     assert not starting
+
+
+def test_no_merge_conflict_markers_are_left_in_the_repository():
+    """A merge left `<<<<<<< HEAD` ... `>>>>>>> branch` in the README's module table
+    once: no text file of the repository holds such a line."""
+    import re
+    marker = re.compile(r"^(<{7} |={7}$|>{7} )", re.M)
+    found = []
+    for folder, dirs, files in os.walk(ROOT_DIR):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+        for name in files:
+            if name.endswith((".py", ".md", ".txt", ".toml", ".sh", ".cfg", ".yml")) or \
+                    name == "Makefile":
+                path = os.path.join(folder, name)
+                with open(path, errors="replace") as f:
+                    found += [f"{os.path.relpath(path, ROOT_DIR)}: {m.group(0)}"
+                              for m in marker.finditer(f.read())]
+    assert found == []
