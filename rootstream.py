@@ -4,11 +4,12 @@ fills a chunk's arrays and calls back into Python each time the chunk is full.
 Its one reason to change is how rows come back in chunks; which files are read and
 how they are checked is rootio's.
 
-Measured on 2 cores against the alternatives (bench/stream_read.py): one event loop
-with a callback per chunk reads 1M entries in the time of rootio.read_root's
-serial read; a new RDataFrame with Range(start, stop) per chunk starts its event
-loop again for every chunk and reads entries it skips (slower by the chunks' count
-times ROOT's start), and Range is refused under implicit multi-threading.
+Why one event loop with a callback rather than the alternatives: a new
+RDataFrame with Range(start, stop) per chunk starts an event loop (and its
+just-in-time compilation) for every chunk, and Range is refused under implicit
+multi-threading; clusters read in parallel arrive in any order, so a chunk would
+wait for its slowest cluster.  (Chosen by these costs; the alternatives were not
+timed.)  The loop is serial: --threads does not speed it up.
 """
 import numpy as np
 
