@@ -356,10 +356,8 @@ class ScoringPass:
 
     def __call__(self, data, finite):
         """(probabilities float32 [n], NaN where `finite` is False, and the overflow:
-        the tracks with every feature finite the model cannot compute in float32:
-        inputs scaled beyond its range, or inf/NaN inside it).  `data` is not
-        modified: rows with a non-finite feature are scored like the others and
-        their result replaced."""
+        the finite tracks the model cannot compute in float32: inputs scaled beyond
+        its range, or inf/NaN inside it).  `data` is not modified."""
         overflow = overflowing(data, finite, self.layer, self.extend)
         ok = finite & ~overflow
         x = data if self.scaling is None else self.scaling.apply(data)
@@ -396,8 +394,7 @@ def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
     description, seconds, note, overflow): the note says why the runtime is not the
     one asked for, or is None; `overflow`: ScoringPass's, NaN like the non-finite
     tracks."""
-    run = ScoringPass(model, scaling, backend, nocuda, batch)
-    scores, overflow = run(data, finite)
+    scores, overflow = (run := ScoringPass(model, scaling, backend, nocuda, batch))(data, finite)
     run.check()
     return scores, run.desc, run.seconds, run.note, overflow
 
