@@ -84,14 +84,14 @@ def parse_formats(text):
     return formats
 
 
-def add_threads_option(parser, parallel_from):
+def add_threads_option(parser, parallel_from, help=None):
     """--threads, the same in every script that reads .root files: a whole number of
     at least 1, or None (rootio.auto_threads: every core from `parallel_from`
-    entries up)."""
+    entries up); `help` where a script reads otherwise."""
     parser.add_argument("--threads", type=parse_threads, metavar="N",
-                        help="threads reading the .root input with ROOT's implicit "
-                             "multi-threading, in entry order either way (default: every "
-                             f"core from {parallel_from:,} entries up, else 1)")
+                        help=help or "threads reading the .root input with ROOT's implicit "
+                                     "multi-threading, in entry order either way (default: "
+                                     f"every core from {parallel_from:,} entries up, else 1)")
 
 
 def parse_threads(text):

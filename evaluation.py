@@ -54,6 +54,7 @@ class Sample:
     limit: np.ndarray = None   # the known optimum's statistic (features.LIMIT) per track
     columns: dict = None       # kinematics.columns_of per track
     features: tuple = None     # (names, {split: [tracks, features]}): results.root's trees
+    bins: dict = None          # kinematics.bins_of per track, kept instead of `columns`
 
     def part(self, values):
         """`values` of the tracks analysed (None stays None)."""
@@ -198,10 +199,11 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
         curves.append(Curve.of(name, theirs[ok], labels[ok], macs))
     curves += [limit] if limit is not None else []
     columns = {k: sample.part(v) for k, v in (sample.columns or {}).items()}
+    bins = None if sample.bins is None else {k: sample.part(v) for k, v in sample.bins.items()}
     plot = PlotInput(a, title, test=(sample.scores, sample.labels), overtraining=over,
                      train=sample.train,
                      curves=curves if len(curves) > 1 or always_compare else None,
-                     kinematics=performance(columns, scores, labels, a.working_points))
+                     kinematics=performance(columns, scores, labels, a.working_points, bins))
     return Evaluation(plot, context, limit,
                       gap_to_limit(curves[0], limit) if limit is not None else None,
                       tracks=sample_tracks(sample, others))

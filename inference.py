@@ -24,16 +24,7 @@ from dataset import dataset_files
 from drawing import pyplot, style
 from evaluation import Sample, evaluate, rank_model_inputs, run_context
 from features import DEFAULT_TREE, LABEL, TRACK_TYPES
-from inputs import (
-    describe_source,
-    finite_part,
-    load_input,
-    nonfinite_line,
-    overflow_warning,
-    release_features,
-    resolve_settings,
-    scorable,
-)
+from inputs import describe_source, finite_part, nonfinite_line, resolve_settings, scorable
 from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
 from pages import inference_parts
@@ -52,16 +43,18 @@ from rootwrite import write_root
 from scoring import (
     BACKENDS,
     GPU_BATCH,
+    ScoringPass,
     calibrated,
     calibration,
-    cross_check,
     load_model_file,
     model_macs,
     score_model,
 )
+from streaming import CROSS_CHECK_TRACKS, RANKING_TRACKS, Scored, cross_check, read_and_score
 from utils import GhostError, Stopwatch, log, warn
 
-CROSS_CHECK_TOLERANCE = 1e-5  # float32 engines agree to ~1e-7 on a probability
+THREADS_NOTE = ("inference.py reads a .root input serially, chunk by chunk, so that its memory "
+                "does not grow with the file")
 OUTPUTS = [
     ("files in --plots-dir (figures as .png; .pdf as well with --format png,pdf):",
      analysis_outputs()),
@@ -116,7 +109,7 @@ def add_model_options(p):
                    help="tracks per scoring batch (default: from the model's size on the "
                         f"CPU, 4,096-65,536; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
-    add_threads_option(p, PARALLEL_READ_ENTRIES)
+    add_threads_option(p, PARALLEL_READ_ENTRIES, help=THREADS_NOTE + " (accepted, no effect)")
 
 
 def add_analysis_options(p):
@@ -169,6 +162,8 @@ def check_args(args):
     check_output_file(args.export_cpp, "--export-cpp", (".hpp", ".h", ".hh"))  # if given
     if args.batch is not None and args.batch < 1:
         raise GhostError(f"--batch must be at least 1, got {args.batch}")
+    if args.threads is not None:
+        log(f"note: --threads has no effect here: {THREADS_NOTE}")
     thresholds = (list(DEFAULT_THRESHOLDS) if args.thresholds is None
                   else parse_numbers(args.thresholds, "--thresholds", 0.0, 1.0))
     efficiencies = parse_numbers(args.working_point, "--working-point", 0.0, 1.0, open_=True,
@@ -218,18 +213,10 @@ class Scorer:
         """Probabilities of the tracks `finite` (default: inputs.scorable's), NaN elsewhere."""
         return self.run(data, scorable(self.model, data) if finite is None else finite)[0]
 
-
-@dataclass
-class Scored:
-    """The input read and scored: what the analysis and the outputs are made of."""
-    source: object             # inputs.Source
-    inp: object                # inputs.Input
-    finite: np.ndarray         # tracks with every feature finite (and computable)
-    scores: np.ndarray         # every track's probability, NaN where not finite
-    train_scores: np.ndarray   # the train split's, on a dataset
-    desc: str                  # the scorer's description
-    seconds: float             # the scoring pass's
-    check: dict = None         # --cross-check's result
+    def scoring_pass(self):
+        """A scoring.ScoringPass of the model, for an input in chunks."""
+        return ScoringPass(self.model, self.settings.normalization, self.args.backend,
+                           self.args.nocuda, self.args.batch)
 
 
 def describe_run(args, features_flag):
@@ -247,38 +234,23 @@ def describe_run(args, features_flag):
     return Scorer(model, settings, args), source
 
 
-def score_input(args, scorer, source):
-    """Read the input and score every track (NaN where a feature is not finite) and
-    the train split if there is one: a Scored."""
+def score_input(args, scorer, others, source) -> Scored:
+    """Read the input and score every track (NaN where a feature is not finite) with
+    the model and the --compare models (`others`) chunk by chunk, and the train split
+    if there is one: a Scored (streaming.read_and_score)."""
     model, settings = scorer.model, scorer.settings
-    inp, finite = load_input(source, settings, model, args.tree, args.threads)
-    scores, desc, seconds, note, overflow = scorer.run(inp.data, finite)
-    n_bad = int((~finite).sum())
-    if overflow.any():  # from now on, like tracks with a non-finite feature
-        finite &= ~overflow
-        warn(overflow_warning(inp.data, overflow, finite, settings.features))
-    if note:
-        log(f"note: {note}")
-    rate = len(inp.data) / seconds if seconds > 0 else float("inf")
-    log(f"scored {len(inp.data):,} tracks in {seconds:.3f} s: {rate / 1e6:,.1f} M tracks/s "
-        f"({desc})")
-    check = None
+    keep = max(RANKING_TRACKS if args.ranking else 0,
+               CROSS_CHECK_TRACKS if args.cross_check else 0)
+    scored, n_bad = read_and_score(source, args.tree, settings, model, [scorer.scoring_pass()]
+                                   + [other.scoring_pass() for _, other in others], keep)
     if args.cross_check:
-        check = cross_check(model, inp.data, finite, scores, args.backend,
-                            settings.normalization, args.nocuda)
-        if check is None:
-            log("cross-check: no second engine runs an INT8 .onnx model (onnx2torch cannot "
-                "convert it)")
-        else:
-            log(f"cross-check with {check['engine']} on {check['tracks']:,} tracks: largest "
-                f"difference {check['max_abs_diff']:.2e}")
-            if check["max_abs_diff"] > CROSS_CHECK_TOLERANCE:
-                warn(f"the two engines differ by {check['max_abs_diff']:.2e} (more than "
-                     f"{CROSS_CHECK_TOLERANCE:g}): the model does not compute the same in both")
+        scored.check = cross_check(scored, model, args.backend, settings.normalization,
+                                   args.nocuda)
     if n_bad:
-        log(nonfinite_line(n_bad, inp))
-    train_scores = None if inp.train is None else scorer.scores(inp.train[0])
-    return Scored(source, inp, finite, scores, train_scores, desc, seconds, check)
+        log(nonfinite_line(n_bad, scored.inp))
+    if scored.inp.train is not None:
+        scored.train_scores = scorer.scores(scored.inp.train[0])
+    return scored
 
 
 def compared_models(args, source, scorer):
@@ -298,10 +270,10 @@ def compared_models(args, source, scorer):
 
 def compared_scores(others, s):
     """Each --compare model's (name, scores of the finite tracks, MACs), on the
-    tracks of `s` (Scored)."""
+    tracks of `s` (Scored: scored with the model's, s.compared)."""
     out = []
-    for name, other in others:
-        scores = finite_part(other.scores(s.inp.data, s.finite), s.finite)
+    for (name, other), every in zip(others, s.compared or []):
+        scores = finite_part(every, s.finite)
         if bad := int((~np.isfinite(scores)).sum()):
             warn(f"--compare {other.model.path} cannot compute {bad:,} of the "
                  "tracks in float32: its curve leaves them out")
@@ -327,7 +299,8 @@ def analyse_input(args, scorer, others, s, cuts):
     features = {"test": inp.data, **({"train": inp.train[0]} if inp.train else {})}
     sample = Sample(name, model.saved, model_macs(model), s.scores, inp.labels, s.finite,
                     (s.train_scores, inp.train[1]) if inp.train else None, inp.limit,
-                    inp.columns, (scorer.settings.features, features))  # results.root's trees
+                    inp.columns, (scorer.settings.features, features),  # results.root's trees
+                    inp.bins)
     context = run_context(s.source, model, scorer.settings, s.finite, s)
     record = evaluate(sample, title, context, compared_scores(others, s), cuts)
     print_summary(record, args.verbose)
@@ -335,11 +308,11 @@ def analyse_input(args, scorer, others, s, cuts):
 
 
 def feature_ranking(args, scorer, s):
-    """--ranking: the permutation ranking on (up to 200,000 of) the finite, labelled
-    tracks (an evaluation.Ranking), said on the console."""
-    rows = np.flatnonzero(s.finite)[:200_000]
-    ranking = rank_model_inputs(scorer.model, scorer.scores, s.inp.data[rows],
-                                s.inp.labels[rows], scorer.settings.features, args.seed)
+    """--ranking: the permutation ranking on (up to RANKING_TRACKS of) the first
+    finite, labelled tracks (an evaluation.Ranking), said on the console."""
+    rows, data = s.first_finite(RANKING_TRACKS)
+    ranking = rank_model_inputs(scorer.model, scorer.scores, data, s.inp.labels[rows],
+                                scorer.settings.features, args.seed)
     log(ranking.line("feature ranking"))
     return ranking
 
@@ -393,9 +366,7 @@ def main(argv=None):
     header = model_header(scorer.model, args.export_cpp) if args.export_cpp else None
     calibrate = calibration(scorer.model, calibrate) if calibrate is not None else None
     others = compared_models(args, source, scorer)
-    scored = score_input(args, scorer, source)
-    if not (args.compare or args.ranking):
-        release_features(scored.inp)
+    scored = score_input(args, scorer, others, source)
     record = analyse_input(args, scorer, others, scored, (thresholds, efficiencies))
     if args.ranking and record is not None:
         record.ranking = feature_ranking(args, scorer, scored)

@@ -31,7 +31,8 @@ from features import (
     width_problem,
 )
 from rootio import MATRIX, read_root
-from utils import GhostError, Stopwatch, log, warn
+from rootstream import stream_root
+from utils import GhostError, log, warn
 
 
 @dataclass
@@ -57,34 +58,36 @@ def describe_source(path):
 
 @dataclass
 class Input:
-    """What was read: the features of every track, and where present the labels, the
-    train split (on a dataset, for the overtraining check) and the known optimum."""
+    """What was read: the features of every track (once scored, of the first
+    TREE_ROWS), and where present the labels, the train split (on a dataset, for the
+    overtraining check) and the known optimum."""
     data: np.ndarray          # float32 [n, features], raw branch values (or normalized)
     labels: np.ndarray = None  # bool [n], True = ghost
     train: tuple = None       # (data, labels) of the train split
     limit: np.ndarray = None  # the generator's log-likelihood ratio (features.LIMIT)
     columns: dict = None      # branches for the performance vs kinematics, where present
     nonfinite_derived: int = 0  # tracks whose features are finite but not a derived input
+    bins: dict = None         # kinematics.bins_of per track, once scored (columns: None)
 
 
-def read_input(source, names, tree, threads=None):
-    """Every entry of a .root file in entry order (read with `threads`, see
-    rootio.read_root), or a dataset's test split (and its train split); the label
-    and the limit where the input has them."""
-    if source.kind == "root":
-        extra = [b for b in kinematics.BRANCHES if b not in names]
-        columns = read_root([source.path], tree, names, threads,
-                            optional=(LABEL, LIMIT, *extra), matrix=True)
-        labels = columns.get(LABEL)
-        if labels is not None:
-            bad = ~np.isin(labels, (0.0, 1.0))
-            if bad.any():
-                raise GhostError(f"{source.path}: branch {LABEL!r} holds {int(bad.sum())} "
-                                 "values other than 0 and 1")
-            labels = labels == 1.0
-        data = columns.pop(MATRIX)
-        return Input(data, labels, limit=columns.get(LIMIT),
-                     columns=kinematics.columns_of(data, names, columns))
+def stream_input(source, names, tree, chunk, add):
+    """Every entry of a .root file in consecutive chunks of `chunk` entries, in entry
+    order (rootstream.stream_root): add(first entry, total entries, features float32
+    [n, features], the label's values or None, the limit or None, the kinematics
+    columns) for each.  The arrays are reused for the next chunk."""
+    extra = [b for b in kinematics.BRANCHES if b not in names]
+
+    def read(first, total, columns):
+        data = columns[MATRIX]
+        add(first, total, data, columns.get(LABEL), columns.get(LIMIT),
+            kinematics.columns_of(data, names, columns))
+    return stream_root([source.path], tree, names, chunk, read,
+                       optional=(LABEL, LIMIT, *extra))
+
+
+def read_dataset(source, names):
+    """A dataset's test split (and its train split), in memory: an Input with the
+    limit where the dataset has it."""
     splits = {}
     stored = source.meta.features
     for split in ("test", "train"):
@@ -109,23 +112,9 @@ def read_input(source, names, tree, threads=None):
                                                source.meta.normalized))
 
 
-def load_input(source, settings, model, tree, threads=None):
-    """What inference.py scores: the Input read from `source` with `settings`
-    (read_input), and which tracks have every feature and derived input finite;
-    the guard rails checked for `model`."""
-    clock = Stopwatch()
-    inp = read_input(source, settings.features, tree, threads)
-    if len(inp.data) == 0:
-        raise GhostError(f"{source.path} holds no tracks")
-    derived = derived_inputs(model, inp.data)
-    finite = finite_tracks(inp.data, derived[0])
-    inp.nonfinite_derived = int((np.isfinite(inp.data).all(axis=1) & ~finite).sum())
-    log(f"read {len(inp.data):,} tracks from {source.path} in {clock():.1f} s"
-        + ("" if inp.labels is not None else f" (no {LABEL!r} branch: unlabelled)"))
-    guard(source, tree, settings.track, model, settings.features, inp.data, finite, derived)
-    if settings.normalization is not None:
-        log(f"normalized with the transform recorded in {settings.normalization_origin}")
-    return inp, finite
+def bad_labels(path, n):
+    """The error for `n` label values other than 0 and 1 in `path`."""
+    return GhostError(f"{path}: branch {LABEL!r} holds {n} values other than 0 and 1")
 
 
 def derived_inputs(model, data):
@@ -163,9 +152,77 @@ def nonfinite_line(n_bad, inp):
 OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
 CONSTANT_MIN_TRACKS = 10  # fewer finite tracks: no feature is called constant
 TREE_ROWS = 500_000  # the tracks (first in order) whose features results.root's trees hold
+KINDS = (("NaN", np.isnan), ("+inf", lambda x: x == np.inf), ("-inf", lambda x: x == -np.inf))
 
 
-def guard(source, tree, track, model, names, data, finite=None, derived=(None, [])):
+class ColumnStats:
+    """Per column of the finite rows seen, chunk after chunk: min, max and how many
+    lie outside the column's range (`ranges`: (lo, hi) or None per column)."""
+
+    def __init__(self, ranges):
+        self.lo_r = np.array([r[0] if r else -np.inf for r in ranges], dtype=np.float64)
+        self.hi_r = np.array([r[1] if r else np.inf for r in ranges], dtype=np.float64)
+        self.lo, self.hi = np.full(len(ranges), np.inf), np.full(len(ranges), -np.inf)
+        self.outside, self.n = np.zeros(len(ranges), dtype=np.int64), 0
+
+    def add(self, data, finite, chunk=1 << 18):
+        """Count data's `finite` rows in, a chunk of rows at a time, so nothing the
+        size of `data` is copied."""
+        for start in range(0, len(data), chunk):
+            x, ok = data[start:start + chunk], finite[start:start + chunk]
+            x = x if ok.all() else x[ok]  # a copy only where a track is not finite
+            if len(x):
+                self.lo = np.minimum(self.lo, x.min(axis=0))
+                self.hi = np.maximum(self.hi, x.max(axis=0))
+                self.outside += ((x < self.lo_r) | (x > self.hi_r)).sum(axis=0)
+        self.n += int(finite.sum())
+        return self
+
+    def result(self):
+        """(min, max, fraction outside its range), or Nones without a finite row."""
+        return (None, None, None) if self.n == 0 else (self.lo, self.hi, self.outside / self.n)
+
+
+def column_stats(data, finite, ranges, chunk=1 << 18):
+    """ColumnStats(ranges)'s result for data's `finite` rows."""
+    return ColumnStats(ranges).add(data, finite, chunk).result()
+
+
+class GuardStats:
+    """What the guard rails need of an input, summed up chunk by chunk (add): the
+    features' and the derived inputs' ColumnStats over the tracks with every one
+    finite, the features with no finite non-zero value (features.unfilled), and
+    while no track is finite, what each column holds (NaN, +-inf)."""
+
+    def __init__(self, model, names, dnames):
+        self.names, self.dnames = names, dnames
+        self.ranges = model.saved.training_ranges or {}
+        self.features = ColumnStats([self.ranges.get(n) for n in names])
+        self.derived = ColumnStats([self.ranges.get(n) for n in dnames])
+        self.unfilled = set(names)
+        self.kinds = {}  # "<what> <name>" -> set of what it holds, while nothing is finite
+
+    def add(self, data, finite, values=None):
+        """One chunk: its features, its rows with every input finite, and the
+        derived inputs' values (derived_inputs; None without)."""
+        self.features.add(data, finite)
+        if values is not None and any(n in self.ranges for n in self.dnames):
+            self.derived.add(values, finite)
+        if not self.ranges and self.unfilled:
+            self.unfilled &= set(unfilled({n: data[:, j] for j, n in enumerate(self.names)},
+                                          self.names))
+        if self.features.n == 0:
+            for what, x, names in (("feature", data, self.names),
+                                   ("derived input", values, self.dnames)):
+                for j, name in enumerate(names):
+                    held = self.kinds.setdefault(f"{what} {name}", set())
+                    held.update(k for k, test in KINDS if test(x[:, j]).any())
+                    if np.isfinite(x[:, j]).any():
+                        held.add("finite")
+        return self
+
+
+def guard(source, tree, track, stats):
     """Guard rails: does the input look like what the model was trained on?
 
     - a feature or derived input finite on no track (NaN or +-inf everywhere): an
@@ -176,34 +233,30 @@ def guard(source, tree, track, model, names, data, finite=None, derived=(None, [
     - features and derived inputs outside the model's training range for more than
       1 % of the tracks.
     One warning line names them with their fractions; where half the features or more
-    are constant the scores mean nothing, and it is an error.  `finite`: the rows
-    with every feature and derived input finite (computed if not given); `derived`:
-    (values, names) of the model's derived inputs (derived_inputs)."""
-    values, dnames = derived
-    if finite is None:
-        finite = finite_tracks(data, values)
-    nowhere = {} if finite.any() else {**nowhere_finite(data, names, "feature"),
-                                       **nowhere_finite(values, dnames, "derived input")}
-    if nowhere:
+    are constant the scores mean nothing, and it is an error.  `stats`: the input's
+    GuardStats."""
+    names, ranges = stats.names, stats.ranges
+    nowhere = {n: " or ".join(k for k, _ in KINDS if k in held)
+               for n, held in stats.kinds.items() if "finite" not in held}
+    if stats.features.n == 0 and nowhere:
         raise GhostError("; ".join(f"{n} is {what} for every track" for n, what in
                                    nowhere.items()) + ": no track can be scored (is the "
                          "branch filled in this input?)")
-    ranges = model.saved.training_ranges or {}
-    lo, hi, outside_fraction = column_stats(data, finite, [ranges.get(n) for n in names])
+    lo, hi, outside_fraction = stats.features.result()
     if lo is None:
         return
-    if finite.sum() < CONSTANT_MIN_TRACKS:  # so few tracks may well agree by chance
+    if stats.features.n < CONSTANT_MIN_TRACKS:  # so few tracks may well agree by chance
         constant = []
     elif ranges:
         constant = [n for j, n in enumerate(names)
                     if lo[j] == hi[j] and n in ranges and ranges[n][0] < ranges[n][1]]
     else:
-        constant = unfilled({n: data[:, j] for j, n in enumerate(names)}, names)
+        constant = [n for n in names if n in stats.unfilled]
     outside = {n: float(outside_fraction[j]) for j, n in enumerate(names)
                if n in ranges and n not in constant and outside_fraction[j] > OUTSIDE_WARNING}
-    if any(n in ranges for n in dnames):  # a ratio may leave its range where its parts do not
-        outside.update((n, float(f)) for n, f in zip(dnames, column_stats(
-            values, finite, [ranges.get(n) for n in dnames])[2]) if f > OUTSIDE_WARNING)
+    if any(n in ranges for n in stats.dnames):  # a ratio may leave its range where its parts do not
+        outside.update((n, float(f)) for n, f in zip(stats.dnames, stats.derived.result()[2])
+                       if f > OUTSIDE_WARNING)
     if not constant and not outside:
         return
     parts = []
@@ -229,29 +282,16 @@ def guard(source, tree, track, model, names, data, finite=None, derived=(None, [
          "metrics are not meaningful")
 
 
-def nowhere_finite(data, names, what="feature"):
-    """{"<what> <name>": what it holds} for the columns finite on no track: "NaN",
-    "+inf", "-inf" or several of them joined by "or"."""
-    out = {}
-    for j, name in enumerate(names):
-        col = data[:, j]
-        if not np.isfinite(col).any():
-            out[f"{what} {name}"] = " or ".join(kind for kind, has in (
-                ("NaN", np.isnan(col)), ("+inf", col == np.inf), ("-inf", col == -np.inf))
-                if has.any())
-    return out
-
-
-def overflow_warning(data, overflow, finite, names):
-    """The warning on the tracks with finite features that the model cannot compute
-    in float32 (scoring.score_model's overflow), naming the features in which they
-    lie beyond every track scored (`finite`)."""
-    lo, hi, _ = column_stats(data, finite, [None] * len(names))
-    x = data[overflow]
+def overflow_warning(n, scored, overflowed, names):
+    """The warning on the `n` tracks with finite features that the model cannot
+    compute in float32 (scoring.score_model's overflow), naming the features in
+    which they lie beyond every track scored (`scored`, `overflowed`: ColumnStats of
+    the tracks scored and of those)."""
+    lo, hi, _ = scored.result()
     beyond = [n for j, n in enumerate(names)
-              if lo is None or ((x[:, j] < lo[j]) | (x[:, j] > hi[j])).any()]
+              if lo is None or overflowed.lo[j] < lo[j] or overflowed.hi[j] > hi[j]]
     named = f" ({', '.join(beyond)} beyond the range of the others)" if beyond else ""
-    return (f"{int(overflow.sum()):,} tracks have finite features that the model cannot "
+    return (f"{n:,} tracks have finite features that the model cannot "
             f"compute in float32{named}: their probability is NaN and they are left out "
             "of the analysis, like non-finite tracks")
 
@@ -262,34 +302,6 @@ def finite_part(values, finite):
     if values is None:
         return None
     return values if finite.all() else values[finite]
-
-
-def release_features(inp):
-    """Once scored, the features are needed only by --compare and --ranking: keep the
-    kinematics columns (copies, where they are views of the features) and the first
-    TREE_ROWS tracks' features (results.root's trees), and let the [tracks, features]
-    array go before the analysis allocates its own."""
-    inp.columns = {k: np.ascontiguousarray(v) for k, v in (inp.columns or {}).items()}
-    inp.data = inp.data[:TREE_ROWS].copy()
-
-
-def column_stats(data, finite, ranges, chunk=1 << 18):
-    """Per column of data's finite rows: (min, max, fraction outside its range, 0
-    where `ranges` has None), or Nones without a finite row; in chunks of rows, so
-    nothing the size of `data` is copied."""
-    lo_r = np.array([r[0] if r else -np.inf for r in ranges], dtype=np.float64)
-    hi_r = np.array([r[1] if r else np.inf for r in ranges], dtype=np.float64)
-    lo = np.full(data.shape[1], np.inf)
-    hi = np.full(data.shape[1], -np.inf)
-    outside = np.zeros(data.shape[1], dtype=np.int64)
-    for start in range(0, len(data), chunk):
-        x, ok = data[start:start + chunk], finite[start:start + chunk]
-        x = x if ok.all() else x[ok]  # a copy only where a track is not finite
-        if len(x):
-            lo, hi = np.minimum(lo, x.min(axis=0)), np.maximum(hi, x.max(axis=0))
-            outside += ((x < lo_r) | (x > hi_r)).sum(axis=0)
-    n = int(finite.sum())
-    return (None, None, None) if n == 0 else (lo, hi, outside / n)
 
 
 @dataclass

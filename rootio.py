@@ -180,23 +180,9 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     each value straight into its row and column: no stacking copy), the others as
     arrays."""
     ROOT = import_root()
-    infos = [inspect_tree(path, tree) for path in files]
-    for info in infos:
-        missing = [c for c in columns if c not in info.columns]
-        if missing:
-            raise GhostError(f"tree {tree!r} in {info.path} lacks branches: "
-                             f"{', '.join(missing)}")
-    wanted = list(columns) + [c for c in optional if c not in columns
-                              and all(c in info.columns for info in infos)]
-    for info in infos:
-        odd = [f"{c} ({info.columns[c]})" for c in wanted if info.columns[c] not in
-               NUMBER_TYPES.values()]
-        if odd:
-            raise GhostError(f"{info.path}: branches {', '.join(odd)} are not plain "
-                             "numbers (one value per track)")
+    infos, wanted = checked_inputs(files, tree, columns, optional)
     if not wanted:
         return {}
-    _note_mixed_types(infos, wanted)
     groups = _same_schema_groups([info for info in infos if info.entries > 0])
     if threads is None:
         threads = auto_threads(sum(info.entries for info in infos))
@@ -221,6 +207,30 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     if not stack:
         return out
     return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in stack}}
+
+
+def checked_inputs(files, tree, columns, optional=()):
+    """Each file inspected (inspect_tree) and checked before RDataFrame sees it:
+    (the TreeInfos, the columns to read: `columns` and the `optional` ones every
+    file has).  A column missing or not a number is named with its file; files
+    that differ in kind or types are noted."""
+    infos = [inspect_tree(path, tree) for path in files]
+    for info in infos:
+        missing = [c for c in columns if c not in info.columns]
+        if missing:
+            raise GhostError(f"tree {tree!r} in {info.path} lacks branches: "
+                             f"{', '.join(missing)}")
+    wanted = list(columns) + [c for c in optional if c not in columns
+                              and all(c in info.columns for info in infos)]
+    for info in infos:
+        odd = [f"{c} ({info.columns[c]})" for c in wanted if info.columns[c] not in
+               NUMBER_TYPES.values()]
+        if odd:
+            raise GhostError(f"{info.path}: branches {', '.join(odd)} are not plain "
+                             "numbers (one value per track)")
+    if wanted:
+        _note_mixed_types(infos, wanted)
+    return infos, wanted
 
 
 # Below this many entries a parallel read does not win: ROOT's start of the event

@@ -307,6 +307,7 @@ def resident(module, device, batch):
                                      "probability per track")
                 out[lo:lo + batch] = y.reshape(-1)
             return out.cpu().numpy()
+    score.batch = batch
     return score
 
 
@@ -322,6 +323,7 @@ def batched(run, batch):
                                  "probability per track")
             out[lo:lo + batch] = y.reshape(-1)
         return out
+    score.batch = batch
     return score
 
 
@@ -336,47 +338,65 @@ def convert_onnx(model):
                              f"{one_line(e, last=False)}; try --backend onnxruntime")
 
 
-def score_tracks(score, data, finite):
-    """One pass: (probabilities float32 [n], NaN where `finite` is False, the seconds
-    the pass took, and the tracks with finite inputs the model gave no finite output
-    for: inf or NaN inside the model, from values it cannot compute in float32; NaN
-    too, if the model scores other tracks).  `data` is not modified: rows with a
-    non-finite feature are scored like the others and their result replaced."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        score(data[:1024])  # warm-up (CUDA context, kernels): not part of the timed pass
-        clock = Stopwatch()
-        scores = score(data)
-        seconds = clock()
-    scores[~finite] = np.nan
-    lost = finite & ~np.isfinite(scores)
-    ok = scores[finite & ~lost] if lost.any() else scores[finite]
-    if (lost.any() and not ok.size) or (ok.size and not (ok.min() >= -1e-6
-                                                         and ok.max() <= 1 + 1e-6)):
-        raise GhostError(f"the model's output is not a probability (min "
-                         f"{np.nanmin(ok) if ok.size else np.nan:.4g}, max "
-                         f"{np.nanmax(ok) if ok.size else np.nan:.4g}, "
-                         f"{int(lost.sum())} non-finite)")
-    scores[lost] = np.nan
-    return scores, seconds, lost
+class ScoringPass:
+    """One model scoring an input chunk after chunk (score_model: the whole input is
+    one chunk): `scaling` (features.MinMax, for a network 0 model) applied first.
+    Each chunk is scored in batches from its first track, so chunks of a multiple of
+    `batch` tracks get the whole array's batches, and its numbers bit for bit."""
+
+    def __init__(self, model, scaling=None, backend="auto", nocuda=False, batch=None):
+        backend, self.note = choose_backend(model, backend, nocuda)  # why not the one asked
+        self.score, self.desc = make_scorer(model, backend, nocuda, batch)
+        self.batch = self.score.batch
+        config = model.saved.model  # network 1's scaling covers its derived inputs too
+        self.layer = (scaling if scaling is not None
+                      else None if config is None else config.input_layer())
+        self.extend, self.scaling = None if config is None else config.extend, scaling
+        self.seconds, self.warm, self.lost, self.range = 0.0, False, 0, [np.inf, -np.inf, 0]
+
+    def __call__(self, data, finite):
+        """(probabilities float32 [n], NaN where `finite` is False, and the overflow:
+        the finite tracks the model cannot compute in float32: inputs scaled beyond
+        its range, or inf/NaN inside it).  `data` is not modified."""
+        overflow = overflowing(data, finite, self.layer, self.extend)
+        ok = finite & ~overflow
+        x = data if self.scaling is None else self.scaling.apply(data)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            if not self.warm:  # CUDA context, kernels: not part of the timed pass
+                self.score(x[:1024])
+                self.warm = True
+            clock = Stopwatch()
+            scores = self.score(x)
+            self.seconds += clock()
+        scores[~ok] = np.nan
+        lost = ok & ~np.isfinite(scores)
+        seen = scores[ok & ~lost] if lost.any() else scores[ok]
+        self.lost += int(lost.sum())
+        if seen.size:
+            lo, hi, n = self.range
+            self.range = [min(lo, float(seen.min())), max(hi, float(seen.max())), n + seen.size]
+        scores[lost] = np.nan
+        return scores, overflow | lost
+
+    def check(self):
+        """The error where the model's output was not a probability on every chunk."""
+        lo, hi, n = self.range
+        if (self.lost and not n) or (n and not (lo >= -1e-6 and hi <= 1 + 1e-6)):
+            raise GhostError(f"the model's output is not a probability (min "
+                             f"{lo if n else np.nan:.4g}, max {hi if n else np.nan:.4g}, "
+                             f"{self.lost} non-finite)")
 
 
 def score_model(model, data, finite, scaling=None, backend="auto", nocuda=False,
                 batch=None):
-    """Scores of every track with one model: `scaling` (features.MinMax, for a
-    network 0 model) applied first.  Returns (scores, description, seconds, note,
-    overflow): the note says why the runtime is not the one asked for, or is None;
-    `overflow`: the tracks with every feature finite that the model cannot compute
-    in float32 (inputs scaled beyond its range, by `scaling` or the model's own
-    input layer, or inf/NaN inside it), NaN like the non-finite ones."""
-    backend, note = choose_backend(model, backend, nocuda)
-    score, desc = make_scorer(model, backend, nocuda, batch)
-    config = model.saved.model  # network 1's scaling covers its derived inputs too
-    inside, extend = (None, None) if config is None else (config.input_layer(), config.extend)
-    overflow = overflowing(data, finite, scaling if scaling is not None else inside, extend)
-    scores, seconds, lost = score_tracks(
-        score, data if scaling is None else scaling.apply(data), finite & ~overflow)
-    return scores, desc, seconds, note, overflow | lost
+    """Scores of every track with one model (a ScoringPass of one chunk): (scores,
+    description, seconds, note, overflow): the note says why the runtime is not the
+    one asked for, or is None; `overflow`: ScoringPass's, NaN like the non-finite
+    tracks."""
+    scores, overflow = (run := ScoringPass(model, scaling, backend, nocuda, batch))(data, finite)
+    run.check()
+    return scores, run.desc, run.seconds, run.note, overflow
 
 
 def calibration(model, fraction):
@@ -398,23 +418,3 @@ def calibrated(scores, prior, target):
         logit = np.log(scores) - np.log1p(-scores)
         shift = np.log(target / (1 - target)) - np.log(prior / (1 - prior))
         return (1 / (1 + np.exp(-(logit + shift)))).astype(np.float32)
-
-
-CROSS_CHECK_TRACKS = 100_000
-
-
-def cross_check(model, data, finite, scores, backend="auto", scaling=None, nocuda=False):
-    """Up to CROSS_CHECK_TRACKS finite tracks scored again with the engine other than
-    the one `backend` chose (choose_backend): {"engine", "tracks", "max_abs_diff"},
-    or None where there is no other engine."""
-    other = other_backend(model, choose_backend(model, backend, nocuda)[0])
-    if other is None:
-        return None
-    rows = np.flatnonzero(finite)[:CROSS_CHECK_TRACKS]
-    x = data[rows] if scaling is None else scaling.apply(data[rows])
-    score, desc = make_scorer(model, other, nocuda)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        theirs = score(np.ascontiguousarray(x))
-    diff = float(np.max(np.abs(theirs - scores[rows]))) if len(rows) else 0.0
-    return {"engine": desc, "tracks": len(rows), "max_abs_diff": diff}

@@ -14,10 +14,10 @@ from helpers import RAY_FIXTURES, ROOT_DIR
 # Wings from the bottom up: a module imports only from its own wing or those below.
 WINGS = [
     ("plumbing", ["utils", "cli", "records", "provenance", "outputs"]),
-    ("data", ["derived", "features", "rootio", "rootwrite", "dataset"]),
+    ("data", ["derived", "features", "rootio", "rootstream", "rootwrite", "dataset"]),
     ("measures", ["metrics", "kinematics", "compare", "diagnostics", "suggest"]),
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
-               "scoring", "inputs"]),
+               "scoring", "inputs", "streaming"]),
     ("search", ["search_folder", "search_log", "search"]),
     ("figures", ["drawing", "plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
