@@ -109,7 +109,8 @@ def add_model_options(p):
                    help="tracks per scoring batch (default: from the model's size on the "
                         f"CPU, 4,096-65,536; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
-    add_threads_option(p, PARALLEL_READ_ENTRIES, help=THREADS_NOTE + " (accepted, no effect)")
+    add_threads_option(p, PARALLEL_READ_ENTRIES,
+                       help=THREADS_NOTE + " (accepted, no effect; default: the same serial read)")
 
 
 def add_analysis_options(p):
