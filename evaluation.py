@@ -236,9 +236,13 @@ def sample_tracks(sample, others):
 
 def input_record(source):
     """An inference input as provenance records files (never a path): a .root file's
-    file_record, a dataset's name and the file_record of each of its files."""
+    file_record; several files' count and the file_record of each, in order; a
+    dataset's name and the file_record of each of its files."""
     if source.kind == "root":
-        return file_record(source.path)
+        if len(source.files) == 1:
+            return file_record(source.files[0])
+        return {"name": f"{len(source.files)} files",
+                "files": [file_record(f) for f in source.files]}
     return {"name": os.path.basename(os.path.normpath(source.path)),
             "files": [file_record(f) for f in dataset_files(source.path) if os.path.isfile(f)]}
 

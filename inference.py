@@ -3,8 +3,10 @@
     python inference.py -f ../data/Data.root --model ghost_model.onnx --track matching
     python inference.py -f ../data/dataset --model ghost_model.pth --config ghost_model_config.pkl
 
--f is a .root file (every entry, in entry order) or a dataset prefix of make_dataset.py
-(its test split; its train split for the overtraining check).  The model's metadata or
+-f is one or more .root files or globs (every entry, in entry order, file after file:
+one analysis; --output-dir writes a friend file per input, --address scores the files
+as tasks on a Ray cluster) or a dataset prefix of make_dataset.py (its test split; its
+train split for the overtraining check).  The model's metadata or
 config tells the track type, features, network and normalization; flags override them.
 
 One scoring pass, then ROC AUC, ghost rejection at the working points (--working-point
@@ -24,7 +26,8 @@ from dataset import dataset_files
 from drawing import pyplot, style
 from evaluation import Sample, evaluate, rank_model_inputs, run_context
 from features import DEFAULT_TREE, LABEL, TRACK_TYPES
-from inputs import describe_source, finite_part, nonfinite_line, resolve_settings, scorable
+from inputs import describe_source, finite_part, resolve_settings, scorable
+from many_files import FRIEND_SUFFIX, check_many, file_entries, score_files, write_friends
 from metrics import DEFAULT_THRESHOLDS
 from outputs import AtomicOutputs, check_output_file, prepare_folder, refuse_overwriting_inputs
 from pages import inference_parts
@@ -50,7 +53,7 @@ from scoring import (
     model_macs,
     score_model,
 )
-from streaming import CROSS_CHECK_TRACKS, RANKING_TRACKS, Scored, cross_check, read_and_score
+from streaming import CROSS_CHECK_TRACKS, RANKING_TRACKS, Scored, cross_check, nonfinite_line
 from utils import GhostError, Stopwatch, log, warn
 
 THREADS_NOTE = ("inference.py reads a .root input serially, chunk by chunk, so that its memory "
@@ -61,16 +64,18 @@ OUTPUTS = [
     ("files named by options:", [
         ("--output FILE.npy or FILE.root", "every track's ghost probability in entry order, "
          "NaN where it cannot be computed; the .root tree `ghost_probability` (branch "
-         "`ghost_prob`) is a friend of the input tree"),
+         f"`ghost_prob`) is a friend of the input tree; --output-dir DIR writes one per "
+         f"input, DIR/<input stem>{FRIEND_SUFFIX}"),
         ("--export-cpp FILE.hpp", "the model as a header-only C++ file")]),
 ]
 
 
 def parse_args(argv=None):
     p = Parser(__doc__, OUTPUTS)
-    p.add_argument("-f", "--filename",
-                   help="a .root file, or a dataset prefix from make_dataset.py (required "
-                        "unless only --export-cpp)")
+    p.add_argument("-f", "--filename", nargs="+", metavar="FILE",
+                   help=".root files or globs ('prod/*.root'), scored as one input, or a "
+                        "dataset prefix from make_dataset.py (required unless only "
+                        "--export-cpp)")
     add_model_options(p.add_argument_group("the model and how it runs"))
     add_analysis_options(p.add_argument_group("the analysis"))
     add_output_options(p.add_argument_group("outputs"))
@@ -110,7 +115,11 @@ def add_model_options(p):
                         f"CPU, 4,096-65,536; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     add_threads_option(p, PARALLEL_READ_ENTRIES,
-                       help=THREADS_NOTE + " (accepted, no effect; default: the same serial read)")
+                       help=THREADS_NOTE + " (accepted, no effect; default: serial)")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="score the .root files as Ray tasks, a file each, on the Ray "
+                        "cluster there (`ray start --head`); the files must be readable at "
+                        "the same path on every node (default: none, this process)")
 
 
 def add_analysis_options(p):
@@ -136,6 +145,9 @@ def add_analysis_options(p):
 def add_output_options(p):
     p.add_argument("--output", help="write every track's ghost probability to FILE.npy "
                                     "or FILE.root (default: none)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help=f"write each input's friend file DIR/<input stem>{FRIEND_SUFFIX} "
+                        "(default: none)")
     p.add_argument("--export-cpp", metavar="FILE.hpp",
                    help="also write the model as a header-only C++ file (the same as "
                         "training.py --save writes); without -f, only that")
@@ -155,9 +167,10 @@ def add_output_options(p):
 
 
 def check_args(args):
-    """Argument problems that need no file, reported before any work: returns the
-    thresholds, the working points' efficiencies, the --features list, the figure
-    formats and the --calibrate ghost fraction ("model", a number or None)."""
+    """Argument problems, reported before any work: returns the thresholds, the
+    working points' efficiencies, the --features list, the figure formats, the
+    --calibrate ghost fraction ("model", a number or None) and the input (an
+    inputs.Source, None with --export-cpp alone) with its friend files."""
     if args.filename is None and args.export_cpp is None:
         raise GhostError("-f/--filename is required (or --export-cpp alone)")
     check_output_file(args.export_cpp, "--export-cpp", (".hpp", ".h", ".hh"))  # if given
@@ -178,9 +191,9 @@ def check_args(args):
             raise GhostError(f"--features repeats a name: {','.join(features)}")
     formats = parse_formats(args.format)
     calibrate = args.calibrate
-    if calibrate is not None and args.output is None:
-        raise GhostError("--calibrate needs --output: it calibrates the probabilities "
-                         "--output writes (the analysis uses the model's own)")
+    if calibrate is not None and args.output is None and args.output_dir is None:
+        raise GhostError("--calibrate needs --output or --output-dir: it calibrates the "
+                         "probabilities they write (the analysis uses the model's own)")
     if calibrate not in (None, "model"):
         calibrate = parse_numbers(calibrate, "--calibrate", 0.0, 1.0, open_=True)
         if len(calibrate) != 1:
@@ -188,13 +201,18 @@ def check_args(args):
         calibrate = calibrate[0]
     check_output_file(args.output, "--output", (".npy", ".root"))
     prepare_folder(args.plots_dir, "--plots-dir", create=False)  # made once there are metrics
-    sources = [] if args.filename is None else [args.filename, *dataset_files(args.filename)]
+    source = None if args.filename is None else describe_source(args.filename)
+    friends = [] if source is None else check_many(args, source)
+    sources = ([] if source is None else source.files if source.kind == "root"
+               else [source.path, *dataset_files(source.path)])
     refuse_overwriting_inputs(  # the plots folder's files too; --compare's configs: *_config.*
         [("--output", args.output), ("--export-cpp", args.export_cpp)]
+        + [("--output-dir", path) for path in friends]
         + [("--plots-dir", path) for path in analysis_files(args.plots_dir)],
         [("-f", path) for path in sources] + [("--model", args.model), ("--config", args.config)]
         + [("--compare", model) for model in args.compare or []])
-    return thresholds, efficiencies, features, () if args.no_plots else formats, calibrate
+    return (thresholds, efficiencies, features, () if args.no_plots else formats, calibrate,
+            (source, friends))
 
 
 @dataclass
@@ -220,11 +238,10 @@ class Scorer:
                            self.args.nocuda, self.args.batch)
 
 
-def describe_run(args, features_flag):
-    """The model and the settings to read the input with (a Scorer), and the input
-    (inputs.Source), said on the console."""
+def describe_run(args, features_flag, source):
+    """The model and the settings to read the input (inputs.Source) with (a Scorer),
+    said on the console."""
     model = load_model_file(args.model, args.config, args.network, args.int8)
-    source = describe_source(args.filename)
     settings = resolve_settings(model, source, args.track, features_flag, args.normalize)
     names = settings.features
     log(f"model {args.model} ({model.kind}{', INT8' if model.int8 else ''}"
@@ -232,7 +249,7 @@ def describe_run(args, features_flag):
         f"track {settings.track or '?'}, network "
         f"{'?' if settings.network is None else settings.network}, "
         f"{len(names)} features {','.join(names)}")
-    return Scorer(model, settings, args), source
+    return Scorer(model, settings, args)
 
 
 def score_input(args, scorer, others, source) -> Scored:
@@ -242,8 +259,7 @@ def score_input(args, scorer, others, source) -> Scored:
     model, settings = scorer.model, scorer.settings
     keep = max(RANKING_TRACKS if args.ranking else 0,
                CROSS_CHECK_TRACKS if args.cross_check else 0)
-    scored, n_bad = read_and_score(source, args.tree, settings, model, [scorer.scoring_pass()]
-                                   + [other.scoring_pass() for _, other in others], keep)
+    scored, n_bad = score_files(args, source, [scorer] + [other for _, other in others], keep)
     if args.cross_check:
         scored.check = cross_check(scored, model, args.backend, settings.normalization,
                                    args.nocuda)
@@ -288,14 +304,17 @@ def analyse_input(args, scorer, others, s, cuts):
     analyse.  `cuts`: (thresholds, working points' efficiencies)."""
     inp, model = s.inp, scorer.model
     if inp.labels is None:
-        log(f"metrics need labels: {args.filename} has no {LABEL!r} branch, so only the "
-            "probabilities are written" + ("" if args.output else " (none asked: --output)"))
+        log(f"metrics need labels: {s.source.path} has no {LABEL!r} branch, so only the "
+            "probabilities are written" + ("" if args.output or args.output_dir
+                                           else " (none asked: --output, --output-dir)"))
         return None
     if not s.finite.any():
         log("no track has all its features finite: nothing to analyse")
         return None
     name = curve_names([args.model] + (args.compare or []))[0]
-    title = (f"{os.path.basename(args.model)} on {os.path.basename(args.filename)}"
+    several = s.source.kind == "root" and len(s.source.files) > 1
+    shown = s.source.path if several else os.path.basename(s.source.path)
+    title = (f"{os.path.basename(args.model)} on {shown}"
              f" ({int(s.finite.sum()):,} tracks)")
     features = {"test": inp.data, **({"train": inp.train[0]} if inp.train else {})}
     sample = Sample(name, model.saved, model_macs(model), s.scores, inp.labels, s.finite,
@@ -318,10 +337,13 @@ def feature_ranking(args, scorer, s):
     return ranking
 
 
-def write_outputs(args, out, scores, record, formats, header=None):
-    """--export-cpp (`header`: artifacts.model_header's), --output, the plots folder
+def write_outputs(args, out, scores, record, formats, header=None, friends=None):
+    """--export-cpp (`header`: artifacts.model_header's), --output, --output-dir
+    (`friends`: (the input, its friend files, their entries)), the plots folder
     (report.write_analysis of `record`, the ranking): (figures kept for --show, written)."""
     written, kept = [], []
+    if friends and friends[1]:
+        written.append(write_friends(out, args.output_dir, friends[1], scores, friends[2]))
     if header is not None:
         out.save_bytes(args.export_cpp, header[0])
         written.append(f"{args.export_cpp} (C++ namespace {header[1]})")
@@ -343,7 +365,8 @@ def write_outputs(args, out, scores, record, formats, header=None):
                     figures = [record.ranking.figure(plt, record.title)]
         files, kept = write_analysis(out, args.plots_dir, record, formats, args.show, figures,
                                      args.label, inference_parts(
-                                         record.context, args.plots_dir, args.filename, args.model))
+                                         record.context, args.plots_dir, friends[0].path,
+                                         args.model))
         written.append(f"{args.plots_dir}/ ({len(files)} files: "
                        f"{sum(f.endswith(('.png', '.pdf')) for f in files)} figures, the "
                        "tables, metrics.json, results.root, index.html)")
@@ -352,7 +375,8 @@ def write_outputs(args, out, scores, record, formats, header=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    thresholds, efficiencies, features_flag, formats, calibrate = check_args(args)
+    thresholds, efficiencies, features_flag, formats, calibrate, (source, friends) = \
+        check_args(args)
     clock = Stopwatch()
     if args.filename is None:  # --export-cpp alone
         text, namespace = model_header(load_model_file(args.model, args.config, args.network,
@@ -362,11 +386,12 @@ def main(argv=None):
         log(f"wrote {args.export_cpp}: C++ namespace {namespace}, "
             "ghost_probability(const float* features)")
         return 0
-    scorer, source = describe_run(args, features_flag)
+    scorer = describe_run(args, features_flag, source)
     # checked now, written with the run's other outputs once it has succeeded
     header = model_header(scorer.model, args.export_cpp) if args.export_cpp else None
     calibrate = calibration(scorer.model, calibrate) if calibrate is not None else None
     others = compared_models(args, source, scorer)
+    entries = file_entries(source.files, args.tree, scorer.settings.features)[0] if friends else []
     scored = score_input(args, scorer, others, source)
     record = analyse_input(args, scorer, others, scored, (thresholds, efficiencies))
     if args.ranking and record is not None:
@@ -378,7 +403,8 @@ def main(argv=None):
             record.context["output_calibrated_to_ghost_fraction"] = calibrate[1]
         log(f"--output: probabilities calibrated to a ghost fraction of {calibrate[1]:.4f}")
     with AtomicOutputs() as out:
-        kept, written = write_outputs(args, out, scores, record, formats, header)
+        kept, written = write_outputs(args, out, scores, record, formats, header,
+                                      (source, friends, entries))
     log(f"wrote {', '.join(written) if written else 'nothing'}; total {clock():.1f} s")
     if record is not None:
         print_headline(*analysis_headline(record, os.path.join(args.plots_dir, PAGE),

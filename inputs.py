@@ -1,10 +1,11 @@
-"""What inference.py feeds a model: the input (a .root file, every entry in entry
-order, or a dataset prefix) and the settings to read it with (track type, feature
+"""What inference.py feeds a model: the input (.root files, every entry in entry
+order, file after file, or a dataset prefix) and the settings to read it with (track type, feature
 columns, network, the normalization to apply), from the model's record, the input
 and the flags.
 """
+import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from features import (
     unfilled,
     width_problem,
 )
-from rootio import MATRIX, read_root
+from rootio import MATRIX, expand_inputs, read_root
 from rootstream import stream_root
 from utils import GhostError, log, warn
 
@@ -38,16 +39,44 @@ from utils import GhostError, log, warn
 @dataclass
 class Source:
     kind: str      # "root" or "dataset"
-    path: str
+    path: str      # the input as the console names it (several files: shown_files)
     meta: object   # dataset.DatasetMeta (all defaults for a .root file)
+    files: list = field(default_factory=list)  # the .root files, in order ([path] for one)
+
+    def __post_init__(self):
+        if self.kind == "root" and not self.files:
+            self.files = [self.path]
 
 
-def describe_source(path):
-    """What -f names, without reading the data."""
-    if path.endswith(".root"):
-        if not os.path.isfile(path):
-            raise GhostError(f"input file {path} does not exist")
-        return Source("root", path, DatasetMeta())
+def input_files(names):
+    """-f's values -> the .root files they name, in order (rootio.expand_inputs:
+    globs expanded, each file once, a missing one refused), or [] for a single name
+    that is neither a .root file nor a glob (a dataset prefix)."""
+    if len(names) == 1 and not names[0].endswith(".root") and not glob.has_magic(names[0]):
+        return []
+    files = expand_inputs(names)
+    odd = [f for f in files if not f.endswith(".root")]
+    if odd:
+        raise GhostError(f"-f {odd[0]} is not a .root file: several inputs (or a glob) must "
+                         "all be .root files; a dataset prefix comes alone")
+    return files
+
+
+def shown_files(files):
+    """Several files as the console names them: all of up to three, else the count,
+    the first and the last."""
+    if len(files) <= 3:
+        return ", ".join(files)
+    return f"{len(files)} files ({files[0]} ... {files[-1]})"
+
+
+def describe_source(names):
+    """What -f names (one name or a list of them), without reading the data."""
+    names = [names] if isinstance(names, str) else list(names)
+    files = input_files(names)
+    if files:
+        return Source("root", shown_files(files), DatasetMeta(), files)
+    path = names[0]
     if has_dataset(path):
         return Source("dataset", path, load_meta(path))
     if os.path.isfile(path):
@@ -70,19 +99,25 @@ class Input:
     bins: dict = None         # kinematics.bins_of per track, once scored (columns: None)
 
 
-def stream_input(source, names, tree, chunk, add):
-    """Every entry of a .root file in consecutive chunks of `chunk` entries, in entry
+def stream_input(files, names, tree, chunk, add, optional=None):
+    """Every entry of .root files in consecutive chunks of `chunk` entries, in entry
     order (rootstream.stream_root): add(first entry, total entries, features float32
     [n, features], the label's values or None, the limit or None, the kinematics
-    columns) for each.  The arrays are reused for the next chunk."""
-    extra = [b for b in kinematics.BRANCHES if b not in names]
+    columns) for each.  The arrays are reused for the next chunk.  `optional`: the
+    branches read where every file has them (default optional_branches')."""
 
     def read(first, total, columns):
         data = columns[MATRIX]
         add(first, total, data, columns.get(LABEL), columns.get(LIMIT),
             kinematics.columns_of(data, names, columns))
-    return stream_root([source.path], tree, names, chunk, read,
-                       optional=(LABEL, LIMIT, *extra))
+    optional = optional_branches(names) if optional is None else optional
+    return stream_root(files, tree, names, chunk, read, optional=optional)
+
+
+def optional_branches(names):
+    """The branches an input is read with where it has them, beside the features
+    `names`: the label, the limit, the kinematics' own."""
+    return (LABEL, LIMIT, *[b for b in kinematics.BRANCHES if b not in names])
 
 
 def read_dataset(source, names):
@@ -140,15 +175,6 @@ def scorable(model, data):
     return finite_tracks(data, derived_inputs(model, data)[0])
 
 
-def nonfinite_line(n_bad, inp):
-    """The console's line on the tracks left unscored: a non-finite feature, or
-    only a non-finite derived input (load_input counts those)."""
-    only = inp.nonfinite_derived
-    what = f" or derived input ({only:,} only a derived input)" if only else ""
-    return (f"{n_bad:,} tracks have a non-finite feature{what}: their probability is NaN "
-            "and they are left out of the metrics")
-
-
 OUTSIDE_WARNING = 0.01  # a feature outside its training range for more tracks: warned
 CONSTANT_MIN_TRACKS = 10  # fewer finite tracks: no feature is called constant
 TREE_ROWS = 500_000  # the tracks (first in order) whose features results.root's trees hold
@@ -176,6 +202,12 @@ class ColumnStats:
                 self.hi = np.maximum(self.hi, x.max(axis=0))
                 self.outside += ((x < self.lo_r) | (x > self.hi_r)).sum(axis=0)
         self.n += int(finite.sum())
+        return self
+
+    def merge(self, other):
+        """Another ColumnStats of the same ranges counted in (rows seen elsewhere)."""
+        self.lo, self.hi = np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi)
+        self.outside, self.n = self.outside + other.outside, self.n + other.n
         return self
 
     def result(self):
@@ -221,6 +253,16 @@ class GuardStats:
                         held.add("finite")
         return self
 
+    def merge(self, other):
+        """The GuardStats of another input's tracks counted in, as if add had seen
+        them (what the columns hold is read by guard only while no track is finite)."""
+        self.features.merge(other.features)
+        self.derived.merge(other.derived)
+        self.unfilled &= other.unfilled
+        for key, held in other.kinds.items():
+            self.kinds.setdefault(key, set()).update(held)
+        return self
+
 
 def guard(source, tree, track, stats):
     """Guard rails: does the input look like what the model was trained on?
@@ -264,7 +306,7 @@ def guard(source, tree, track, stats):
         zero = [n for n in constant if lo[names.index(n)] == 0]
         others = {}
         if zero and source.kind == "root" and track in TRACK_TYPES:
-            others = read_root([source.path], tree, [], optional=other_track_branches(track))
+            others = read_root(source.files, tree, [], optional=other_track_branches(track))
         if zero:
             parts.append(track_mismatch(track, zero, others, fix="score it with a {} model"))
         rest = [n for n in constant if n not in zero]
@@ -280,20 +322,6 @@ def guard(source, tree, track, stats):
                          "carry no information here, so its scores would mean nothing")
     warn(f"{message}; the model sees inputs unlike its training data, so its scores and "
          "metrics are not meaningful")
-
-
-def overflow_warning(n, scored, overflowed, names):
-    """The warning on the `n` tracks with finite features that the model cannot
-    compute in float32 (scoring.score_model's overflow), naming the features in
-    which they lie beyond every track scored (`scored`, `overflowed`: ColumnStats of
-    the tracks scored and of those)."""
-    lo, hi, _ = scored.result()
-    beyond = [n for j, n in enumerate(names)
-              if lo is None or overflowed.lo[j] < lo[j] or overflowed.hi[j] > hi[j]]
-    named = f" ({', '.join(beyond)} beyond the range of the others)" if beyond else ""
-    return (f"{n:,} tracks have finite features that the model cannot "
-            f"compute in float32{named}: their probability is NaN and they are left out "
-            "of the analysis, like non-finite tracks")
 
 
 def finite_part(values, finite):

@@ -201,7 +201,9 @@ def inference_parts(context, folder, source, model):
     rate = context.get("tracks_per_second")
     section = facts({
         "input": link(shown, folder) if os.path.isfile(shown) else source,
-        "kind": "a data set's test split" if is_dataset else "a ROOT file, every entry",
+        "kind": "a data set's test split" if is_dataset else
+                "ROOT files, every entry, file after file" if "files" in context["input"]
+                else "a ROOT file, every entry",
         "tracks": f"{tracks:,} ({context['tracks_nonfinite']:,} with a non-finite feature"
                   f"{' or derived input' if context.get('derived') else ''})",
         "track type": context.get("track"),

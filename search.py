@@ -244,33 +244,43 @@ def has_ray_token():
         os.environ.get("RAY_AUTH_TOKEN_PATH", os.path.expanduser("~/.ray/auth_token")))
 
 
-def init_ray(args):
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if args.address and "RAY_AUTH_MODE" not in os.environ and has_ray_token():
+# what stays behind when the toolkit's code travels to a cluster's nodes
+RUNTIME_EXCLUDES = [".git", ".venv", "demo", "bench/.cache", "ray_results", "docs", "tests",
+                    "*.root", "*.npy", "*.onnx", "*.pth"]
+
+
+def join_ray(address, **local):
+    """ray.init: join the cluster at `address` (with its token where `ray start`
+    left one; the toolkit's code travels to every node as the job's working_dir:
+    the nodes need the same Python packages, not a checkout), or, for address None,
+    start a local Ray (`local`: num_cpus, num_gpus).  Returns the ray module."""
+    if address and "RAY_AUTH_MODE" not in os.environ and has_ray_token():
         # clusters started by `ray start` (Ray >= 2.52) want their token; Ray reads
         # this before it is imported
         os.environ["RAY_AUTH_MODE"] = "token"
-    # SIGINT and SIGTERM go to Signals, which asks Tune to stop (Tune's SIGUSR1)
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kw = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    try:
+        if address:
+            ray.init(address=address, runtime_env={"working_dir": TOOLKIT_DIR,
+                                                   "excludes": RUNTIME_EXCLUDES}, **kw)
+        else:
+            ray.init(address="local", **local, **kw)
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise GhostError(f"cannot start or reach {where}: {one_line(e, last=False)}")
+    return ray
+
+
+def init_ray(args):
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # SIGINT and SIGTERM go to Signals, which asks Tune to stop (Tune's SIGUSR1)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # JSON and CSV metrics only (added in run_search): Ray's TensorBoard logger would
     # import torch into the driver (+700 MB) and write event files nobody asked for
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    kw = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-    try:
-        if args.address:
-            # the toolkit's code travels to every node with the search (the nodes need
-            # the same Python packages, not a checkout)
-            ray.init(address=args.address, runtime_env={
-                "working_dir": TOOLKIT_DIR,
-                "excludes": [".git", ".venv", "demo", "bench/.cache", "ray_results", "docs",
-                             "tests", "*.root", "*.npy", "*.onnx", "*.pth"]}, **kw)
-        else:
-            ray.init(address="local", num_cpus=args.cpu, num_gpus=args.gpu, **kw)
-    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
-        where = f"the Ray cluster at {args.address}" if args.address else "a local Ray"
-        raise GhostError(f"cannot start or reach {where}: {one_line(e, last=False)}")
+    ray = join_ray(args.address, num_cpus=args.cpu, num_gpus=args.gpu)
     # a failed trial is one line of TrialLine; Tune's traceback stays in its log
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -5,8 +5,10 @@ and the --compare models as it comes.  Of every track only what the analysis nee
 is kept (its probability and the compared models', label, limit, kinematic bins,
 whether it was scored); of the input only bounded parts: the first
 inputs.TREE_ROWS tracks' features (results.root's trees), the first finite tracks
-(--ranking, --cross-check), the guard rails' sums.  Its one reason to change: what
-inference keeps of a track and of its input.
+(--ranking, --cross-check), the guard rails' sums.  Streams of consecutive files
+(many_files' Ray tasks, one file each) join into the stream of their concatenation
+(Stream.part, Stream.join).  Its one reason to change: what inference keeps of a
+track and of its input.
 """
 import math
 import warnings
@@ -25,7 +27,6 @@ from inputs import (
     derived_inputs,
     finite_tracks,
     guard,
-    overflow_warning,
     read_dataset,
     stream_input,
 )
@@ -38,6 +39,29 @@ CHUNK_TRACKS = 1 << 20
 RANKING_TRACKS = 200_000  # --ranking's tracks: the first with every input finite
 CROSS_CHECK_TRACKS = 100_000  # --cross-check's: the first with every input finite
 CROSS_CHECK_TOLERANCE = 1e-5  # float32 engines agree to ~1e-7 on a probability
+
+
+def nonfinite_line(n_bad, inp):
+    """The console's line on the tracks left unscored: a non-finite feature, or
+    only a non-finite derived input (load_input counts those)."""
+    only = inp.nonfinite_derived
+    what = f" or derived input ({only:,} only a derived input)" if only else ""
+    return (f"{n_bad:,} tracks have a non-finite feature{what}: their probability is NaN "
+            "and they are left out of the metrics")
+
+
+def overflow_warning(n, scored, overflowed, names):
+    """The warning on the `n` tracks with finite features that the model cannot
+    compute in float32 (scoring.score_model's overflow), naming the features in
+    which they lie beyond every track scored (`scored`, `overflowed`: ColumnStats of
+    the tracks scored and of those)."""
+    lo, hi, _ = scored.result()
+    beyond = [n for j, n in enumerate(names)
+              if lo is None or overflowed.lo[j] < lo[j] or overflowed.hi[j] > hi[j]]
+    named = f" ({', '.join(beyond)} beyond the range of the others)" if beyond else ""
+    return (f"{n:,} tracks have finite features that the model cannot "
+            f"compute in float32{named}: their probability is NaN and they are left out "
+            "of the analysis, like non-finite tracks")
 
 
 @dataclass
@@ -128,6 +152,55 @@ class Stream:
             self.first[self.kept:self.kept + len(take)] = data[take]
             self.kept += len(take)
 
+    def part(self, head=TREE_ROWS):
+        """What `join` needs of this stream (picklable, a Ray task's answer): its sums
+        and arrays without the model, the first `head` tracks' features, and each
+        ScoringPass's sums."""
+        state = {k: v for k, v in vars(self).items() if k not in ("model", "passes")}
+        if self.scores is not None:
+            state.update(head=self.head[:head], rows=self.rows[:self.kept],
+                         first=self.first[:self.kept])
+        state["passes"] = [(p.seconds, p.lost, p.range) for p in self.passes]
+        return state
+
+    def join(self, parts):
+        """Parts (Stream.part) of streams of consecutive inputs, in their order, into
+        this fresh stream (of the same model, passes and `keep`), as if it had read
+        the inputs one after another.  `parts` may be an iterable: what one stream
+        keeps of each part's first tracks is copied as it comes, the rest let go."""
+        got, start = [], 0
+        for part in parts:
+            for run, (seconds, lost, (lo, hi, n)) in zip(self.passes, part["passes"]):
+                run.seconds, run.lost = run.seconds + seconds, run.lost + lost
+                run.range = [min(run.range[0], lo), max(run.range[1], hi), run.range[2] + n]
+            if part["scores"] is None:  # an empty file adds nothing
+                continue
+            want = self.keep - sum(len(p["rows"]) for p in got)
+            got.append({**part, "head": np.array(part["head"][:max(0, TREE_ROWS - start)]),
+                        "first": np.array(part["first"][:want]),
+                        "rows": part["rows"][:want] + start})
+            start += len(part["scores"])
+        if not got:
+            return self
+
+        def joined(key):
+            every = [p[key] for p in got]
+            return None if any(x is None for x in every) else np.concatenate(every)
+        for key in ("n_bad", "bad_labels", "nonfinite_derived"):
+            setattr(self, key, sum(p[key] for p in got))
+        for key in ("scores", "finite", "labels", "limit", "head", "first", "rows"):
+            setattr(self, key, joined(key))
+        self.kept = len(self.rows)
+        self.bins = {k: np.concatenate([p["bins"][k] for p in got]) for k in got[0]["bins"]}
+        self.compared = [np.concatenate(c) for c in zip(*(p["compared"] for p in got))]
+        self.guard = got[0]["guard"]
+        for p in got:
+            if p is not got[0]:
+                self.guard.merge(p["guard"])
+            self.scored.merge(p["scored"])
+            self.overflowed.merge(p["overflowed"])
+        return self
+
     def finish(self, source, tree, settings, inp, clock):
         """The Scored (its train split's scores to come), said on the console as a
         whole-array read would say it; `inp`: the dataset's Input, or an empty one."""
@@ -164,7 +237,7 @@ def read_and_score(source, tree, settings, model, passes, keep=0):
     stream = Stream(model, settings.features, passes, keep)
     if source.kind == "root":
         inp = Input(None)
-        stream_input(source, settings.features, tree, chunk_size(passes), stream.add)
+        stream_input(source.files, settings.features, tree, chunk_size(passes), stream.add)
     else:
         inp = read_dataset(source, settings.features)
         if len(inp.data):  # none: said by finish

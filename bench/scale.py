@@ -12,6 +12,9 @@ of its whole process tree (PSS, so Ray's shared object store counts once; RSS to
                dataset (--balance subsample: 1.8M training tracks from 10M, as the
                seed made them); its make_dataset run is not timed
   inference    inference.py with the trained .onnx, default outputs + --output .npy
+  4 files, Ray the same sample split into 4 files (cached), scored as Ray tasks on a
+               local cluster of its own (bench.cluster_run: `ray start --head` with 2
+               cores, its processes measured with the run's), a friend file per input
 Prints a table with each step against the bare read; the numbers go in the
 README.  Run it on a quiet machine: they are wall-clock times.
 """
@@ -22,6 +25,7 @@ import sys
 
 from bench.bench_training import run_measured
 
+TREE = "kalman_validator/kalman_ip_tree"
 NOTES = ("read ", "scored ", "bare ", "dataset ", "search done", "wrote ")
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +48,7 @@ def main():
     p.add_argument("--tracks", type=int, default=10_000_000)
     p.add_argument("--cache", default=os.path.join(ROOT_DIR, "bench", ".cache", "scale"))
     p.add_argument("--skip", nargs="*", default=[],
-                   help="steps to leave out: make_dataset training inference")
+                   help="steps to leave out: make_dataset training inference files")
     args = p.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     py = sys.executable
@@ -76,6 +80,12 @@ def main():
                                     "--output",
                                     os.path.join(args.cache, "scores.npy"), "--plots-dir",
                                     os.path.join(args.cache, "plots")]))
+    if "files" not in args.skip:
+        parts = split_sample(sample, os.path.join(args.cache, f"parts_{args.tracks}"), 4)
+        steps.append(("4 files, Ray", [py, "-m", "bench.cluster_run", "2", "inference.py",
+                                       "-f", *parts, "--model", model, "--output-dir",
+                                       os.path.join(args.cache, "friends"), "--plots-dir",
+                                       os.path.join(args.cache, "plots_files"), "--address"]))
     print(f"{os.cpu_count()} CPUs, {args.tracks:,} tracks, load average "
           f"{os.getloadavg()[0]:.2f} before")
     rows, floor = [], None
@@ -90,6 +100,21 @@ def main():
         for ln in notes:
             print(f"{'':15s}{ln[:110]}")
     print(f"load average {os.getloadavg()[0]:.2f} after")
+
+
+def split_sample(sample, folder, n):
+    """The sample's entries in `n` consecutive files part0.root.. in `folder` (made
+    once): a production's many files."""
+    parts = [os.path.join(folder, f"part{i}.root") for i in range(n)]
+    if not all(map(os.path.exists, parts)):
+        os.makedirs(folder, exist_ok=True)
+        code = (f"import ROOT\ntree = {TREE!r}\n"
+                f"total = ROOT.RDataFrame(tree, {sample!r}).Count().GetValue()\n"
+                f"for i, out in enumerate({parts!r}):\n"
+                f"    lo, hi = total * i // {n}, total * (i + 1) // {n}\n"
+                f"    ROOT.RDataFrame(tree, {sample!r}).Range(lo, hi).Snapshot(tree, out)\n")
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT_DIR, check=True)
+    return parts
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ WINGS = [
     ("measures", ["metrics", "kinematics", "compare", "diagnostics", "suggest"]),
     ("model", ["architecture", "models", "trainer", "baseline", "cpp_export", "artifacts",
                "scoring", "inputs", "streaming"]),
-    ("search", ["search_folder", "search_log", "search"]),
+    ("search", ["search_folder", "search_log", "search", "many_files"]),
     ("figures", ["drawing", "plots", "diagnostic_plots"]),
     ("analysis", ["evaluation"]),
     ("report", ["results_file", "pages", "report", "training_report"]),
