@@ -10,7 +10,15 @@ import os
 
 import numpy as np
 
-from cli import FORMATS, Parser, add_plot_options, add_threads_option, parse_formats, run_cli
+from cli import (
+    FORMATS,
+    Parser,
+    add_plot_options,
+    add_threads_option,
+    expand_inputs,
+    parse_formats,
+    run_cli,
+)
 from dataset import SPLITS, DatasetMeta, dataset_files, dataset_outputs, meta_path, write_dataset
 from derived import SYNTAX, compute_all, extend, fit_all, parse_all
 from features import (
@@ -37,7 +45,7 @@ from outputs import (
 from pages import PAGE, Parts, dataset_parts
 from provenance import file_record
 from report import dataset_headline, print_headline, write_feature_figures
-from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
+from rootio import MATRIX, read_root
 from utils import GhostError, Stopwatch, log
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
@@ -91,7 +99,7 @@ def parse_args(argv=None):
                    help="without the track type's default derived inputs (only --derived's)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    add_threads_option(p, PARALLEL_READ_ENTRIES)
+    add_threads_option(p)
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         raise GhostError(f"--fraction must be in (0, 1], got {args.fraction}")

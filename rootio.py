@@ -1,20 +1,18 @@
-"""ROOT files in: find the inputs, inspect each file's tree, read columns with
-RDataFrame as float32 numpy arrays.  Writing is rootwrite's (write_root and
+"""ROOT files in: inspect each file's tree, read columns with RDataFrame as float32
+numpy arrays.  Writing is rootwrite's (write_root and
 write_results, also reachable from here).
 
 ROOT is imported inside the functions (import_root), so the rest of the toolkit
 runs on a machine without it.
 """
-import glob
-import os
 import sys
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from cli import Stopped
-from utils import GhostError, log, no_stderr, one_line, warn
+from cli import Stopped, auto_threads
+from utils import GhostError, log, no_stderr, one_line
 
 TTREE_CLASSES = ("TTree", "TNtuple")
 RNTUPLE_CLASSES = ("ROOT::RNTuple",)
@@ -28,31 +26,6 @@ NUMBER_TYPES = {
     "std::int64_t": "int64", "ULong64_t": "uint64", "std::uint64_t": "uint64",
     "Bool_t": "bool", "bool": "bool",
 }
-
-
-def expand_inputs(patterns):
-    """File names and globs -> the existing files, in the order given (a glob's
-    sorted), each once: the same file named twice (another spelling of its path, a
-    link to it) is read once, with a warning."""
-    files = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matched = sorted(glob.glob(pattern))
-            if not matched:
-                raise GhostError(f"no file matches {pattern}")
-            files += matched
-        elif not os.path.isfile(pattern):
-            raise GhostError(f"input file {pattern} does not exist")
-        else:
-            files.append(pattern)
-    first = {}  # real path -> the first name given for it
-    for name in files:
-        first.setdefault(os.path.realpath(name), name)
-    twice = sorted({n for n in files if first[os.path.realpath(n)] != n})
-    if twice:
-        warn("the same file given twice is read once: " + ", ".join(
-            f"{n} is {first[os.path.realpath(n)]}" for n in twice))
-    return list(first.values())
 
 
 def import_root():
@@ -221,18 +194,6 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     if not stack:
         return out
     return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in stack}}
-
-
-# Below this many entries a parallel read does not win: ROOT's start of the event
-# loop (about 2 s of just-in-time compilation) dominates, and on 2 cores 1M tracks
-# read in the same time either way; 10M read 1.6x faster with 2 threads.
-PARALLEL_READ_ENTRIES = 2_000_000  # --threads' default (the scripts give it to its help)
-
-
-def auto_threads(entries):
-    """Threads for a read of `entries` entries: every core this process may use
-    for a large input, one (a serial read) below PARALLEL_READ_ENTRIES."""
-    return len(os.sched_getaffinity(0)) if entries >= PARALLEL_READ_ENTRIES else 1
 
 
 # Each row's entry number under implicit multi-threading: at the start of every
