@@ -1,5 +1,6 @@
 """The command line, shared by the four scripts: one parser type, the options that
-mean the same everywhere (--format, --threads, number lists), and the run itself.
+mean the same everywhere (--format, --threads, number lists), the input files (-f's
+names and globs), and the run itself.
 
 Every complaint about the command line is a GhostError: argparse's own (an unknown
 option, a bad number or choice, a missing option) through Parser.error, a bad
