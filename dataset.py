@@ -372,6 +372,11 @@ def write_dataset(out, prefix, splits, meta, spectators=None):
         data_path, label_path = split_paths(prefix, split)
         out.save_npy(data_path, data)
         out.save_npy(label_path, labels)
-        if spectators:
-            out.save_npy(spectators_path(prefix, split), spectators[split])
+    write_spectators(out, prefix, spectators or {})
     out.save_json(meta_path(prefix), meta.to_dict())
+
+
+def write_spectators(out, prefix, spectators):
+    """The spectator arrays {split: [n, k]} through `out` (outputs.AtomicOutputs)."""
+    for split, values in spectators.items():
+        out.save_npy(spectators_path(prefix, split), values)

@@ -280,7 +280,9 @@ def _line(y, x, what):
                          if len(x) else "no real track with finite y and x") + " (a line "
                          "needs 2 real tracks with different x)")
     xm, ym = x.mean(), y.mean()
-    b = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
+    x -= xm  # x - xm and y - ym in place: the same numbers, two copies fewer
+    y -= ym
+    b = (x * y).sum() / (x ** 2).sum()
     return float(np.float32(ym - b * xm)), float(np.float32(b))
 
 
@@ -317,6 +319,23 @@ def compute_all(derived, data, branches):
         for j, d in enumerate(derived):
             out[:, j] = d.compute(columns, branches)
     return out
+
+
+class Extended:
+    """extend(data, derived, branches) as a sequence of its columns, each made when
+    asked for: a view of data, or one derived input's values (compute_all's), so the
+    extended array is never whole."""
+    def __init__(self, data, derived, branches):
+        self.data, self.derived, self.branches = data, list(derived), list(branches)
+
+    def __len__(self):
+        return len(self.branches) + len(self.derived)
+
+    def __getitem__(self, i):
+        j = i - len(self.branches)
+        if j < 0:
+            return self.data[:, i]
+        return compute_all(self.derived[j:j + 1], self.data, self.branches)[:, 0]
 
 
 def input_labels(branches, derived):

@@ -171,16 +171,18 @@ class MinMax:
 
     @classmethod
     def fit(cls, train, names):
-        """From the training split only (never validation or test statistics).
-        The span is taken in float64; a feature whose span or its inverse float32
-        cannot hold (values near float32's maximum: min-max scaling would turn
-        tracks into NaN) is refused by name (ValueError)."""
+        """From the training split only (never validation or test statistics),
+        [tracks, names] or its columns (_column).  The span is taken in float64; a
+        feature whose span or its inverse float32 cannot hold (values near
+        float32's maximum: min-max scaling would turn tracks into NaN) is refused
+        by name (ValueError)."""
         offsets, scales = [], []
         for i, name in enumerate(names):
             if name in FIXED_BOUNDS:
                 lo, hi = FIXED_BOUNDS[name]
             else:
-                lo, hi = float(train[:, i].min()), float(train[:, i].max())
+                column = _column(train, i)
+                lo, hi = float(column.min()), float(column.max())
             offsets.append(float(lo))
             scales.append(float(hi) - float(lo) if hi > lo else 1.0)
         bad = _not_float32(offsets, scales)
@@ -239,13 +241,23 @@ def _check_float32(shifts, scales, what):
                          f"(counted from 0) are not representable in float32")
 
 
+def _column(train, i):
+    """Column i of the training split: `train` is [tracks, features], or a
+    sequence of its columns (derived.Extended: the derived inputs' values computed
+    one column at a time, never the extended split whole)."""
+    return train[:, i] if isinstance(train, np.ndarray) else train[i]
+
+
 def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def signed_log1p(x):
-    """sign(x) * log(1 + |x|): heavy tails compressed, sign and 0 kept (numpy)."""
-    return np.sign(x) * np.log1p(np.abs(x))
+def signed_log1p(x, out=None):
+    """sign(x) * log(1 + |x|): heavy tails compressed, sign and 0 kept (numpy);
+    `out`: the array that takes the result (x itself: in place)."""
+    sign = np.sign(x)
+    out = np.log1p(np.abs(x, out=out), out=out)
+    return np.multiply(sign, out, out=out)
 
 
 @dataclass(frozen=True)
@@ -276,16 +288,20 @@ class Standardize:
 
     @classmethod
     def fit(cls, train, names):
-        """Means and standard deviations of the transformed training split, column by
-        column in float64 (one column's copy at a time, not the whole split's).  A
+        """Means and standard deviations of the transformed training split
+        ([tracks, names] or its columns, _column), column by column in float64 (one
+        column's copy at a time, transformed in place, not the whole split's).  A
         feature whose constants float32 cannot hold, or whose training values would
         overflow float32 once standardized, is refused by name (ValueError)."""
         transforms = tuple(transform_of(n) for n in names)
-        means, stds = [], []
+        means, stds, lo, hi = [], [], [], []
         for i, transform in enumerate(transforms):
-            t = np.asarray(train[:, i], dtype=np.float64)
+            column = _column(train, i)
+            lo.append(column.min())
+            hi.append(column.max())
+            t = np.array(column, dtype=np.float64)
             if transform == "log":
-                t = signed_log1p(t)
+                signed_log1p(t, out=t)
             means.append(float(t.mean()))
             stds.append(float(t.std()))
         stds = [s if s > 0 else 1.0 for s in stds]
@@ -295,7 +311,7 @@ class Standardize:
                                        "the train split, too small for float32 to standardize"
                                        for i in bad))
         scaling = cls(transforms, tuple(means), tuple(stds))
-        scaling.check_range(train.min(axis=0), train.max(axis=0), names, "the train split")
+        scaling.check_range(np.array(lo), np.array(hi), names, "the train split")
         return scaling
 
     @classmethod

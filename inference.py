@@ -41,7 +41,6 @@ from report import (
     write_analysis,
     write_ranking,
 )
-from rootio import PARALLEL_READ_ENTRIES
 from rootwrite import write_root
 from scoring import (
     BACKENDS,
@@ -114,8 +113,7 @@ def add_model_options(p):
                    help="tracks per scoring batch (default: from the model's size on the "
                         f"CPU, 4,096-65,536; {GPU_BATCH:,} on a GPU)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
-    add_threads_option(p, PARALLEL_READ_ENTRIES,
-                       help=THREADS_NOTE + " (accepted, no effect; default: serial)")
+    add_threads_option(p, help=THREADS_NOTE + " (accepted, no effect; default: serial)")
     p.add_argument("--address", metavar="HOST:PORT",
                    help="score the .root files as Ray tasks, a file each, on the Ray "
                         "cluster there (`ray start --head`); the files must be readable at "

@@ -11,6 +11,7 @@ import numpy as np
 
 import kinematics
 from architecture import refuse_normalized
+from cli import expand_inputs
 from dataset import (
     DatasetMeta,
     has_dataset,
@@ -31,7 +32,7 @@ from features import (
     unfilled,
     width_problem,
 )
-from rootio import MATRIX, expand_inputs, read_root
+from rootio import MATRIX, read_root
 from rootstream import stream_root
 from utils import GhostError, log, warn
 
@@ -49,7 +50,7 @@ class Source:
 
 
 def input_files(names):
-    """-f's values -> the .root files they name, in order (rootio.expand_inputs:
+    """-f's values -> the .root files they name, in order (cli.expand_inputs:
     globs expanded, each file once, a missing one refused), or [] for a single name
     that is neither a .root file nor a glob (a dataset prefix)."""
     if len(names) == 1 and not names[0].endswith(".root") and not glob.has_magic(names[0]):

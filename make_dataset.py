@@ -10,9 +10,25 @@ import os
 
 import numpy as np
 
-from cli import FORMATS, Parser, add_plot_options, add_threads_option, parse_formats, run_cli
-from dataset import SPLITS, DatasetMeta, dataset_files, dataset_outputs, meta_path, write_dataset
-from derived import SYNTAX, compute_all, extend, fit_all, parse_all
+from cli import (
+    FORMATS,
+    Parser,
+    add_plot_options,
+    add_threads_option,
+    expand_inputs,
+    parse_formats,
+    run_cli,
+)
+from dataset import (
+    SPLITS,
+    DatasetMeta,
+    dataset_files,
+    dataset_outputs,
+    meta_path,
+    write_dataset,
+    write_spectators,
+)
+from derived import SYNTAX, Extended, compute_all, fit_all, parse_all
 from features import (
     DEFAULT_TREE,
     DERIVED,
@@ -37,7 +53,7 @@ from outputs import (
 from pages import PAGE, Parts, dataset_parts
 from provenance import file_record
 from report import dataset_headline, print_headline, write_feature_figures
-from rootio import MATRIX, PARALLEL_READ_ENTRIES, expand_inputs, read_root
+from rootio import CHUNK_ENTRIES, MATRIX, read_chunks, read_root
 from utils import GhostError, Stopwatch, log
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, valid, test, per class
@@ -91,7 +107,7 @@ def parse_args(argv=None):
                    help="without the track type's default derived inputs (only --derived's)")
     p.add_argument("--tree", default=DEFAULT_TREE, help=f"tree path (default {DEFAULT_TREE})")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    add_threads_option(p, PARALLEL_READ_ENTRIES)
+    add_threads_option(p)
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         raise GhostError(f"--fraction must be in (0, 1], got {args.fraction}")
@@ -131,10 +147,10 @@ def check_outputs(args, files):
         prepare_folder(args.plots_dir, "--plots-dir")
 
 
-def clean(columns, names, where, derived=()):
-    """Tracks whose features, derived inputs and label are all finite: (row numbers,
-    their labels, dropped tracks per feature or derived input); `where`: the inputs,
-    in words, for errors.  A residual's line is fitted later (on the train split):
+def clean(columns, names, derived=()):
+    """Which tracks have their features, derived inputs and label all finite (bool
+    [tracks]), and the tracks dropped per feature or derived input ({name: count},
+    only those with some).  A residual's line is fitted later (on the train split):
     its finiteness is that of y - x until then."""
     finite = np.ones(len(columns[LABEL]), dtype=bool)
     dropped = {}
@@ -144,24 +160,54 @@ def clean(columns, names, where, derived=()):
         if (n_bad := int((~ok).sum())):
             dropped[name] = n_bad
         finite &= ok
-    rows = np.flatnonzero(finite)
-    labels = columns[LABEL][rows]
-    if not np.isin(labels, (0.0, 1.0)).all():
+    return finite, dropped
+
+
+def scan_tracks(files, tree, track, names, derived):
+    """The first of two reads, CHUNK_ENTRIES at a time (rootio.read_chunks), keeps
+    of each track only its label, NaN where it is dropped (a feature, derived input
+    or the label not finite): (float32 [tracks], the tracks dropped per feature or
+    derived input, in clean's order).  An empty tree, a feature never finite, the
+    wrong track type (features 0 for every track) or a label not 0 or 1 is an
+    error."""
+    where = in_words(files)
+    inputs = names + [LABEL] + [d.name for d in derived]
+    bad = dict.fromkeys(inputs, 0)
+    labels, never, zero, odd = [], set(names), set(names), []
+
+    def consume(columns):  # from inside ROOT's event loop: errors wait for its end
+        finite, dropped = clean(columns, names, derived)
+        for name, n in dropped.items():
+            bad[name] += n
+        never.intersection_update(n for n in names if not np.isfinite(columns[n]).any())
+        zero.intersection_update(unfilled(columns, names))
+        odd.append(not np.isin(columns[LABEL][finite], (0.0, 1.0)).all())
+        labels.append(np.where(finite, columns[LABEL], np.float32(np.nan)))
+    read_chunks(files, tree, names + [LABEL], consume, CHUNK_ENTRIES)
+    if not labels:
+        raise GhostError(f"no tracks to read: tree {tree} is empty in {where}")
+    if never:
+        raise GhostError(f"features {', '.join(n for n in names if n in never)} are NaN or "
+                         f"inf for every track in {where}: no track can be used")
+    if zero:
+        others = read_root(files, tree, [], optional=other_track_branches(track))
+        raise GhostError(track_mismatch(track, [n for n in names if n in zero], others))
+    if any(odd):
         raise GhostError(f"branch {LABEL!r} holds values other than 0 and 1 in {where}")
-    return rows, labels, dropped
+    return np.concatenate(labels), {name: n for name, n in bad.items() if n}
 
 
-def split_arrays(columns, names, take):
-    """{split: float32 [its rows, names]} for the row numbers `take` {split: rows},
-    filled column by column; each column leaves `columns` once every split has its
-    values, so the input and the splits are never whole at once."""
-    out = {s: np.empty((len(r), len(names)), dtype=np.float32) for s, r in take.items()}
-    for name in names:
-        column = columns.pop(name)
-        for s, r in take.items():
-            out[s][:, names.index(name)] = column[r]
-        del column
-    return out
+def row_map(n, parts):
+    """Each of n entries' row in arrays that hold the entries of `parts` (arrays of
+    entry numbers), part after part: an int per entry, -1 for none (rootio.read_root's
+    `rows`)."""
+    total = sum(len(p) for p in parts)
+    rows = np.full(n, -1, dtype=np.int32 if total < 2**31 else np.int64)
+    start = 0
+    for part in parts:
+        rows[part] = np.arange(start, start + len(part))
+        start += len(part)
+    return rows
 
 
 def balance_and_split(labels, fraction, balance, rng, where):
@@ -220,7 +266,7 @@ def fit_scalings(splits, names, where, derived=()):
     split (values near its maximum) is refused by name: such tracks would turn
     into NaN or inf."""
     inputs = names + [d.name for d in derived]
-    train = extend(splits["train"][0], derived, names)
+    train = Extended(splits["train"][0], derived, names)  # a derived column at a time
     try:
         scalings = MinMax.fit(train, inputs), Standardize.fit(train, inputs)
         for split in ("valid", "test"):  # the derived columns alone, not a copy of the split
@@ -236,28 +282,22 @@ def fit_scalings(splits, names, where, derived=()):
     return scalings
 
 
-def read_tracks(files, tree, track, names, threads):
-    """The feature and label columns of every input file; the wrong track type (its
-    features 0 for every track), a feature never finite or no tracks at all is an
-    error."""
-    columns = read_root(files, tree, names + [LABEL], threads=threads, optional=SPECTATORS,
-                        matrix=names)
-    features = columns[MATRIX]  # [tracks, features]; each feature as a column view too
-    columns.update({name: features[:, j] for j, name in enumerate(names)})
-    if len(columns[LABEL]) == 0:
-        raise GhostError(f"no tracks to read: tree {tree} is empty in {in_words(files)}")
-    never = [n for n in names if not np.isfinite(columns[n]).any()]
-    if never:
-        raise GhostError(f"features {', '.join(never)} are NaN or inf for every track in "
-                         f"{in_words(files)}: no track can be used")
-    if zero := unfilled(columns, names):
-        others = read_root(files, tree, [], optional=other_track_branches(track))
-        raise GhostError(track_mismatch(track, zero, others))
-    return columns
+def split_up(columns, y, prefix, out):
+    """The second read's columns (read_root's, a row per kept track, split after
+    split) -> {split: (float32 [its tracks, features], its labels y[split])} and
+    the spectators' names; the spectators are written at once (through `out`), a
+    split at a time, to be gone before the fits."""
+    data, ends = columns.pop(MATRIX), np.cumsum([len(y[s]) for s in SPLITS])
+    take = {s: slice(end - len(y[s]), end) for s, end in zip(SPLITS, ends)}
+    spectators = [c for c in SPECTATORS if c in columns]
+    for s in SPLITS if spectators else ():
+        write_spectators(out, prefix,
+                         {s: np.column_stack([columns[c][take[s]] for c in spectators])})
+    return {s: (data[take[s]], y[s]) for s in SPLITS}, spectators
 
 
-def describe(args, files, n_read, n_clean, labels, dropped, splits, scalings, spectators,
-             derived):
+def describe(args, files, n_read, n_clean, ghost_fraction, dropped, splits, scalings,
+             spectators, derived):
     """The DatasetMeta written beside the arrays."""
     minmax, standardize = scalings
     return DatasetMeta(
@@ -267,7 +307,7 @@ def describe(args, files, n_read, n_clean, labels, dropped, splits, scalings, sp
         tracks_dropped_nonfinite=n_read - n_clean, dropped_per_feature=dropped,
         counts={s: {"ghost": int(y.sum()), "real": int(len(y) - y.sum())}
                 for s, (_, y) in splits.items()},
-        balance=args.balance, ghost_fraction=float(labels.mean()),
+        balance=args.balance, ghost_fraction=ghost_fraction,
         class_weights=(class_weights(splits["train"][1]) if args.balance == "weights"
                        else None),
         # both always recorded: network 1 embeds one of them, inference reuses them
@@ -285,10 +325,14 @@ def main(argv=None):
 
     derived = derived_inputs(args, names)  # a bad expression: one line, before the read
     log(f"reading {len(names)} features of {len(files)} file(s), tree {args.tree}")
-    columns = read_tracks(files, args.tree, args.track, names, args.threads)
-    n_read = len(columns[LABEL])
-    rows, labels, dropped = clean(columns, names, in_words(files), derived)
-    n_clean = len(rows)
+    # Two reads, so that memory holds the arrays written and little more: each track's
+    # label and whether it is kept, a chunk at a time; then the kept tracks, each
+    # stored straight into its row of the splits.
+    read, dropped = scan_tracks(files, args.tree, args.track, names, derived)
+    rows = np.flatnonzero(~np.isnan(read))  # the clean tracks' entries
+    labels = read[rows]
+    n_read, n_clean = len(read), len(rows)
+    del read
     log(f"read {n_read:,} tracks in {clock():.1f} s; "
         f"dropped {n_read - n_clean:,} with a non-finite value"
         + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
@@ -297,33 +341,35 @@ def main(argv=None):
     index = balance_and_split(labels, args.fraction, args.balance,
                               np.random.default_rng(args.seed), in_words(files))
     n_kept = sum(len(i) for i in index.values())
-    take = {s: rows[i] for s, i in index.items()}  # each split's rows of the input
     y = {s: labels[i].reshape(-1, 1) for s, i in index.items()}
-    del index, columns[LABEL]  # held as `labels` and `y`
-    if not args.plot:  # --plot draws the kept tracks (`rows`) of the columns
-        del rows
-    spectators = [c for c in SPECTATORS if c in columns]
-    extra = split_arrays(columns, spectators, take) if spectators else None
-    splits = {s: (np.take(columns[MATRIX], take.pop(s), axis=0), y[s])  # whole rows
-              for s in SPLITS}  # gathered: one cache line per track
-    if not args.plot:  # every track is in the splits now
-        del columns
-    derived = fit_derived(derived, splits, names, in_words(files))
-    scalings = fit_scalings(splits, names, in_words(files), derived)
-    if args.normalize:
-        splits = {s: (scalings[0].apply(d), y) for s, (d, y) in splits.items()}
-    meta = describe(args, files, n_read, n_clean, labels, dropped, splits, scalings,
-                    spectators, derived)
+    split_rows = row_map(n_read, [rows[index.pop(s)] for s in SPLITS])  # split after split
+    ghost_fraction = float(labels.mean())
+    if not args.plot:  # --plot draws every clean track (`rows`) in the file's order
+        del rows, labels
     page = os.path.join(args.plots_dir, PAGE) if args.plot else None
     written = (f"wrote {args.output}_{{{','.join(SPLITS)}}}_*.npy and "
                f"{meta_path(args.output)}")
     with AtomicOutputs() as out:
-        write_dataset(out, args.output, splits, meta, extra)
+        columns = read_root(files, args.tree, names, args.threads, optional=SPECTATORS,
+                            matrix=names, rows=split_rows, note=False)  # the second read
+        del split_rows
+        splits, spectators = split_up(columns, y, args.output, out)
+        del columns
+        derived = fit_derived(derived, splits, names, in_words(files))
+        scalings = fit_scalings(splits, names, in_words(files), derived)
+        for s in SPLITS if args.normalize else ():  # in place, split by split
+            splits[s][0][...] = scalings[0].apply(splits[s][0])
+        meta = describe(args, files, n_read, n_clean, ghost_fraction, dropped, splits,
+                        scalings, spectators, derived)
+        write_dataset(out, args.output, splits, meta)
         if args.plot:
+            del splits  # written: the figures read the clean tracks once more
             html, data_files = dataset_parts(meta, args.output, args.plots_dir)
             log(f"drawing {len(names) + len(derived)} figures (features, derived inputs) in "
                 f"{args.plots_dir} ...")
-            write_feature_figures(columns, rows, labels == 1.0, names, HEAVY_TAILED,
+            features = read_root(files, args.tree, names, args.threads, matrix=True,
+                                 rows=row_map(n_read, [rows]), note=False)[MATRIX]
+            write_feature_figures(features, labels == 1.0, names, HEAVY_TAILED,
                                   args.plots_dir, out,
                                   scalings[1] if args.plot_transformed else None, args.formats,
                                   args.label,

@@ -151,7 +151,7 @@ def refuse_overwriting_inputs(outputs, inputs):
         command-line option it comes from ("--output", "--plots-dir"); a Pattern
         ("plots/*.png") stands for every file it matches.
     inputs: (option, path) pairs, every file the run reads (globs already
-        expanded, e.g. by rootio.expand_inputs); missing files are fine.
+        expanded, e.g. by cli.expand_inputs); missing files are fine.
     Pairs whose path is None are skipped.  Paths are compared as the files they
     reach: realpath (symlinks, `./`, `a/../a` spellings) and, for existing
     files, os.path.samefile (hard links).  Raises GhostError naming both."""

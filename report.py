@@ -356,15 +356,16 @@ def write_tables(out, folder, e):
     return files
 
 
-def write_feature_figures(columns, rows, ghost, names, heavy_tailed, plots_dir, out,
+def write_feature_figures(features, ghost, names, heavy_tailed, plots_dir, out,
                           standardize=None, formats=("png",), label="", parts=None,
                           derived=()):
     """make_dataset.py --plot's folder: one figure per feature and per derived input
     (derived.Derived, fitted; named 'name := expression', drawn into name.png): the
-    given rows, ghosts vs real tracks; with `standardize` (features.Standardize), as
-    network 1 sees them; and the folder's index.html (with the caller's pages.Parts)."""
+    tracks of `features` [tracks, names], ghosts vs real tracks; with `standardize`
+    (features.Standardize), as network 1 sees them; and the folder's index.html
+    (with the caller's pages.Parts)."""
     figures = []
-    data = extend(np.column_stack([columns[n][rows] for n in names]), derived, names)
+    data = extend(features, derived, names)
     if standardize is not None:
         data = standardize.apply(data)
     stems = list(names) + [d.name for d in derived]

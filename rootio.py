@@ -1,20 +1,18 @@
-"""ROOT files in: find the inputs, inspect each file's tree, read columns with
-RDataFrame as float32 numpy arrays.  Writing is rootwrite's (write_root and
-write_results, also reachable from here).
+"""ROOT files in: inspect each file's tree, read columns with RDataFrame as float32
+numpy arrays (whole, into chosen rows, or chunk by chunk).  Writing is rootwrite's
+(write_root and write_results, also reachable from here).
 
 ROOT is imported inside the functions (import_root), so the rest of the toolkit
 runs on a machine without it.
 """
-import glob
-import os
 import sys
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from cli import Stopped
-from utils import GhostError, log, no_stderr, one_line, warn
+from cli import Stopped, auto_threads
+from utils import GhostError, log, no_stderr, one_line
 
 TTREE_CLASSES = ("TTree", "TNtuple")
 RNTUPLE_CLASSES = ("ROOT::RNTuple",)
@@ -28,31 +26,6 @@ NUMBER_TYPES = {
     "std::int64_t": "int64", "ULong64_t": "uint64", "std::uint64_t": "uint64",
     "Bool_t": "bool", "bool": "bool",
 }
-
-
-def expand_inputs(patterns):
-    """File names and globs -> the existing files, in the order given (a glob's
-    sorted), each once: the same file named twice (another spelling of its path, a
-    link to it) is read once, with a warning."""
-    files = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matched = sorted(glob.glob(pattern))
-            if not matched:
-                raise GhostError(f"no file matches {pattern}")
-            files += matched
-        elif not os.path.isfile(pattern):
-            raise GhostError(f"input file {pattern} does not exist")
-        else:
-            files.append(pattern)
-    first = {}  # real path -> the first name given for it
-    for name in files:
-        first.setdefault(os.path.realpath(name), name)
-    twice = sorted({n for n in files if first[os.path.realpath(n)] != n})
-    if twice:
-        warn("the same file given twice is read once: " + ", ".join(
-            f"{n} is {first[os.path.realpath(n)]}" for n in twice))
-    return list(first.values())
 
 
 def import_root():
@@ -163,7 +136,8 @@ def _rntuple_info(ROOT, path, anchor):
 MATRIX = "__matrix__"  # read_root(..., matrix=True): the key of the columns' [n, k] array
 
 
-def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
+def read_root(files, tree, columns, threads=None, optional=(), matrix=False, rows=None,
+              note=True):
     """Read `columns` (+ the `optional` ones that every file has) of one tree from
     several files as one dataset, as float32 arrays {name: array} in entry order.
 
@@ -172,48 +146,75 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False):
     missing or not a number is named with its file; empty files are skipped;
     consecutive files of the same kind and schema are read by one RDataFrame, and
     a set that mixes TTrees and RNTuples or branch types is read group by group,
-    each with its own types, then converted.  threads > 1: ROOT's implicit
-    multi-threading reads clusters in parallel and in any order; each row is stored
-    at its entry number (_entry_counter), so the result is the serial read's, row
-    for row.  threads None: auto_threads.  matrix: `columns` (True) or the columns
-    listed come as one float32 [entries, len(them)] array under MATRIX (ROOT stores
-    each value straight into its row and column: no stacking copy), the others as
-    arrays."""
+    each with its own types, then converted (`note`: a line says so).  threads > 1:
+    ROOT's implicit multi-threading reads clusters in parallel and in any order;
+    each row is stored at its entry number (_entry_counter), so the result is the
+    serial read's, row for row.  threads None: auto_threads.  matrix: `columns`
+    (True) or the columns listed come as one float32 [rows, len(them)] array under
+    MATRIX (ROOT stores each value straight into its row and column: no stacking
+    copy), the others as arrays.  rows: int per entry of the files, the row it is
+    stored into (-1: none): the arrays hold rows.max() + 1 rows."""
     ROOT = import_root()
-    infos, wanted = checked_inputs(files, tree, columns, optional)
+    groups, wanted = _plan(files, tree, columns, optional, note)
     if not wanted:
         return {}
-    groups = _same_schema_groups([info for info in infos if info.entries > 0])
-    if threads is None:
-        threads = auto_threads(sum(info.entries for info in infos))
-    threads = threads if threads > 1 else 0
-    if threads:
-        ROOT.EnableImplicitMT(threads)
     total = sum(info.entries for group in groups for info in group)
+    if rows is not None and len(rows) != total:
+        raise GhostError(f"the input files changed while being read ({total:,} entries)")
+    n_rows = total if rows is None else int(rows.max(initial=-1)) + 1
+    threads = auto_threads(total) if threads is None else threads
     stack = list(columns) if matrix is True else list(matrix or ())
-    stacked = np.empty((total, len(stack)), dtype=np.float32) if stack else None
+    stacked = np.empty((n_rows, len(stack)), dtype=np.float32) if stack else None
     out = {c: stacked[:, stack.index(c)] if c in stack else
-           np.empty(total, dtype=np.float32) for c in wanted}
+           np.empty(n_rows, dtype=np.float32) for c in wanted}
+    if threads > 1:
+        ROOT.EnableImplicitMT(threads)
     try:
         start = 0
         for group in groups:  # each group fills its rows of the arrays
             n = sum(info.entries for info in group)
-            _read_columns(ROOT, group, tree, {c: a[start:start + n] for c, a in out.items()},
-                          ordered=bool(threads))
+            part = {c: a[start:start + n] for c, a in out.items()} if rows is None else out
+            _read_columns(ROOT, group, tree, part, ordered=threads > 1,
+                          rows=None if rows is None else rows[start:start + n])
             start += n
     finally:
-        if threads:  # later reads and writes in this process stay serial
+        if threads > 1:  # later reads and writes in this process stay serial
             ROOT.DisableImplicitMT()
     if not stack:
         return out
     return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in stack}}
 
 
-def checked_inputs(files, tree, columns, optional=()):
+CHUNK_ENTRIES = 1 << 20  # read_chunks' default: 14 float32 columns take 59 MB
+
+
+def read_chunks(files, tree, columns, consume, chunk=CHUNK_ENTRIES):
+    """Read `columns` as read_root reads them, serially, `chunk` entries at a time:
+    consume({name: float32 array}) for each run of consecutive entries, in entry
+    order, called inside ROOT's event loop with views of one buffer that is
+    refilled afterwards (what is kept must be copied)."""
+    ROOT = import_root()  # serial: read_root turns implicit multi-threading off again
+    groups, wanted = _plan(files, tree, columns, (), True)
+    buffer = np.empty((min(chunk, sum(i.entries for g in groups for i in g)), len(wanted)),
+                      dtype=np.float32)
+    views = {c: buffer[:, j] for j, c in enumerate(wanted)}
+    for group in groups:  # rdfentry_ counts from 0 in each; k: the rows filled
+        _read_columns(ROOT, group, tree, views,
+                      chunk=(chunk, lambda k: consume({c: a[:k] for c, a in views.items()})))
+
+
+def _plan(files, tree, columns, optional, note):
+    """(the groups of files one RDataFrame reads, the columns read), each file
+    inspected and checked (checked_inputs)."""
+    infos, wanted = checked_inputs(files, tree, columns, optional, note)
+    return _same_schema_groups([info for info in infos if info.entries > 0]), wanted
+
+
+def checked_inputs(files, tree, columns, optional=(), note=True):
     """Each file inspected (inspect_tree) and checked before RDataFrame sees it:
     (the TreeInfos, the columns to read: `columns` and the `optional` ones every
     file has).  A column missing or not a number is named with its file; files
-    that differ in kind or types are noted."""
+    that differ in kind or types are noted (`note`)."""
     infos = [inspect_tree(path, tree) for path in files]
     for info in infos:
         missing = [c for c in columns if c not in info.columns]
@@ -228,21 +229,9 @@ def checked_inputs(files, tree, columns, optional=()):
         if odd:
             raise GhostError(f"{info.path}: branches {', '.join(odd)} are not plain "
                              "numbers (one value per track)")
-    if wanted:
+    if wanted and note:
         _note_mixed_types(infos, wanted)
     return infos, wanted
-
-
-# Below this many entries a parallel read does not win: ROOT's start of the event
-# loop (about 2 s of just-in-time compilation) dominates, and on 2 cores 1M tracks
-# read in the same time either way; 10M read 1.6x faster with 2 threads.
-PARALLEL_READ_ENTRIES = 2_000_000  # --threads' default (the scripts give it to its help)
-
-
-def auto_threads(entries):
-    """Threads for a read of `entries` entries: every core this process may use
-    for a large input, one (a serial read) below PARALLEL_READ_ENTRIES."""
-    return len(os.sched_getaffinity(0)) if entries >= PARALLEL_READ_ENTRIES else 1
 
 
 # Each row's entry number under implicit multi-threading: at the start of every
@@ -359,12 +348,10 @@ def _count_listening(ROOT, count, n):
     try:
         stored = int(count.GetValue())
     except Exception:
-        signum = ROOT.ghost_read.unlisten()
-        if signum:
+        if signum := ROOT.ghost_read.unlisten():
             raise Stopped(signum) from None
         raise
-    signum = ROOT.ghost_read.unlisten()
-    if signum:
+    if signum := ROOT.ghost_read.unlisten():
         raise Stopped(signum)
     return stored
 
@@ -392,24 +379,48 @@ def _note_mixed_types(infos, wanted):
             "each with its own types, converted to float32")
 
 
-def _read_columns(ROOT, group, tree, out, ordered=False):
+# A read into scattered rows (read_root's `rows`) asks for the rows this many entries
+# ahead while it stores one: a quarter less time into 10M shuffled rows.
+PREFETCH = 16
+
+
+def _read_columns(ROOT, group, tree, out, ordered=False, rows=None, chunk=None):
     """One RDataFrame over the group's files fills `out` {column: float32 array of
     the group's entries, contiguous or a strided view}: ROOT's event loop converts
     each value to float and stores it at its entry's element, so nothing is
     copied, stacked or reordered after the loop.  `ordered`: under implicit
-    multi-threading the entry is ENTRY_COLUMN's, in a serial loop rdfentry_."""
+    multi-threading the entry is ENTRY_COLUMN's, in a serial loop rdfentry_.
+    `rows` (signed int, one per entry): entry e goes to element rows[e] instead,
+    nowhere if negative.  `chunk` (n, call), serial: entry e goes to e % n, and
+    call(k) follows every n entries and the last k < n."""
     files = [info.path for info in group]
     n = sum(info.entries for info in group)
     entry = ENTRY_COLUMN if ordered else "rdfentry_"
-    stores = ", ".join(f"reinterpret_cast<float*>({a.ctypes.data}ULL)"
-                       f"[{entry} * {a.strides[0] // a.itemsize}] = static_cast<float>({c})"
-                       for c, a in out.items())
+
+    def index(e):  # the element entry e goes to
+        if rows is not None:
+            return (f"std::int64_t(reinterpret_cast<const std::int{rows.itemsize * 8}_t*>"
+                    f"({rows.ctypes.data}ULL)[{e}])")
+        return e if chunk is None else f"({e} % {chunk[0]}ULL)"
+
+    def address(a, e):
+        return f"reinterpret_cast<float*>({a.ctypes.data}ULL) + {index(e)} * {a.strides[0] // 4}"
+    store = "(" + ", ".join(f"*({address(a, entry)}) = static_cast<float>({c})"
+                            for c, a in out.items()) + ", true)"
+    if rows is not None:
+        ahead = f"{entry} + {PREFETCH}"
+        fetch = ", ".join(f"__builtin_prefetch({address(a, ahead)}, 1)" for a in out.values())
+        store = f"({ahead} >= {n}ULL || ({fetch}, true)) && ({index(entry)} < 0 || {store})"
     try:
         df = ROOT.RDataFrame(tree, ROOT.std.vector("std::string")(files))
         if ordered:
             df = _entry_counter(ROOT, df, group, tree)
-        count = df.Filter(f"{entry} < {n}ULL && ({stores}, true)").Count()
+        count = df.Filter(f"{entry} < {n}ULL && {store}").Count()
+        if chunk is not None:  # `call` is held here: ROOT keeps no reference to it
+            count.OnPartialResult(chunk[0], call := lambda _: chunk[1](chunk[0]))  # noqa: F841
         stored = _count_listening(ROOT, count, n)
+        if chunk is not None and n % chunk[0]:
+            chunk[1](n % chunk[0])
     except Exception as e:  # cppyy turns C++ exceptions into Python ones
         raise GhostError(f"reading {tree!r} from {', '.join(files)} failed: {one_line(e)}")
     if stored != n:

@@ -349,3 +349,30 @@ def test_walk_gives_each_node_its_meaning():
     t = tree("min(a, b) + sqrt(abs(-c)) * 2")
     assert walk(t, Count()) == 10  # one per node
     assert to_text(t) == "min(a, b) + sqrt(abs(-c)) * 2.0"
+
+
+def test_extended_gives_extends_columns_one_at_a_time():
+    """derived.Extended: column i of extend(x, derived, branches), the same bits, made
+    when asked for (the scaling fits of make_dataset.py take it a column at a time)."""
+    from derived import Extended
+    derived = parse_all(EXACT + LIBM, B)
+    x = _extremes()
+    whole, lazy = extend(x, derived, B), Extended(x, derived, B)
+    assert len(lazy) == whole.shape[1] == 3 + len(derived)
+    for i in range(len(lazy)):
+        assert _same_bits(lazy[i], whole[:, i]), i
+
+
+def test_the_residual_line_is_the_formula_of_before():
+    """_line computes x - xm and y - ym in place: the numbers of the formula written
+    out, ((x - xm) (y - ym)).sum() / ((x - xm)^2).sum(), to the last bit."""
+    from derived import _line
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 1e-3, 100_001).astype(np.float32)
+    y = (0.02 + 850.0 * x + rng.normal(0, 0.01, len(x))).astype(np.float32)
+    y[:7] = np.nan
+    ok = np.isfinite(y) & np.isfinite(x)
+    x64, y64 = x[ok].astype(np.float64), y[ok].astype(np.float64)
+    xm, ym = x64.mean(), y64.mean()
+    b = ((x64 - xm) * (y64 - ym)).sum() / ((x64 - xm) ** 2).sum()
+    assert _line(y, x, "kick") == (float(np.float32(ym - b * xm)), float(np.float32(b)))

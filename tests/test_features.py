@@ -99,3 +99,24 @@ def test_scalings_refuse_what_float32_cannot_hold():
     for offsets, scales in (((0.0,), (1e-45,)), ((1e39,), (1.0,)), ((0.0,), (1e39,))):
         with pytest.raises(ValueError, match="float32"):
             MinMax(offsets, scales)
+
+
+def test_the_fits_take_the_split_or_its_columns_to_the_same_numbers():
+    """MinMax.fit and Standardize.fit over a [tracks, features] split or over a list
+    of its columns: the same scalings; Standardize's transform, computed in place on
+    its own float64 copy, gives the bits of sign(x) * log1p(|x|) written out."""
+    from features import signed_log1p
+    rng = np.random.default_rng(4)
+    names = ["best_pt", "chi2", "qop", "ndof"]
+    x = np.column_stack([rng.lognormal(6, 2, 50_001), rng.lognormal(2, 1, 50_001),
+                         rng.normal(0, 1e-4, 50_001), rng.integers(5, 40, 50_001)]
+                        ).astype(np.float32)
+    x[:3, 0] = [0.0, -0.0, 1e30]
+    columns = [x[:, j] for j in range(len(names))]
+    assert MinMax.fit(columns, names) == MinMax.fit(x, names)
+    assert Standardize.fit(columns, names) == Standardize.fit(x, names)
+    for values in (x, x.astype(np.float64)):
+        written_out = np.sign(values) * np.log1p(np.abs(values))
+        assert signed_log1p(values).tobytes() == written_out.tobytes()
+        own = values.copy()
+        assert signed_log1p(own, out=own) is own and own.tobytes() == written_out.tobytes()

@@ -491,3 +491,128 @@ def test_a_users_derived_input_replaces_a_default_of_its_name(tmp_path):
     only = make(tmp_path, "-f", path, "--track", "matching", "--no-derived", "--derived",
                 "pt2 := best_pt*best_pt", name="o")
     assert [d["name"] for d in json.load(open(only + "_features.json"))["derived"]] == ["pt2"]
+
+
+# ---------------------------------------------------------------------------
+# two reads in bounded memory: the arrays and JSON of every track read at once
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nan_file(tmp_path_factory):
+    """6,000 matching tracks, one in 20 with a NaN or inf in some branch."""
+    from make_sample import make_sample
+    path = str(tmp_path_factory.mktemp("nan") / "nan.root")
+    make_sample(path, tracks=6000, track="matching", seed=12, nonfinite=0.05)
+    return path
+
+
+def _in_memory(files, fraction=1.0, balance="weights", seed=42):
+    """What make_dataset.py writes, computed the straightforward way, every track of
+    `files` in memory at once: {split: (data, labels, spectators)}, the tracks read,
+    dropped per feature or derived input, and the kept tracks' ghost fraction."""
+    from derived import parse_all
+    names = features_for("matching")
+    cols = read_root(files, TREE, names + ["ghost"], threads=1,
+                     optional=make_dataset.SPECTATORS)
+    finite = {n: np.isfinite(cols[n]) for n in names + ["ghost"]}
+    with np.errstate(all="ignore"):
+        finite.update({d.name: np.isfinite(d.unfitted_values(cols, names))
+                       for d in parse_all(DERIVED["matching"], names)})
+    clean = np.flatnonzero(np.logical_and.reduce(list(finite.values())))
+    labels = cols["ghost"][clean]
+    index = make_dataset.balance_and_split(labels, fraction, balance,
+                                           np.random.default_rng(seed), "x")
+    splits = {}
+    for s, i in index.items():
+        rows = clean[i]
+        splits[s] = (np.column_stack([cols[n][rows] for n in names]), labels[i].reshape(-1, 1),
+                     np.column_stack([cols[c][rows] for c in make_dataset.SPECTATORS]))
+    dropped = {k: int((~v).sum()) for k, v in finite.items() if (~v).any()}
+    return splits, len(cols["ghost"]), dropped, float(labels.mean())
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("case", ["defaults", "subsample", "fraction", "several_files",
+                                  "threads"])
+def test_two_reads_in_chunks_give_the_one_read_arrays_bit_for_bit(
+        tmp_path, monkeypatch, nan_file, matching_file, rntuple_file, clustered_file, case):
+    """The first read runs in chunks of 997 entries (CHUNK_ENTRIES shrunk: every file
+    spans several, none ends on a chunk's edge); the second stores each kept track
+    straight into its split's row.  The arrays, the spectators and the JSON's counts
+    equal those of every track read at once, bit for bit: with NaN/inf tracks, with
+    --balance subsample, --fraction, a TTree and an RNTuple in one set, 2 threads."""
+    from derived import extend, fit_all, parse_all
+    from features import MinMax, Standardize
+    monkeypatch.setattr(make_dataset, "CHUNK_ENTRIES", 997)
+    files, options = {
+        "defaults": ([nan_file], []),
+        "subsample": ([matching_file], ["--balance", "subsample"]),
+        "fraction": ([nan_file], ["--fraction", "0.5", "--seed", "3"]),
+        "several_files": ([nan_file, rntuple_file, matching_file], []),
+        "threads": ([clustered_file, nan_file], ["--threads", "2"]),
+    }[case]
+    prefix = make(tmp_path, "-f", *files, "--track", "matching", *options)
+    fraction = 0.5 if case == "fraction" else 1.0
+    balance = "subsample" if case == "subsample" else "weights"
+    ref, n_read, dropped, ghost_fraction = _in_memory(files, fraction, balance,
+                                                      3 if case == "fraction" else 42)
+    meta = load_meta(prefix)
+    for s in SPLITS:
+        data, labels = (np.load(p) for p in split_paths(prefix, s))
+        spectators = np.load(f"{prefix}_{s}_spectators.npy")
+        assert _same_bits(data, ref[s][0]) and _same_bits(labels, ref[s][1]), s
+        assert _same_bits(spectators, ref[s][2]), s
+    assert meta.tracks_read == n_read and meta.ghost_fraction == ghost_fraction
+    assert list(meta.dropped_per_feature.items()) == list(dropped.items())
+    if case in ("defaults", "several_files"):
+        assert dropped  # non-finite tracks were there to drop
+    # the scalings: those of the train split extended at once (the fits take a column
+    # at a time)
+    names = features_for("matching")
+    train, train_labels = ref["train"][0], ref["train"][1][:, 0]
+    derived = fit_all(parse_all(DERIVED["matching"], names),
+                      {n: train[:, j] for j, n in enumerate(names)}, train_labels == 0.0, names)
+    inputs = names + [d.name for d in derived]
+    whole = extend(train, derived, names)
+    assert meta.normalization == MinMax.fit(whole, inputs)
+    assert meta.standardization == Standardize.fit(whole, inputs)
+    assert [d.fit for d in meta.derived] == [d.fit for d in derived]
+
+
+def test_chunk_size_changes_no_byte(tmp_path, monkeypatch, nan_file):
+    """Every file make_dataset.py writes, the JSON included, is the same whether the
+    first read takes the file in one chunk or in chunks of 1,000, 997 or 250 entries."""
+    written = []
+    for chunk in (10**9, 1000, 997, 250):
+        monkeypatch.setattr(make_dataset, "CHUNK_ENTRIES", chunk)
+        prefix = make(tmp_path, "-f", nan_file, "--track", "matching", "--normalize",
+                      name=f"c{chunk}")
+        written.append(_files(prefix) | {
+            s: open(f"{prefix}_{s}_spectators.npy", "rb").read() for s in SPLITS})
+    assert all(w == written[0] for w in written[1:])
+
+
+def test_plot_draws_every_clean_track_in_file_order(tmp_path, monkeypatch, nan_file):
+    """--plot draws every clean track (not only those kept: --fraction 0.5), features
+    as read in the file's order, ghosts flagged: what every track read at once gives."""
+    drawn = {}
+
+    def capture(features, ghost, *args, **kwargs):
+        drawn.update(features=features.copy(), ghost=ghost.copy())
+    monkeypatch.setattr(make_dataset, "CHUNK_ENTRIES", 997)
+    monkeypatch.setattr(make_dataset, "write_feature_figures", capture)
+    make(tmp_path, "-f", nan_file, "--track", "matching", "--fraction", "0.5", "--plot",
+         "--plots-dir", tmp_path / "plots", "--threads", "2")
+    names = features_for("matching")
+    cols = read_root([nan_file], TREE, names + ["ghost"], threads=1)
+    from derived import parse_all
+    finite = np.logical_and.reduce([np.isfinite(cols[n]) for n in names + ["ghost"]])
+    with np.errstate(all="ignore"):
+        for d in parse_all(DERIVED["matching"], names):
+            finite &= np.isfinite(d.unfitted_values(cols, names))
+    expected = np.column_stack([cols[n][finite] for n in names])
+    assert _same_bits(drawn["features"], expected)
+    assert np.array_equal(drawn["ghost"], cols["ghost"][finite] == 1.0)

@@ -179,3 +179,56 @@ def test_a_signal_ends_a_read_within_its_event_loop():
     assert stopped.value.signum == signal.SIGTERM
     assert ROOT.ghost_test.seen <= 2 * PROGRESS_STEP  # not the 2,000,000 entries
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ---------------------------------------------------------------------------
+# the reads make_dataset.py takes twice: chunk by chunk, and into chosen rows
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1000, 2999, 3000, 10**6])
+def test_a_read_in_chunks_hands_on_every_entry_once_in_order(mixed, chunk):
+    """read_chunks: the whole read's values, chunk after chunk, over a set of files
+    that mixes kinds, branch types and empty files (each group its own loop); the
+    chunks never pass chunk entries, and what the buffer held is refilled after."""
+    from rootio import read_chunks
+    files, _ = mixed
+    paths = [files[k] for k in ("ttree_empty", "float", "typed", "rntuple", "rntuple_empty")]
+    names = TRACK_FEATURES["matching"] + ["ghost"]
+    whole = read_root(paths, TREE, names)
+    seen, sizes = {c: [] for c in names}, []
+
+    def consume(columns):
+        sizes.append(len(columns["ghost"]))
+        for c in names:
+            seen[c].append(columns[c].copy())
+    read_chunks(paths, TREE, names, consume, chunk)
+    assert max(sizes) <= chunk and sum(sizes) == 9000
+    for c in names:
+        assert np.array_equal(np.concatenate(seen[c]), whole[c], equal_nan=True), c
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_read_into_chosen_rows_stores_each_entry_in_its_row(clustered_file, matching_file,
+                                                              rntuple_file, threads):
+    """read_root(rows=...): entry e lands in row rows[e] (none where -1), in the matrix
+    and the other columns alike, serially and with ROOT's threads interleaving
+    clusters; a rows array that does not fit the files' entries is an error."""
+    from utils import GhostError
+    files = [clustered_file, rntuple_file, matching_file]
+    names = TRACK_FEATURES["matching"]
+    whole = read_root(files, TREE, names + ["ghost"], threads=1)
+    n = len(whole["ghost"])
+    chosen = np.random.default_rng(1).choice(n, size=n // 3, replace=False)
+    rows = np.full(n, -1, dtype=np.int32)
+    rows[chosen] = np.arange(len(chosen))
+    got = read_root(files, TREE, names, threads=threads, optional=("ghost", "nope"),
+                    matrix=True, rows=rows)
+    assert set(got) == {MATRIX, "ghost"} and got[MATRIX].shape == (len(chosen), len(names))
+    for j, c in enumerate(names):
+        assert np.array_equal(got[MATRIX][:, j], whole[c][chosen], equal_nan=True), c
+    assert np.array_equal(got["ghost"], whole["ghost"][chosen])
+    wide = read_root(files, TREE, ["chi2"], threads=threads, rows=rows.astype(np.int64))
+    assert np.array_equal(wide["chi2"], whole["chi2"][chosen], equal_nan=True)
+    with pytest.raises(GhostError, match="changed while being read"):
+        read_root(files, TREE, names, rows=rows[1:])
