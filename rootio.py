@@ -1,5 +1,5 @@
 """ROOT files in: inspect each file's tree, read columns with RDataFrame as float32
-numpy arrays (whole, into chosen rows, or chunk by chunk).  Writing is rootwrite's
+numpy arrays (whole, or into chosen rows; chunk by chunk: rootstream).  Writing is rootwrite's
 (write_root and write_results, also reachable from here).
 
 ROOT is imported inside the functions (import_root), so the rest of the toolkit
@@ -185,24 +185,6 @@ def read_root(files, tree, columns, threads=None, optional=(), matrix=False, row
     return {MATRIX: stacked, **{c: a for c, a in out.items() if c not in stack}}
 
 
-CHUNK_ENTRIES = 1 << 20  # read_chunks' default: 14 float32 columns take 59 MB
-
-
-def read_chunks(files, tree, columns, consume, chunk=CHUNK_ENTRIES):
-    """Read `columns` as read_root reads them, serially, `chunk` entries at a time:
-    consume({name: float32 array}) for each run of consecutive entries, in entry
-    order, called inside ROOT's event loop with views of one buffer that is
-    refilled afterwards (what is kept must be copied)."""
-    ROOT = import_root()  # serial: read_root turns implicit multi-threading off again
-    groups, wanted = _plan(files, tree, columns, (), True)
-    buffer = np.empty((min(chunk, sum(i.entries for g in groups for i in g)), len(wanted)),
-                      dtype=np.float32)
-    views = {c: buffer[:, j] for j, c in enumerate(wanted)}
-    for group in groups:  # rdfentry_ counts from 0 in each; k: the rows filled
-        _read_columns(ROOT, group, tree, views,
-                      chunk=(chunk, lambda k: consume({c: a[:k] for c, a in views.items()})))
-
-
 def _plan(files, tree, columns, optional, note):
     """(the groups of files one RDataFrame reads, the columns read), each file
     inspected and checked (checked_inputs)."""
@@ -384,15 +366,14 @@ def _note_mixed_types(infos, wanted):
 PREFETCH = 16
 
 
-def _read_columns(ROOT, group, tree, out, ordered=False, rows=None, chunk=None):
+def _read_columns(ROOT, group, tree, out, ordered=False, rows=None):
     """One RDataFrame over the group's files fills `out` {column: float32 array of
     the group's entries, contiguous or a strided view}: ROOT's event loop converts
     each value to float and stores it at its entry's element, so nothing is
     copied, stacked or reordered after the loop.  `ordered`: under implicit
     multi-threading the entry is ENTRY_COLUMN's, in a serial loop rdfentry_.
     `rows` (signed int, one per entry): entry e goes to element rows[e] instead,
-    nowhere if negative.  `chunk` (n, call), serial: entry e goes to e % n, and
-    call(k) follows every n entries and the last k < n."""
+    nowhere if negative."""
     files = [info.path for info in group]
     n = sum(info.entries for info in group)
     entry = ENTRY_COLUMN if ordered else "rdfentry_"
@@ -401,7 +382,7 @@ def _read_columns(ROOT, group, tree, out, ordered=False, rows=None, chunk=None):
         if rows is not None:
             return (f"std::int64_t(reinterpret_cast<const std::int{rows.itemsize * 8}_t*>"
                     f"({rows.ctypes.data}ULL)[{e}])")
-        return e if chunk is None else f"({e} % {chunk[0]}ULL)"
+        return e
 
     def address(a, e):
         return f"reinterpret_cast<float*>({a.ctypes.data}ULL) + {index(e)} * {a.strides[0] // 4}"
@@ -416,11 +397,7 @@ def _read_columns(ROOT, group, tree, out, ordered=False, rows=None, chunk=None):
         if ordered:
             df = _entry_counter(ROOT, df, group, tree)
         count = df.Filter(f"{entry} < {n}ULL && {store}").Count()
-        if chunk is not None:  # `call` is held here: ROOT keeps no reference to it
-            count.OnPartialResult(chunk[0], call := lambda _: chunk[1](chunk[0]))  # noqa: F841
         stored = _count_listening(ROOT, count, n)
-        if chunk is not None and n % chunk[0]:
-            chunk[1](n % chunk[0])
     except Exception as e:  # cppyy turns C++ exceptions into Python ones
         raise GhostError(f"reading {tree!r} from {', '.join(files)} failed: {one_line(e)}")
     if stored != n:

@@ -327,6 +327,17 @@ def _options(line):
             if re.match(r"--?[A-Za-z]", w)]
 
 
+def test_every_file_of_the_repository_the_readme_names_exists():
+    """A test, bench or module file the README names (`tests/test_writers.py` was one
+    after its tests moved) is in the repository."""
+    text = (Path(ROOT_DIR) / "README.md").read_text()
+    named = set(re.findall(r"`((?:tests|bench)/[\w./-]+\.(?:py|sh))", text))
+    named |= {f"{m}.py" for m in re.findall(r"`(\w+)\.py`", text)}
+    assert len(named) > 40
+    missing = sorted(n for n in named if not (Path(ROOT_DIR) / n).exists())
+    assert missing == []
+
+
 def test_every_script_option_in_the_readme_exists():
     """Every `python X.py ...` line of every bash block: the script exists and its
     --help names each option (the runnable blocks run as well; this covers the

@@ -188,10 +188,12 @@ def test_a_signal_ends_a_read_within_its_event_loop():
 
 @pytest.mark.parametrize("chunk", [1000, 2999, 3000, 10**6])
 def test_a_read_in_chunks_hands_on_every_entry_once_in_order(mixed, chunk):
-    """read_chunks: the whole read's values, chunk after chunk, over a set of files
-    that mixes kinds, branch types and empty files (each group its own loop); the
-    chunks never pass chunk entries, and what the buffer held is refilled after."""
-    from rootio import read_chunks
+    """rootstream.stream_root (make_dataset's first read): the whole read's values,
+    chunk after chunk, over a set of files that mixes kinds, branch types and empty
+    files (each group its own loop); the chunks never pass chunk entries, and what
+    the buffer held is refilled after."""
+    from rootio import MATRIX
+    from rootstream import stream_root
     files, _ = mixed
     paths = [files[k] for k in ("ttree_empty", "float", "typed", "rntuple", "rntuple_empty")]
     names = TRACK_FEATURES["matching"] + ["ghost"]
@@ -202,7 +204,8 @@ def test_a_read_in_chunks_hands_on_every_entry_once_in_order(mixed, chunk):
         sizes.append(len(columns["ghost"]))
         for c in names:
             seen[c].append(columns[c].copy())
-    read_chunks(paths, TREE, names, consume, chunk)
+    stream_root(paths, TREE, names, chunk, lambda first, total, arrays: consume(
+        {c: arrays[MATRIX][:, j] for j, c in enumerate(names)}))
     assert max(sizes) <= chunk and sum(sizes) == 9000
     for c in names:
         assert np.array_equal(np.concatenate(seen[c]), whole[c], equal_nan=True), c
