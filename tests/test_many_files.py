@@ -5,7 +5,6 @@ friend file, the run's --output split per file; its refusals are one line before
 any work, nothing written."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,14 @@ import many_files
 import rootio
 import streaming
 from features import DEFAULT_TREE, features_for
-from helpers import ROOT_DIR, assert_clean_error, run_inference, run_script, stop_ray_cluster
+from helpers import (
+    ROOT_DIR,
+    assert_clean_error,
+    run_inference,
+    run_script,
+    start_ray_cluster,
+    stop_ray_cluster,
+)
 
 MATCHING = features_for("matching")
 SIZES = (6_111, 7_222, 8_333)  # no multiple of the batch: files start inside a batch
@@ -215,15 +221,7 @@ def test_files_as_ray_tasks_on_a_cluster(quick_models, parts, tmp_path):
     --ranking and --cross-check (the first finite tracks across files) scored as
     Ray tasks gives what one process gives, friend files included."""
     files, whole = parts
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2",
-                            "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=120)
-    assert start.returncode == 0, start.stderr
+    port, env = start_ray_cluster(cpus=2)
     glob = os.path.join(os.path.dirname(files[0]), "part*.root")
     common = ["-f", glob, "--model", quick_models["net1"], "--batch", "1000", "--no-plots",
               "--compare", quick_models["int8"], "--ranking", "--cross-check"]

@@ -14,7 +14,14 @@ from architecture import macs_and_params
 from artifacts import load_config
 from dataset import load_meta
 from features import DERIVED
-from helpers import ROOT_DIR, assert_clean_error, run_script, search, stop_ray_cluster
+from helpers import (
+    ROOT_DIR,
+    assert_clean_error,
+    run_script,
+    search,
+    start_ray_cluster,
+    stop_ray_cluster,
+)
 from search import best_trial
 from utils import GhostError
 
@@ -57,16 +64,7 @@ def test_search_writes_little_and_no_data(raw_dataset, trained_model):
 
 @pytest.mark.ray
 def test_join_an_existing_ray_cluster(raw_dataset, tmp_path):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
-                            "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=120)
-    assert start.returncode == 0, start.stderr
+    port, _ = start_ray_cluster(cpus=1)
     try:
         proc = run_script("training.py", "-f", raw_dataset, "-n", "2", "--epochs", "1",
                           "--batch", "512", "--address", f"127.0.0.1:{port}",
