@@ -216,11 +216,6 @@ class ColumnStats:
         return (None, None, None) if self.n == 0 else (self.lo, self.hi, self.outside / self.n)
 
 
-def column_stats(data, finite, ranges, chunk=1 << 18):
-    """ColumnStats(ranges)'s result for data's `finite` rows."""
-    return ColumnStats(ranges).add(data, finite, chunk).result()
-
-
 class GuardStats:
     """What the guard rails need of an input, summed up chunk by chunk (add): the
     features' and the derived inputs' ColumnStats over the tracks with every one
