@@ -30,11 +30,11 @@ def clopper_pearson(k, n, level=CONFIDENCE):
     """The Clopper-Pearson interval (TEfficiency's default) of k passing out of n:
     (low, high) as float64 arrays, the central `level` of the exact binomial
     interval (low 0 when k is 0, high 1 when k is n); NaN where n is 0."""
-    from scipy.stats import beta
+    from scipy.special import betaincinv  # beta.ppf's own function, without scipy.stats
     k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
     tail = (1 - level) / 2
-    low = np.where(k > 0, beta.ppf(tail, np.maximum(k, 1), n - k + 1), 0.0)
-    high = np.where(k < n, beta.ppf(1 - tail, k + 1, np.maximum(n - k, 1)), 1.0)
+    low = np.where(k > 0, betaincinv(np.maximum(k, 1), n - k + 1, tail), 0.0)
+    high = np.where(k < n, betaincinv(k + 1, np.maximum(n - k, 1), 1 - tail), 1.0)
     return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
 
 

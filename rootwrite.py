@@ -32,8 +32,6 @@ ROOT_TYPES = {
 # while it finalizes).  ROOT's error messages are recorded, not printed, meanwhile,
 # with the errno of a failed system call.
 _WRITE_CODE = r"""
-#include <ROOT/RNTupleModel.hxx>
-#include <ROOT/RNTupleWriter.hxx>
 #include <TError.h>
 #include <TFile.h>
 #include <TTree.h>
@@ -83,6 +81,14 @@ std::string ttree(TDirectory *dir, const std::string &name, const std::string &t
    if (tree->Write() <= 0 || file->TestBit(TFile::kWriteError)) return "writing the tree failed";
    return "";
 }
+}
+"""
+# The RNTuple writer, compiled only by a run that writes one (its headers take as
+# long to compile as the rest of the code above).
+_RNTUPLE_CODE = r"""
+#include <ROOT/RNTupleModel.hxx>
+#include <ROOT/RNTupleWriter.hxx>
+namespace ghost_write {
 std::string rntuple(TDirectory *dir, const std::string &name, const Strings &names,
                     const Strings &types, const std::vector<ULong64_t> &from,
                     const std::vector<int> &sizes, Long64_t n, int compression) {
@@ -136,6 +142,9 @@ def write_root(path, tree, columns, fmt="ttree", zstd_level=None, shown=None):
         for folder in folders:
             where = where.mkdir(folder)
         if fmt == "rntuple":
+            if not hasattr(ROOT.ghost_write, "rntuple"):
+                ROOT.gSystem.Load("libROOTNTuple")  # the JIT-compiled code calls into it
+                ROOT.gInterpreter.Declare(_RNTUPLE_CODE)
             types = ROOT.std.vector("std::string")(
                 [ROOT_TYPES[str(v.dtype)][1] for v in cols.values()])
             return ROOT.ghost_write.rntuple(where, name, names, types, addresses, sizes, n,
@@ -159,7 +168,6 @@ def _write_file(ROOT, path, shown, fill, check, compression=None):
     naming `shown` (the system's reason where a call failed: a full disk, a quota,
     a read-only file system)."""
     if not hasattr(ROOT, "ghost_write"):
-        ROOT.gSystem.Load("libROOTNTuple")  # the JIT-compiled code calls into it
         ROOT.gInterpreter.Declare(_WRITE_CODE)
     ROOT.ghost_write.start()
     problem = ""

@@ -102,6 +102,16 @@ def test_clopper_pearson_is_tefficiency():
                                                                    True), rel=1e-9)
     assert (low[k == 0] == 0).all() and (high[k == n] == 1).all()
     assert np.isnan(clopper_pearson([0], [0])).all()
+    # bit for bit scipy.stats.beta.ppf, what it computed before (betaincinv is the
+    # same function without scipy.stats' import, a second in every fresh process)
+    from scipy.stats import beta
+
+    from metrics import CONFIDENCE
+    inside = (k > 0) & (k < n)
+    tail = (1 - CONFIDENCE) / 2
+    assert low[inside].tobytes() == beta.ppf(tail, k[inside], n[inside] - k[inside] + 1).tobytes()
+    assert high[inside].tobytes() == beta.ppf(1 - tail, k[inside] + 1,
+                                              n[inside] - k[inside]).tobytes()
 
 
 def test_working_points_carry_their_intervals():
