@@ -255,6 +255,29 @@ class ForkServer:
         self.log.close()
 
 
+def _warm_up(warm_root, folder):
+    """What most runs do once, done here once so that the children start warm: the
+    chunked reader's and the ROOT writer's C++ compiled, matplotlib's fonts loaded
+    in the toolkit's style, scipy.special imported (the intervals)."""
+    import numpy as np
+    import scipy.special  # noqa: F401
+
+    import rootstream
+    import rootwrite
+    from drawing import style, write_figure
+    from features import DEFAULT_TREE, features_for
+    rootstream.stream_root([warm_root], DEFAULT_TREE, features_for("matching"), 500,
+                           lambda *chunk: None)
+    rootwrite.write_root(os.path.join(folder, "warm_written.root"), "t",
+                         {"x": np.zeros(3, np.float32)})
+    with style() as plt:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1], label="warm")
+        ax.set_xlabel("x [GeV]")
+        ax.legend()
+        write_figure(fig, [os.path.join(folder, "warm_figure.png")], label="LHCb simulation")
+
+
 def serve(warm_root):
     """The server's loop: one JSON request a line on stdin, one Result a line back."""
     import importlib
@@ -274,6 +297,7 @@ def serve(warm_root):
             modules["make_sample"].make_sample(warm_root, tracks=1000, seed=0)
         rootio.read_root([warm_root], DEFAULT_TREE, features_for("matching"), threads=1,
                          matrix=True)
+        _warm_up(warm_root, os.path.dirname(os.path.abspath(warm_root)))
     print("ready", file=replies, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
