@@ -24,6 +24,7 @@ from helpers import (
     derived_models_in,
     made_once,
     quick_models_in,
+    run_inference,
     sample_file,
     search,
     torch_scores,
@@ -195,6 +196,38 @@ def trained_model(raw_dataset, tmp_path_factory):
             models = search(raw_dataset, folder, *SEARCH, "--format", "png,pdf")
         return SavedSearch(models, folder / "ray", console.getvalue())
     return made_once(tmp_path_factory, "trained", make)
+
+
+@pytest.fixture(scope="session")
+def feature_plots(tmp_path_factory, matching_file):
+    """make_dataset.py --plot --plot-transformed --format png,pdf on the matching file,
+    shared by the tests that read its figures and page: (the dataset's prefix, the
+    figures' folder)."""
+    def make(folder):
+        import make_dataset
+        prefix, plots = folder / "data" / "ds", folder / "features"
+        (folder / "data").mkdir()
+        make_dataset.main(["-f", matching_file, "--output", str(prefix), "--track", "matching",
+                           "--plot", "--plot-transformed", "--plots-dir", str(plots),
+                           "--format", "png,pdf"])
+        return str(prefix), plots
+    return made_once(tmp_path_factory, "feature_plots", make)
+
+
+@pytest.fixture(scope="session")
+def analysis_run(trained_model, feature_plots, tmp_path_factory):
+    """inference.py with the session's trained model on feature_plots' dataset (INT8
+    compared, the ranking, --label "LHCb preliminary"), each figure checked as it is
+    written (into folder/figure_checks): its plots folder."""
+    def make(folder):
+        models = trained_model.models
+        with recording(folder / "figure_checks"):
+            assert run_inference("-f", feature_plots[0], "--model", models / "ghost_model.onnx",
+                                 "--compare", models / "ghost_model_int8.onnx", "--ranking",
+                                 "--plots-dir", folder / "analysis",
+                                 "--label", "LHCb preliminary") == 0
+        return folder / "analysis"
+    return made_once(tmp_path_factory, "analysis_run", make)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,9 @@ def test_integer_branches_are_binned_per_integer():
     assert logx and len(edges) == 81
 
 
-def test_feature_plots_transformed_and_pdf(tmp_path, matching_file):
-    import make_dataset
-    plots = tmp_path / "plots"
-    make_dataset.main(["-f", matching_file, "--output", str(tmp_path / "ds"), "--track",
-                       "matching", "--plot", "--plot-transformed", "--plots-dir", str(plots),
-                       "--format", "png,pdf"])
+def test_feature_plots_transformed_and_pdf(feature_plots):
+    """make_dataset.py --plot --plot-transformed --format png,pdf (conftest)."""
+    _, plots = feature_plots
     # the features, then the default derived inputs, a figure each
     names = features_for("matching") + [d.split(" := ")[0] for d in DERIVED["matching"]]
     assert sorted(os.listdir(plots)) == sorted([f"{n}.png" for n in names] +

@@ -10,10 +10,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
-
-from helpers import run_inference
-
 
 class _Links(HTMLParser):
     def __init__(self):
@@ -51,42 +47,30 @@ def cells(page, first, after=""):
     raise AssertionError(f"no row {first!r}")
 
 
-@pytest.fixture(scope="module")
-def run(trained_model, matching_file, tmp_path_factory):
-    """A small run's folders: a dataset with --plot (PDF too), and inference.py with
-    the session's trained model on it (INT8 compared, the ranking)."""
-    import make_dataset
-    d = tmp_path_factory.mktemp("pages")
-    (d / "data").mkdir()
-    make_dataset.main(["-f", matching_file, "--output", str(d / "data" / "ds"), "--track",
-                       "matching", "--plot", "--plots-dir", str(d / "features"),
-                       "--format", "png,pdf"])
-    models = trained_model.models
-    assert run_inference("-f", d / "data" / "ds", "--model", models / "ghost_model.onnx",
-                         "--compare", models / "ghost_model_int8.onnx", "--ranking",
-                         "--plots-dir", d / "analysis") == 0
-    return d, models
-
-
-def test_every_link_resolves_and_every_file_is_linked(run):
-    d, models = run
-    features = check_page(d / "features" / "index.html")
-    assert (d / "data" / "ds_features.json").resolve() in features
-    assert (d / "data" / "ds_test_labels.npy").resolve() in features
+def test_every_link_resolves_and_every_file_is_linked(trained_model, feature_plots,
+                                                      analysis_run):
+    """The pages of one run (conftest): make_dataset.py --plot's features page,
+    training.py --save's report, inference.py's analysis of the dataset (INT8
+    compared, the ranking)."""
+    prefix, plots = feature_plots
+    data, models = Path(prefix).parent, trained_model.models
+    features = check_page(plots / "index.html")
+    assert (data / "ds_features.json").resolve() in features
+    assert (data / "ds_test_labels.npy").resolve() in features
     report = check_page(models / "training_report" / "index.html")
     for name in ("ghost_model.onnx", "ghost_model.pth", "ghost_model_int8_config.json"):
         assert (models / name).resolve() in report, name
-    analysis = check_page(d / "analysis" / "index.html")
+    analysis = check_page(analysis_run / "index.html")
     for page in ("training_report/index.html", "index.html"):  # the run's other pages
-        assert (models / page if "training" in page else d / "features" / page).resolve() \
+        assert (models / page if "training" in page else plots / page).resolve() \
             in analysis, page
     assert (models / "ghost_model.onnx").resolve() in analysis  # the input card
-    text = (d / "analysis" / "index.html").read_text()
+    text = (analysis_run / "index.html").read_text()
     for name in ("metrics.json", "thresholds.csv", "comparison.csv", "ranking.csv"):
         assert f'<a href="{name}">{name}</a>' in text, name
     assert "Other pages of this run" in text and "ROC AUC" in text and "git commit" in text
-    assert json.loads((d / "data" / "ds_features.json").read_text())["features_page"] == str(
-        d / "features" / "index.html")
+    assert json.loads((data / "ds_features.json").read_text())["features_page"] == str(
+        plots / "index.html")
 
 
 def test_training_page_shows_the_run_model_data_and_the_four_classifiers(trained_model):

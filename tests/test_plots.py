@@ -9,14 +9,15 @@ from figure_checks import check, recorded, recording, style_family
 
 from dataset import load_meta
 from features import DERIVED, features_for
-from helpers import run_inference
 
 
-def test_every_figure_of_a_run_passes_the_checks(trained_model, matching_file, tmp_path):
+def test_every_figure_of_a_run_passes_the_checks(trained_model, analysis_run, matching_file,
+                                                 tmp_path):
     """make_dataset.py --plot (as PDF only, --label ''), training.py --save's report
     (checked as the trained_model fixture wrote it: PNG and PDF, the default label)
-    and inference.py with --compare and --ranking (--label 'LHCb preliminary'):
-    every figure written, checked as it was saved."""
+    and inference.py with --compare and --ranking (--label 'LHCb preliminary': checked
+    as the analysis_run fixture wrote it): every figure written, checked as it was
+    saved."""
     import make_dataset
     checks = tmp_path / "checks"
     with recording(checks / "features"):
@@ -24,15 +25,10 @@ def test_every_figure_of_a_run_passes_the_checks(trained_model, matching_file, t
                            "matching", "--plot", "--plots-dir", str(tmp_path / "features"),
                            "--format", "pdf", "--label", ""])
     models = trained_model.models
-    with recording(checks / "inference"):
-        assert run_inference("-f", matching_file, "--model", models / "ghost_model.onnx",
-                             "--compare", models / "ghost_model_int8.onnx", "--ranking",
-                             "--plots-dir", tmp_path / "inference",
-                             "--label", "LHCb preliminary") == 0
     runs = {"features": (checks / "features", tmp_path / "features", ["pdf"], []),
             "training report": (models.parent / "figure_checks", models / "training_report",
                                 ["png", "pdf"], ["LHCb simulation"]),
-            "inference": (checks / "inference", tmp_path / "inference", ["png"],
+            "inference": (analysis_run.parent / "figure_checks", analysis_run, ["png"],
                           ["LHCb preliminary"])}
     defects = {}
     for run, (folder, plots, formats, label) in runs.items():
@@ -53,7 +49,8 @@ def test_every_figure_of_a_run_passes_the_checks(trained_model, matching_file, t
             "roc", "rejection", "thresholds", "confusion", "compare", "kinematics_p",
             "kinematics_n_velo", "kinematics_n_scifi"} <= set(recorded(models.parent /
                                                                      "figure_checks"))
-    assert {"compare", "ranking", "kinematics_eta"} <= set(recorded(checks / "inference"))
+    assert {"compare", "ranking", "kinematics_eta", "overtraining"} <= set(
+        recorded(analysis_run.parent / "figure_checks"))
     assert not defects, "\n".join(f"{k}: {line}" for k, v in defects.items() for line in v)
 
 
