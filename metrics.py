@@ -73,19 +73,29 @@ def sort_with_labels(scores, labels):
     instead of an argsort: each score's bits made order-preserving as an unsigned
     integer, the label appended as the lowest bit.  Probabilities (sign bit clear)
     fit in 32 bits, any other float32 in 64; NaN sorts last, as in np.sort."""
-    bits = scores.view(np.uint32)
+    bits = scores.view(np.uint32)  # each step in place: the key and the labels only
+    y = np.empty(len(bits), dtype=bool)
     if len(bits) and int(bits.max()) < 0x80000000:  # no negative number, no -0.0
-        key = (bits << np.uint32(1)) | labels.astype(np.uint32)
+        key = bits << np.uint32(1)
+        np.bitwise_or(key, labels, out=key)
         key.sort()
-        y = (key & np.uint32(1)).astype(bool)
+        np.bitwise_and(key, np.uint32(1), out=y, casting="unsafe")
         key >>= np.uint32(1)
         return key.view(np.float32), y
-    flip = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    key = (flip.astype(np.uint64) << np.uint64(1)) | labels.astype(np.uint64)
+    flip = bits | np.uint32(0x80000000)  # negative: every bit flipped
+    np.invert(bits, out=flip, where=np.signbit(scores))
+    key = flip.astype(np.uint64)
+    del flip
+    key <<= np.uint64(1)
+    np.bitwise_or(key, labels, out=key)
     key.sort()
-    y = (key & np.uint64(1)).astype(bool)
-    flip = (key >> np.uint64(1)).astype(np.uint32)
-    bits = np.where(flip >> np.uint32(31), flip & np.uint32(0x7FFFFFFF), ~flip)
+    np.bitwise_and(key, np.uint64(1), out=y, casting="unsafe")
+    key >>= np.uint64(1)
+    bits = key.astype(np.uint32)
+    del key
+    positive = np.signbit(bits.view(np.float32))
+    np.bitwise_and(bits, np.uint32(0x7FFFFFFF), out=bits, where=positive)
+    np.invert(bits, out=bits, where=~positive)
     return bits.view(np.float32), y
 
 
@@ -116,36 +126,96 @@ def row(table, i):
     return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in table.items()}
 
 
-def roc_counts(ss):
-    """(fp, tp, thresholds) at every distinct score, from the highest down (ghost when
-    score > t), then everything a ghost (t = -inf): integer counts."""
-    s, y = ss.scores, ss.labels
-    n_g, n_r = len(ss.ghosts), len(ss.reals)
-    last = np.empty(len(s), dtype=bool)  # the last of each run of equal scores
-    np.not_equal(s[1:], s[:-1], out=last[:-1])
-    last[-1:] = True
-    count = np.int32 if len(s) < 2**31 else np.int64  # half the memory of int64
-    idx = np.flatnonzero(last).astype(count)
-    ghosts_le = np.cumsum(y, dtype=count)[idx]
-    reals_le = idx + 1 - ghosts_le
-    del idx
-    tp, fp = np.empty(len(reals_le) + 1, dtype=count), np.empty(len(reals_le) + 1, dtype=count)
-    tp[:-1], tp[-1] = n_g - ghosts_le[::-1], n_g
-    fp[:-1], fp[-1] = n_r - reals_le[::-1], n_r
-    thresholds = np.empty(len(tp))
-    thresholds[:-1], thresholds[-1] = s[last][::-1], -np.inf
-    return fp, tp, thresholds
+BLOCK = 1 << 20  # ROC points per block: the rates computed a block at a time
+
+
+@dataclass
+class Roc:
+    """The ROC at every distinct score, from the highest down (ghost when score > t),
+    then everything a ghost (t = -inf), as integer counts and the distinct scores: its
+    float64 rates and thresholds made a BLOCK at a time, the whole arrays' numbers."""
+    fp: np.ndarray
+    tp: np.ndarray
+    distinct: np.ndarray  # the distinct scores ascending: thresholds from the last down
+    n_g: int
+    n_r: int
+
+    @classmethod
+    def of(cls, ss):
+        s, y = ss.scores, ss.labels
+        n_g, n_r = len(ss.ghosts), len(ss.reals)
+        last = np.empty(len(s), dtype=bool)  # the last of each run of equal scores
+        np.not_equal(s[1:], s[:-1], out=last[:-1])
+        last[-1:] = True
+        count = np.int32 if len(s) < 2**31 else np.int64  # half the memory of int64
+        tp, fp = (np.empty(int(last.sum()) + 1, dtype=count) for _ in range(2))
+        for out, n, of_class in ((tp, n_g, y), (fp, n_r, ~y)):  # those <= each score
+            below = np.cumsum(of_class, dtype=count)[last]
+            np.subtract(n, below[::-1], out=out[:-1])
+            out[-1] = n
+        return cls(fp, tp, s[last], n_g, n_r)
+
+    def rates(self, rows=slice(None)):
+        """(fpr, tpr) float64 at `rows` (a slice or indices)."""
+        return self.fp[rows] / max(self.n_r, 1), self.tp[rows] / max(self.n_g, 1)
+
+    def blocks(self):
+        for start in range(0, len(self.fp), BLOCK):
+            yield start, *self.rates(slice(start, start + BLOCK))
+
+    def thresholds(self, rows):
+        """The thresholds (float64) at the points `rows`: the distinct scores from the
+        highest down, then -inf."""
+        rows, d = np.asarray(rows), len(self.distinct)
+        out, inner = np.full(len(rows), -np.inf), rows < d
+        out[inner] = self.distinct[d - 1 - rows[inner]]
+        return out
+
+    def auc(self):
+        return auc_from_counts(self.fp, self.tp, self.n_g, self.n_r)
+
+    def best_youden_j(self):
+        """The first point of the largest tpr - fpr: (index, j, fpr, tpr)."""
+        best = (0, -np.inf, 0.0, 0.0)
+        for start, fpr, tpr in self.blocks():
+            j = tpr - fpr
+            i = int(np.argmax(j))
+            if j[i] > best[1]:
+                best = (start + i, j[i], fpr[i], tpr[i])
+        return best
+
+    def kept(self, thresholds=False):
+        """The ROC as analyses keep it: (fpr, tpr[, thresholds]) at every point up to
+        ROC_POINTS, else at downsample_roc's (plots and results.root draw no more)."""
+        n = len(self.fp)
+        rows = np.arange(n)
+        if n > ROC_POINTS:  # downsample_roc's points, its searches summed block by block
+            points = ROC_POINTS // 20
+            grid, logs = np.linspace(0.0, 1.0, points), np.geomspace(1e-6, 1, points)
+            found = np.zeros(3 * points, dtype=np.intp)
+            for _, fpr, tpr in self.blocks():
+                found += np.concatenate([np.searchsorted(fpr, grid),
+                                         np.searchsorted(tpr, grid),
+                                         np.searchsorted(fpr, logs)])
+            rows = np.unique(np.clip(np.concatenate([found, [0, n - 1]]), 0, n - 1))
+        out = self.rates(rows)
+        return out + (self.thresholds(rows),) if thresholds else out
 
 
 def auc_from_counts(fp, tp, n_g, n_r):
     """Area under the ROC from its integer counts (trapezoids, ties counted half):
-    the Mann-Whitney U statistic, exact in integers."""
+    the Mann-Whitney U statistic, exact in integers (summed a BLOCK at a time)."""
     if n_g == 0 or n_r == 0:
         return float("nan")
-    tp = np.asarray(tp)
-    heights = tp.astype(np.int64)  # tp[i] + tp[i - 1], with tp[-1] = 0
-    heights[1:] += tp[:-1]
-    twice_area = int(np.multiply(np.diff(fp, prepend=0), heights, dtype=np.int64).sum())
+    fp, tp, twice_area = np.asarray(fp), np.asarray(tp), 0
+    for a in range(0, len(tp), BLOCK):
+        b = min(a + BLOCK, len(tp))
+        heights = tp[a:b].astype(np.int64)  # tp[i] + tp[i - 1], with tp[-1] = 0
+        heights[1:] += tp[a:b - 1]
+        widths = np.diff(fp[a:b], prepend=fp[a - 1] if a else 0)
+        if a:
+            heights[0] += tp[a - 1]
+        twice_area += int(np.multiply(widths, heights, dtype=np.int64).sum())
     return twice_area / (2.0 * n_g * n_r)
 
 
@@ -164,28 +234,15 @@ def downsample_roc(fpr, tpr, points=2000):
     return np.unique(np.clip(idx, 0, len(fpr) - 1))
 
 
-def kept_roc(fpr, tpr, thresholds=None):
-    """The ROC as analyses keep it: every point up to ROC_POINTS, else the
-    downsample_roc points (plots and results.root draw no more)."""
-    if len(fpr) <= ROC_POINTS:
-        return (fpr, tpr) if thresholds is None else (fpr, tpr, thresholds)
-    keep = downsample_roc(fpr, tpr, points=ROC_POINTS // 20)
-    out = (fpr[keep], tpr[keep])
-    return out if thresholds is None else out + (thresholds[keep],)
-
-
 def roc_auc(scores, labels):
     """Area under the ROC curve of scores against labels (ghost = 1)."""
-    ss = SortedScores.of(scores, labels)
-    fp, tp, _ = roc_counts(ss)
-    return auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))
+    return Roc.of(SortedScores.of(scores, labels)).auc()
 
 
 def quality(scores, labels, efficiencies=EFFICIENCIES):
     """{"auc": ..., "rejection@0.99": ...}: the figures of merit, from one sort."""
     ss = SortedScores.of(scores, labels)
-    fp, tp, _ = roc_counts(ss)
-    out = {"auc": auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))}
+    out = {"auc": Roc.of(ss).auc()}
     for r in rejection_at(ss, efficiencies):
         out[f"rejection@{r['target_efficiency']:g}"] = r["ghost_rejection"]
     return out
@@ -305,22 +362,20 @@ def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99
     kept, and the model's own point)."""
     ss = SortedScores.of(scores, labels)
     table = threshold_table(ss, thresholds)
-    fp, tp, roc_t = roc_counts(ss)
+    roc = Roc.of(ss)
+    ss.scores = ss.labels = None  # the classes' sorted scores are all that is used now
     n_g, n_r = len(ss.ghosts), len(ss.reals)
-    fpr, tpr = fp / max(n_r, 1), tp / max(n_g, 1)
     best = {}
     for key in ("youden_j", "f1"):
         v = table[key]
         best[key] = row(table, int(np.nanargmax(v))) if np.isfinite(v).any() else None
-    j = tpr - fpr
-    i = int(np.argmax(j))
-    best_any = {"threshold": float(roc_t[i]), "youden_j": float(j[i]),
-                "sensitivity": float(tpr[i]), "specificity": float(1 - fpr[i])}
-    del j
+    i, j, fpr, tpr = roc.best_youden_j()
+    best_any = {"threshold": float(roc.thresholds([i])[0]), "youden_j": float(j),
+                "sensitivity": float(tpr), "specificity": float(1 - fpr)}
     return Analysis(
         n=n_g + n_r, n_ghost=n_g, n_real=n_r,
         true_ghost=float(ratio(n_g, n_g + n_r)), true_real=float(ratio(n_r, n_g + n_r)),
-        table=table, roc=kept_roc(fpr, tpr, roc_t), auc=auc_from_counts(fp, tp, n_g, n_r),
+        table=table, roc=roc.kept(thresholds=True), auc=roc.auc(),
         rejection=rejection_at(ss), ghosts=ss.ghosts, reals=ss.reals,
         best_youden_j=best["youden_j"], best_f1=best["f1"],
         best_youden_j_any_cut=best_any,
