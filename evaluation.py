@@ -26,6 +26,7 @@ from metrics import DEFAULT_THRESHOLDS, WORKING_POINTS, analyse, overtraining, r
 from plots import PlotInput
 from provenance import file_record
 from scoring import model_macs
+from streaming import release_free_memory
 from trainer import predict
 from utils import log, plain
 
@@ -201,6 +202,7 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
                      train=sample.train,
                      curves=curves if len(curves) > 1 or always_compare else None,
                      kinematics=performance(columns, scores, labels, a.working_points, bins))
+    release_free_memory()  # the sorts' freed pages, before the figures' workers fork
     return Evaluation(plot, context, limit,
                       gap_to_limit(curves[0], limit) if limit is not None else None,
                       tracks=sample_tracks(sample, others))
