@@ -24,7 +24,7 @@ class Curve:
     @classmethod
     def of(cls, name, scores, labels, macs=None):
         ss = SortedScores.of(scores, labels)
-        roc = Roc.of(ss)
+        roc = Roc(ss)
         ss.scores = ss.labels = None  # each class's sorted scores are all rejection_at needs
         return cls(name, *roc.kept(), roc.auc(), rejection_at(ss), macs)
 

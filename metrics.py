@@ -126,97 +126,96 @@ def row(table, i):
     return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in table.items()}
 
 
-BLOCK = 1 << 20  # ROC points per block: the rates computed a block at a time
+BLOCK = 1 << 20  # sorted tracks per block: the ROC is made a block at a time
 
 
-@dataclass
 class Roc:
     """The ROC at every distinct score, from the highest down (ghost when score > t),
-    then everything a ghost (t = -inf), as integer counts and the distinct scores: its
-    float64 rates and thresholds made a BLOCK at a time, the whole arrays' numbers."""
-    fp: np.ndarray
-    tp: np.ndarray
-    distinct: np.ndarray  # the distinct scores ascending: thresholds from the last down
-    n_g: int
-    n_r: int
+    then everything a ghost (t = -inf), made from the sorted scores (SortedScores) a
+    BLOCK at a time, no array of its points held: one pass finds its area (the
+    Mann-Whitney U, exact in integers), the best tpr - fpr and how many points lie
+    below each downsample_roc grid value, a second the points kept.  The same
+    numbers as from whole arrays of counts (tests/test_blocks.py)."""
 
-    @classmethod
-    def of(cls, ss):
-        s, y = ss.scores, ss.labels
-        n_g, n_r = len(ss.ghosts), len(ss.reals)
-        last = np.empty(len(s), dtype=bool)  # the last of each run of equal scores
-        np.not_equal(s[1:], s[:-1], out=last[:-1])
-        last[-1:] = True
-        count = np.int32 if len(s) < 2**31 else np.int64  # half the memory of int64
-        tp, fp = (np.empty(int(last.sum()) + 1, dtype=count) for _ in range(2))
-        for out, n, of_class in ((tp, n_g, y), (fp, n_r, ~y)):  # those <= each score
-            below = np.cumsum(of_class, dtype=count)[last]
-            np.subtract(n, below[::-1], out=out[:-1])
-            out[-1] = n
-        return cls(fp, tp, s[last], n_g, n_r)
+    def __init__(self, ss):
+        self.s, self.y, self.n_g, self.n_r = ss.scores, ss.labels, len(ss.ghosts), len(ss.reals)
+        points = ROC_POINTS // 20
+        self.grids = (np.linspace(0.0, 1.0, points), np.geomspace(1e-6, 1, points))
+        self.found, self.small, self.d = np.zeros(3 * points, dtype=np.intp), [], 0
+        final = self.rates(np.array([self.n_r]), np.array([self.n_g]))  # t = -inf
+        self._search(*final)
+        j = final[1] - final[0]
+        self.best = (j[0], final[0][0], final[1][0], -np.inf)  # (j, fpr, tpr, t)
+        twice, prev = 0, (self.n_r, self.n_g)  # the point before, toward t = -inf
+        for _, v, fp, tp in self._blocks():
+            fpr, tpr = self.rates(fp, tp)
+            self._search(fpr[::-1], tpr[::-1])
+            j = tpr - fpr  # the highest d wins a tie: it comes first in the ROC
+            i = len(j) - 1 - int(np.argmax(j[::-1]))
+            if j[i] >= self.best[0]:
+                self.best = (j[i], fpr[i], tpr[i], float(v[i]))
+            twice += (prev[0] - int(fp[0])) * (prev[1] + int(tp[0]))
+            twice += int(np.dot(fp[:-1] - fp[1:], tp[:-1] + tp[1:]))
+            prev = (int(fp[-1]), int(tp[-1]))
+            if self.d + len(v) + 1 <= ROC_POINTS:
+                self.small.append((v, fpr, tpr))
+            self.d += len(v)
+        twice += prev[0] * prev[1]  # the highest score's point, from (0, 0)
+        self.twice_area = twice
 
-    def rates(self, rows=slice(None)):
-        """(fpr, tpr) float64 at `rows` (a slice or indices)."""
-        return self.fp[rows] / max(self.n_r, 1), self.tp[rows] / max(self.n_g, 1)
+    def rates(self, fp, tp):
+        return fp / max(self.n_r, 1), tp / max(self.n_g, 1)
 
-    def blocks(self):
-        for start in range(0, len(self.fp), BLOCK):
-            yield start, *self.rates(slice(start, start + BLOCK))
+    def _blocks(self):
+        """(first distinct index, distinct scores, fp, tp (int64)) of each block of the
+        sorted scores, ascending: the points of scores ending in it, highest last."""
+        s, y, ghosts, d = self.s, self.y, 0, 0
+        for a in range(0, len(s), BLOCK):
+            b = min(a + BLOCK, len(s))
+            last = np.ones(b - a, dtype=bool)  # the last of each run of equal scores
+            np.not_equal(s[a + 1:b + 1], s[a:b][:len(s[a + 1:b + 1])],
+                         out=last[:len(s[a + 1:b + 1])])
+            ghosts_le = np.cumsum(y[a:b], dtype=np.int64)
+            ghosts_le += ghosts
+            ghosts = int(ghosts_le[-1])
+            ghosts_le, rows = ghosts_le[last], np.flatnonzero(last)
+            if len(rows):
+                yield (d, s[a:b][last], self.n_r - (rows + a + 1 - ghosts_le),
+                       self.n_g - ghosts_le)
+            d += len(rows)
 
-    def thresholds(self, rows):
-        """The thresholds (float64) at the points `rows`: the distinct scores from the
-        highest down, then -inf."""
-        rows, d = np.asarray(rows), len(self.distinct)
-        out, inner = np.full(len(rows), -np.inf), rows < d
-        out[inner] = self.distinct[d - 1 - rows[inner]]
-        return out
+    def _search(self, fpr, tpr):
+        """Add the points below each grid value (ascending rates: searchsorted)."""
+        grid, logs = self.grids
+        self.found += np.concatenate([np.searchsorted(fpr, grid), np.searchsorted(tpr, grid),
+                                      np.searchsorted(fpr, logs)])
 
     def auc(self):
-        return auc_from_counts(self.fp, self.tp, self.n_g, self.n_r)
-
-    def best_youden_j(self):
-        """The first point of the largest tpr - fpr: (index, j, fpr, tpr)."""
-        best = (0, -np.inf, 0.0, 0.0)
-        for start, fpr, tpr in self.blocks():
-            j = tpr - fpr
-            i = int(np.argmax(j))
-            if j[i] > best[1]:
-                best = (start + i, j[i], fpr[i], tpr[i])
-        return best
+        if self.n_g == 0 or self.n_r == 0:
+            return float("nan")
+        return self.twice_area / (2.0 * self.n_g * self.n_r)
 
     def kept(self, thresholds=False):
         """The ROC as analyses keep it: (fpr, tpr[, thresholds]) at every point up to
         ROC_POINTS, else at downsample_roc's (plots and results.root draw no more)."""
-        n = len(self.fp)
-        rows = np.arange(n)
-        if n > ROC_POINTS:  # downsample_roc's points, its searches summed block by block
-            points = ROC_POINTS // 20
-            grid, logs = np.linspace(0.0, 1.0, points), np.geomspace(1e-6, 1, points)
-            found = np.zeros(3 * points, dtype=np.intp)
-            for _, fpr, tpr in self.blocks():
-                found += np.concatenate([np.searchsorted(fpr, grid),
-                                         np.searchsorted(tpr, grid),
-                                         np.searchsorted(fpr, logs)])
-            rows = np.unique(np.clip(np.concatenate([found, [0, n - 1]]), 0, n - 1))
-        out = self.rates(rows)
-        return out + (self.thresholds(rows),) if thresholds else out
-
-
-def auc_from_counts(fp, tp, n_g, n_r):
-    """Area under the ROC from its integer counts (trapezoids, ties counted half):
-    the Mann-Whitney U statistic, exact in integers (summed a BLOCK at a time)."""
-    if n_g == 0 or n_r == 0:
-        return float("nan")
-    fp, tp, twice_area = np.asarray(fp), np.asarray(tp), 0
-    for a in range(0, len(tp), BLOCK):
-        b = min(a + BLOCK, len(tp))
-        heights = tp[a:b].astype(np.int64)  # tp[i] + tp[i - 1], with tp[-1] = 0
-        heights[1:] += tp[a:b - 1]
-        widths = np.diff(fp[a:b], prepend=fp[a - 1] if a else 0)
-        if a:
-            heights[0] += tp[a - 1]
-        twice_area += int(np.multiply(widths, heights, dtype=np.int64).sum())
-    return twice_area / (2.0 * n_g * n_r)
+        n, d = self.d + 1, self.d
+        if n <= ROC_POINTS:  # every point: the blocks' own, highest score first
+            got = [(np.asarray(v, dtype=np.float64)[::-1], f[::-1], t[::-1])
+                   for v, f, t in reversed(self.small)]
+        else:
+            rows = np.unique(np.clip(np.concatenate([self.found, [0, n - 1]]), 0, n - 1))
+            want = np.sort(d - 1 - rows[rows < d])  # their distinct indices, ascending
+            got = []
+            for d0, v, fp, tp in (self._blocks() if len(want) else ()):
+                at = want[(want >= d0) & (want < d0 + len(v))] - d0
+                if len(at):  # the block's kept points, highest score first
+                    at = at[::-1]
+                    got.append((np.asarray(v[at], dtype=np.float64), *self.rates(fp[at], tp[at])))
+            got = got[::-1]
+        final = self.rates(np.array([self.n_r]), np.array([self.n_g]))
+        t, fpr, tpr = (np.concatenate([g[i] for g in got] + [x]) for i, x in
+                       enumerate((np.array([-np.inf]), *final)))
+        return (fpr, tpr, t) if thresholds else (fpr, tpr)
 
 
 ROC_POINTS = 100_000  # a longer ROC is kept downsampled (downsample_roc)
@@ -236,13 +235,13 @@ def downsample_roc(fpr, tpr, points=2000):
 
 def roc_auc(scores, labels):
     """Area under the ROC curve of scores against labels (ghost = 1)."""
-    return Roc.of(SortedScores.of(scores, labels)).auc()
+    return Roc(SortedScores.of(scores, labels)).auc()
 
 
 def quality(scores, labels, efficiencies=EFFICIENCIES):
     """{"auc": ..., "rejection@0.99": ...}: the figures of merit, from one sort."""
     ss = SortedScores.of(scores, labels)
-    out = {"auc": Roc.of(ss).auc()}
+    out = {"auc": Roc(ss).auc()}
     for r in rejection_at(ss, efficiencies):
         out[f"rejection@{r['target_efficiency']:g}"] = r["ghost_rejection"]
     return out
@@ -284,7 +283,7 @@ class Analysis:
     true_ghost: float
     true_real: float
     table: dict              # threshold -> metrics (threshold_table)
-    roc: tuple               # fpr, tpr, thresholds (kept_roc: downsampled when long)
+    roc: tuple               # fpr, tpr, thresholds (Roc.kept: downsampled when long)
     auc: float
     rejection: list          # rejection_at EFFICIENCIES
     ghosts: np.ndarray       # sorted scores of each class
@@ -362,15 +361,15 @@ def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99
     kept, and the model's own point)."""
     ss = SortedScores.of(scores, labels)
     table = threshold_table(ss, thresholds)
-    roc = Roc.of(ss)
+    roc = Roc(ss)
     ss.scores = ss.labels = None  # the classes' sorted scores are all that is used now
     n_g, n_r = len(ss.ghosts), len(ss.reals)
     best = {}
     for key in ("youden_j", "f1"):
         v = table[key]
         best[key] = row(table, int(np.nanargmax(v))) if np.isfinite(v).any() else None
-    i, j, fpr, tpr = roc.best_youden_j()
-    best_any = {"threshold": float(roc.thresholds([i])[0]), "youden_j": float(j),
+    j, fpr, tpr, t = roc.best  # the first point of the largest tpr - fpr
+    best_any = {"threshold": t, "youden_j": float(j),
                 "sensitivity": float(tpr), "specificity": float(1 - fpr)}
     return Analysis(
         n=n_g + n_r, n_ghost=n_g, n_real=n_r,
