@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metrics import EFFICIENCIES, SortedScores, auc_from_counts, kept_roc, rejection_at, roc_counts
+from metrics import EFFICIENCIES, Roc, SortedScores, rejection_at
 from utils import GhostError
 
 
@@ -15,7 +15,7 @@ from utils import GhostError
 class Curve:
     """One classifier's ROC and figures of merit on the shared tracks."""
     name: str
-    fpr: np.ndarray         # real tracks called ghost, ascending (metrics.kept_roc)
+    fpr: np.ndarray         # real tracks called ghost, ascending (metrics.Roc.kept)
     tpr: np.ndarray         # ghosts called ghost
     auc: float
     rejection: list         # metrics.rejection_at
@@ -24,10 +24,9 @@ class Curve:
     @classmethod
     def of(cls, name, scores, labels, macs=None):
         ss = SortedScores.of(scores, labels)
-        fp, tp, _ = roc_counts(ss)
-        n_g, n_r = len(ss.ghosts), len(ss.reals)
-        return cls(name, *kept_roc(fp / max(n_r, 1), tp / max(n_g, 1)),
-                   auc_from_counts(fp, tp, n_g, n_r), rejection_at(ss), macs)
+        roc = Roc(ss)
+        ss.scores = ss.labels = None  # each class's sorted scores are all rejection_at needs
+        return cls(name, *roc.kept(), roc.auc(), rejection_at(ss), macs)
 
     @classmethod
     def from_analysis(cls, name, analysis, macs=None):

@@ -9,7 +9,6 @@ writes it out, and says it on the console.
 """
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +26,7 @@ from metrics import DEFAULT_THRESHOLDS, WORKING_POINTS, analyse, overtraining, r
 from plots import PlotInput
 from provenance import file_record
 from scoring import model_macs
+from streaming import release_free_memory
 from trainer import predict
 from utils import log, plain
 
@@ -183,13 +183,11 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
         log(f"note: only {'real tracks' if n_ghost == 0 else 'ghosts'} among the scored "
             "tracks: the rates of the missing class, ROC AUC and ghost rejection are "
             "undefined (nan)")
-    with ThreadPoolExecutor(1) as pool:  # numpy sorts without the GIL: the limit's
-        limit = None                     # curve on the other core meanwhile
-        if sample.limit is not None:
-            limit = pool.submit(Curve.of, LIMIT_CURVE, sample.part(sample.limit), labels)
-        a = analyse(scores, labels, cuts[0], own_threshold(sample.saved),
-                    efficiencies=cuts[1], model_point=sample.saved.working_point)
-        limit = limit.result() if limit is not None else None
+    a = analyse(scores, labels, cuts[0], own_threshold(sample.saved), efficiencies=cuts[1],
+                model_point=sample.saved.working_point)
+    # the limit's curve after the model's, not beside it: one sort's memory at a time
+    limit = None if sample.limit is None else Curve.of(LIMIT_CURVE, sample.part(sample.limit),
+                                                       labels)
     over = None
     if sample.train is not None:
         over = overtraining(*sample.train, sample.scores, sample.labels, a.working_points)
@@ -204,6 +202,7 @@ def evaluate(sample, title, context, others=(), cuts=(DEFAULT_THRESHOLDS, WORKIN
                      train=sample.train,
                      curves=curves if len(curves) > 1 or always_compare else None,
                      kinematics=performance(columns, scores, labels, a.working_points, bins))
+    release_free_memory()  # the sorts' freed pages, before the figures' workers fork
     return Evaluation(plot, context, limit,
                       gap_to_limit(curves[0], limit) if limit is not None else None,
                       tracks=sample_tracks(sample, others))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features import axis_label
-from metrics import clopper_pearson, ratio
+from metrics import BLOCK, clopper_pearson, ratio
 
 BRANCHES = ("qop", "best_pt", "tx", "ty", "n_velo", "n_scifi")
 
@@ -99,22 +99,28 @@ def performance(columns, scores, labels, working_points, bins=None):
     tracks given (finite and labelled); `working_points`: metrics.WorkingPoint;
     `bins`: bins_of(columns) where the caller kept them instead of the columns.
 
-    One pass per variable: each track's bin, class and "level" (how many of the
-    working points' cuts its score is above) are counted by one bincount, and every
-    working point's counts are sums over levels."""
+    One pass per variable, a BLOCK of tracks at a time: each track's bin, class and
+    "level" (how many of the working points' cuts its score is above) are counted by
+    one bincount, and every working point's counts are sums over levels."""
     cuts = np.array([wp.threshold for wp in working_points], dtype=np.float64)
     ranks = np.argsort(np.argsort(cuts, kind="stable"), kind="stable")
     levels = len(cuts) + 1
-    level = np.zeros(len(scores), dtype=np.intp)  # how many cuts each score is above
-    for cut in cuts:
-        level += scores > np.float64(cut)
     labels = np.asarray(labels, dtype=bool)
-    out = {}
     bins = bins_of(columns) if bins is None else bins
-    for var in (v for v in VARIABLES if v.name in bins):
+    chosen = [v for v in VARIABLES if v.name in bins]
+    counts_of = {v.name: np.zeros((len(v.edges) + 1) * 2 * levels, dtype=np.intp) for v in chosen}
+    for start in range(0, len(scores), BLOCK):
+        rows = slice(start, start + BLOCK)
+        level = np.zeros(len(scores[rows]), dtype=np.intp)  # how many cuts it is above
+        for cut in cuts:
+            level += scores[rows] > np.float64(cut)
+        for var in chosen:
+            code = (bins[var.name][rows].astype(np.intp) * 2 + labels[rows]) * levels + level
+            counts_of[var.name] += np.bincount(code, minlength=len(counts_of[var.name]))
+    out = {}
+    for var in chosen:
         size = len(var.edges) + 1
-        code = (bins[var.name].astype(np.intp) * 2 + labels) * levels + level
-        counts = np.bincount(code, minlength=size * 2 * levels).reshape(size, 2, levels)
+        counts = counts_of[var.name].reshape(size, 2, levels)
         n_real, n_ghost = counts[:, 0].sum(axis=1), counts[:, 1].sum(axis=1)
         points = []
         for wp, r in zip(working_points, ranks):

@@ -190,7 +190,12 @@ def score_on_cluster(args, source, scorers, keep):
         refs = [task.remote(os.path.abspath(path), shared, int(start), sum(entries))
                 for path, start in zip(source.files, starts)]
         stream = Stream(scorers[0].model, names, [s.scoring_pass() for s in scorers], keep)
-        stream.join(_answer(ray, ref, path) for ref, path in zip(refs, source.files))
+
+        def answers():  # each task's answer let go once joined: its ref too
+            for i, path in enumerate(source.files):
+                ref, refs[i] = refs[i], None
+                yield _answer(ray, ref, path)
+        stream.join(answers(), total=sum(entries))
     finally:
         ray.shutdown()
         listen(stop)  # ray.shutdown leaves SIGTERM at the default

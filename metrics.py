@@ -73,19 +73,29 @@ def sort_with_labels(scores, labels):
     instead of an argsort: each score's bits made order-preserving as an unsigned
     integer, the label appended as the lowest bit.  Probabilities (sign bit clear)
     fit in 32 bits, any other float32 in 64; NaN sorts last, as in np.sort."""
-    bits = scores.view(np.uint32)
+    bits = scores.view(np.uint32)  # each step in place: the key and the labels only
+    y = np.empty(len(bits), dtype=bool)
     if len(bits) and int(bits.max()) < 0x80000000:  # no negative number, no -0.0
-        key = (bits << np.uint32(1)) | labels.astype(np.uint32)
+        key = bits << np.uint32(1)
+        np.bitwise_or(key, labels, out=key)
         key.sort()
-        y = (key & np.uint32(1)).astype(bool)
+        np.bitwise_and(key, np.uint32(1), out=y, casting="unsafe")
         key >>= np.uint32(1)
         return key.view(np.float32), y
-    flip = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    key = (flip.astype(np.uint64) << np.uint64(1)) | labels.astype(np.uint64)
+    flip = bits | np.uint32(0x80000000)  # negative: every bit flipped
+    np.invert(bits, out=flip, where=np.signbit(scores))
+    key = flip.astype(np.uint64)
+    del flip
+    key <<= np.uint64(1)
+    np.bitwise_or(key, labels, out=key)
     key.sort()
-    y = (key & np.uint64(1)).astype(bool)
-    flip = (key >> np.uint64(1)).astype(np.uint32)
-    bits = np.where(flip >> np.uint32(31), flip & np.uint32(0x7FFFFFFF), ~flip)
+    np.bitwise_and(key, np.uint64(1), out=y, casting="unsafe")
+    key >>= np.uint64(1)
+    bits = key.astype(np.uint32)
+    del key
+    positive = np.signbit(bits.view(np.float32))
+    np.bitwise_and(bits, np.uint32(0x7FFFFFFF), out=bits, where=positive)
+    np.invert(bits, out=bits, where=~positive)
     return bits.view(np.float32), y
 
 
@@ -116,37 +126,96 @@ def row(table, i):
     return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in table.items()}
 
 
-def roc_counts(ss):
-    """(fp, tp, thresholds) at every distinct score, from the highest down (ghost when
-    score > t), then everything a ghost (t = -inf): integer counts."""
-    s, y = ss.scores, ss.labels
-    n_g, n_r = len(ss.ghosts), len(ss.reals)
-    last = np.empty(len(s), dtype=bool)  # the last of each run of equal scores
-    np.not_equal(s[1:], s[:-1], out=last[:-1])
-    last[-1:] = True
-    count = np.int32 if len(s) < 2**31 else np.int64  # half the memory of int64
-    idx = np.flatnonzero(last).astype(count)
-    ghosts_le = np.cumsum(y, dtype=count)[idx]
-    reals_le = idx + 1 - ghosts_le
-    del idx
-    tp, fp = np.empty(len(reals_le) + 1, dtype=count), np.empty(len(reals_le) + 1, dtype=count)
-    tp[:-1], tp[-1] = n_g - ghosts_le[::-1], n_g
-    fp[:-1], fp[-1] = n_r - reals_le[::-1], n_r
-    thresholds = np.empty(len(tp))
-    thresholds[:-1], thresholds[-1] = s[last][::-1], -np.inf
-    return fp, tp, thresholds
+BLOCK = 1 << 20  # sorted tracks per block: the ROC is made a block at a time
 
 
-def auc_from_counts(fp, tp, n_g, n_r):
-    """Area under the ROC from its integer counts (trapezoids, ties counted half):
-    the Mann-Whitney U statistic, exact in integers."""
-    if n_g == 0 or n_r == 0:
-        return float("nan")
-    tp = np.asarray(tp)
-    heights = tp.astype(np.int64)  # tp[i] + tp[i - 1], with tp[-1] = 0
-    heights[1:] += tp[:-1]
-    twice_area = int(np.multiply(np.diff(fp, prepend=0), heights, dtype=np.int64).sum())
-    return twice_area / (2.0 * n_g * n_r)
+class Roc:
+    """The ROC at every distinct score, from the highest down (ghost when score > t),
+    then everything a ghost (t = -inf), made from the sorted scores (SortedScores) a
+    BLOCK at a time, no array of its points held: one pass finds its area (the
+    Mann-Whitney U, exact in integers), the best tpr - fpr and how many points lie
+    below each downsample_roc grid value, a second the points kept.  The same
+    numbers as from whole arrays of counts (tests/test_blocks.py)."""
+
+    def __init__(self, ss):
+        self.s, self.y, self.n_g, self.n_r = ss.scores, ss.labels, len(ss.ghosts), len(ss.reals)
+        points = ROC_POINTS // 20
+        self.grids = (np.linspace(0.0, 1.0, points), np.geomspace(1e-6, 1, points))
+        self.found, self.small, self.d = np.zeros(3 * points, dtype=np.intp), [], 0
+        final = self.rates(np.array([self.n_r]), np.array([self.n_g]))  # t = -inf
+        self._search(*final)
+        j = final[1] - final[0]
+        self.best = (j[0], final[0][0], final[1][0], -np.inf)  # (j, fpr, tpr, t)
+        twice, prev = 0, (self.n_r, self.n_g)  # the point before, toward t = -inf
+        for _, v, fp, tp in self._blocks():
+            fpr, tpr = self.rates(fp, tp)
+            self._search(fpr[::-1], tpr[::-1])
+            j = tpr - fpr  # the highest d wins a tie: it comes first in the ROC
+            i = len(j) - 1 - int(np.argmax(j[::-1]))
+            if j[i] >= self.best[0]:
+                self.best = (j[i], fpr[i], tpr[i], float(v[i]))
+            twice += (prev[0] - int(fp[0])) * (prev[1] + int(tp[0]))
+            twice += int(np.dot(fp[:-1] - fp[1:], tp[:-1] + tp[1:]))
+            prev = (int(fp[-1]), int(tp[-1]))
+            if self.d + len(v) + 1 <= ROC_POINTS:
+                self.small.append((v, fpr, tpr))
+            self.d += len(v)
+        twice += prev[0] * prev[1]  # the highest score's point, from (0, 0)
+        self.twice_area = twice
+
+    def rates(self, fp, tp):
+        return fp / max(self.n_r, 1), tp / max(self.n_g, 1)
+
+    def _blocks(self):
+        """(first distinct index, distinct scores, fp, tp (int64)) of each block of the
+        sorted scores, ascending: the points of scores ending in it, highest last."""
+        s, y, ghosts, d = self.s, self.y, 0, 0
+        for a in range(0, len(s), BLOCK):
+            b = min(a + BLOCK, len(s))
+            last = np.ones(b - a, dtype=bool)  # the last of each run of equal scores
+            np.not_equal(s[a + 1:b + 1], s[a:b][:len(s[a + 1:b + 1])],
+                         out=last[:len(s[a + 1:b + 1])])
+            ghosts_le = np.cumsum(y[a:b], dtype=np.int64)
+            ghosts_le += ghosts
+            ghosts = int(ghosts_le[-1])
+            ghosts_le, rows = ghosts_le[last], np.flatnonzero(last)
+            if len(rows):
+                yield (d, s[a:b][last], self.n_r - (rows + a + 1 - ghosts_le),
+                       self.n_g - ghosts_le)
+            d += len(rows)
+
+    def _search(self, fpr, tpr):
+        """Add the points below each grid value (ascending rates: searchsorted)."""
+        grid, logs = self.grids
+        self.found += np.concatenate([np.searchsorted(fpr, grid), np.searchsorted(tpr, grid),
+                                      np.searchsorted(fpr, logs)])
+
+    def auc(self):
+        if self.n_g == 0 or self.n_r == 0:
+            return float("nan")
+        return self.twice_area / (2.0 * self.n_g * self.n_r)
+
+    def kept(self, thresholds=False):
+        """The ROC as analyses keep it: (fpr, tpr[, thresholds]) at every point up to
+        ROC_POINTS, else at downsample_roc's (plots and results.root draw no more)."""
+        n, d = self.d + 1, self.d
+        if n <= ROC_POINTS:  # every point: the blocks' own, highest score first
+            got = [(np.asarray(v, dtype=np.float64)[::-1], f[::-1], t[::-1])
+                   for v, f, t in reversed(self.small)]
+        else:
+            rows = np.unique(np.clip(np.concatenate([self.found, [0, n - 1]]), 0, n - 1))
+            want = np.sort(d - 1 - rows[rows < d])  # their distinct indices, ascending
+            got = []
+            for d0, v, fp, tp in (self._blocks() if len(want) else ()):
+                at = want[(want >= d0) & (want < d0 + len(v))] - d0
+                if len(at):  # the block's kept points, highest score first
+                    at = at[::-1]
+                    got.append((np.asarray(v[at], dtype=np.float64), *self.rates(fp[at], tp[at])))
+            got = got[::-1]
+        final = self.rates(np.array([self.n_r]), np.array([self.n_g]))
+        t, fpr, tpr = (np.concatenate([g[i] for g in got] + [x]) for i, x in
+                       enumerate((np.array([-np.inf]), *final)))
+        return (fpr, tpr, t) if thresholds else (fpr, tpr)
 
 
 ROC_POINTS = 100_000  # a longer ROC is kept downsampled (downsample_roc)
@@ -164,28 +233,15 @@ def downsample_roc(fpr, tpr, points=2000):
     return np.unique(np.clip(idx, 0, len(fpr) - 1))
 
 
-def kept_roc(fpr, tpr, thresholds=None):
-    """The ROC as analyses keep it: every point up to ROC_POINTS, else the
-    downsample_roc points (plots and results.root draw no more)."""
-    if len(fpr) <= ROC_POINTS:
-        return (fpr, tpr) if thresholds is None else (fpr, tpr, thresholds)
-    keep = downsample_roc(fpr, tpr, points=ROC_POINTS // 20)
-    out = (fpr[keep], tpr[keep])
-    return out if thresholds is None else out + (thresholds[keep],)
-
-
 def roc_auc(scores, labels):
     """Area under the ROC curve of scores against labels (ghost = 1)."""
-    ss = SortedScores.of(scores, labels)
-    fp, tp, _ = roc_counts(ss)
-    return auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))
+    return Roc(SortedScores.of(scores, labels)).auc()
 
 
 def quality(scores, labels, efficiencies=EFFICIENCIES):
     """{"auc": ..., "rejection@0.99": ...}: the figures of merit, from one sort."""
     ss = SortedScores.of(scores, labels)
-    fp, tp, _ = roc_counts(ss)
-    out = {"auc": auc_from_counts(fp, tp, len(ss.ghosts), len(ss.reals))}
+    out = {"auc": Roc(ss).auc()}
     for r in rejection_at(ss, efficiencies):
         out[f"rejection@{r['target_efficiency']:g}"] = r["ghost_rejection"]
     return out
@@ -227,7 +283,7 @@ class Analysis:
     true_ghost: float
     true_real: float
     table: dict              # threshold -> metrics (threshold_table)
-    roc: tuple               # fpr, tpr, thresholds (kept_roc: downsampled when long)
+    roc: tuple               # fpr, tpr, thresholds (Roc.kept: downsampled when long)
     auc: float
     rejection: list          # rejection_at EFFICIENCIES
     ghosts: np.ndarray       # sorted scores of each class
@@ -305,22 +361,20 @@ def analyse(scores, labels, thresholds, model_threshold=None, efficiencies=(0.99
     kept, and the model's own point)."""
     ss = SortedScores.of(scores, labels)
     table = threshold_table(ss, thresholds)
-    fp, tp, roc_t = roc_counts(ss)
+    roc = Roc(ss)
+    ss.scores = ss.labels = None  # the classes' sorted scores are all that is used now
     n_g, n_r = len(ss.ghosts), len(ss.reals)
-    fpr, tpr = fp / max(n_r, 1), tp / max(n_g, 1)
     best = {}
     for key in ("youden_j", "f1"):
         v = table[key]
         best[key] = row(table, int(np.nanargmax(v))) if np.isfinite(v).any() else None
-    j = tpr - fpr
-    i = int(np.argmax(j))
-    best_any = {"threshold": float(roc_t[i]), "youden_j": float(j[i]),
-                "sensitivity": float(tpr[i]), "specificity": float(1 - fpr[i])}
-    del j
+    j, fpr, tpr, t = roc.best  # the first point of the largest tpr - fpr
+    best_any = {"threshold": t, "youden_j": float(j),
+                "sensitivity": float(tpr), "specificity": float(1 - fpr)}
     return Analysis(
         n=n_g + n_r, n_ghost=n_g, n_real=n_r,
         true_ghost=float(ratio(n_g, n_g + n_r)), true_real=float(ratio(n_r, n_g + n_r)),
-        table=table, roc=kept_roc(fpr, tpr, roc_t), auc=auc_from_counts(fp, tp, n_g, n_r),
+        table=table, roc=roc.kept(thresholds=True), auc=roc.auc(),
         rejection=rejection_at(ss), ghosts=ss.ghosts, reals=ss.reals,
         best_youden_j=best["youden_j"], best_f1=best["f1"],
         best_youden_j_any_cut=best_any,

@@ -10,6 +10,8 @@ inputs.TREE_ROWS tracks' features (results.root's trees), the first finite track
 (Stream.part, Stream.join).  Its one reason to change: what inference keeps of a
 track and of its input.
 """
+import ctypes
+import ctypes.util
 import math
 import warnings
 from dataclasses import dataclass
@@ -84,6 +86,17 @@ class Scored:
             return self.first[0][:k], self.first[1][:k]
         rows = np.flatnonzero(self.finite)[:k]
         return rows, self.inp.data[rows]
+
+
+def release_free_memory():
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; elsewhere
+    nothing): the chunks' and the sorts' arrays below glibc's mmap threshold leave
+    their pages in the heap once freed (about 80 MB after a read), which the peak
+    that follows would count again; no value changes."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def chunk_size(passes):
@@ -163,12 +176,14 @@ class Stream:
         state["passes"] = [(p.seconds, p.lost, p.range) for p in self.passes]
         return state
 
-    def join(self, parts):
+    def join(self, parts, total=None):
         """Parts (Stream.part) of streams of consecutive inputs, in their order, into
         this fresh stream (of the same model, passes and `keep`), as if it had read
         the inputs one after another.  `parts` may be an iterable: what one stream
-        keeps of each part's first tracks is copied as it comes, the rest let go."""
-        got, start = [], 0
+        keeps of each part's first tracks is copied as it comes, the rest let go;
+        given the `total` tracks, each part's per-track arrays are copied into
+        arrays of that length as they come too (no list of them joined at the end)."""
+        got, start, every = [], 0, {}
         for part in parts:
             for run, (seconds, lost, (lo, hi, n)) in zip(self.passes, part["passes"]):
                 run.seconds, run.lost = run.seconds + seconds, run.lost + lost
@@ -176,23 +191,29 @@ class Stream:
             if part["scores"] is None:  # an empty file adds nothing
                 continue
             want = self.keep - sum(len(p["rows"]) for p in got)
-            got.append({**part, "head": np.array(part["head"][:max(0, TREE_ROWS - start)]),
-                        "first": np.array(part["first"][:want]),
-                        "rows": part["rows"][:want] + start})
-            start += len(part["scores"])
+            part = {**part, "head": np.array(part["head"][:max(0, TREE_ROWS - start)]),
+                    "first": np.array(part["first"][:want]), "rows": part["rows"][:want] + start}
+            n = len(part["scores"])
+            got.append(part if total is None else _copy_tracks(every, part, start, total))
+            start += n
         if not got:
             return self
+        every = {k: v if v is None else v[:start] for k, v in every.items()}
 
         def joined(key):
-            every = [p[key] for p in got]
-            return None if any(x is None for x in every) else np.concatenate(every)
+            if key in every:
+                return every[key]
+            arrays = [p[key] for p in got]
+            return None if any(x is None for x in arrays) else np.concatenate(arrays)
         for key in ("n_bad", "bad_labels", "nonfinite_derived"):
             setattr(self, key, sum(p[key] for p in got))
         for key in ("scores", "finite", "labels", "limit", "head", "first", "rows"):
             setattr(self, key, joined(key))
         self.kept = len(self.rows)
-        self.bins = {k: np.concatenate([p["bins"][k] for p in got]) for k in got[0]["bins"]}
-        self.compared = [np.concatenate(c) for c in zip(*(p["compared"] for p in got))]
+        self.bins = {k: every[("bins", k)] if every else
+                     np.concatenate([p["bins"][k] for p in got]) for k in got[0]["bins"]}
+        self.compared = [every[("compared", i)] if every else np.concatenate(c)
+                         for i, c in enumerate(zip(*(p["compared"] for p in got)))]
         self.guard = got[0]["guard"]
         for p in got:
             if p is not got[0]:
@@ -230,6 +251,24 @@ class Stream:
                       compared=self.compared, first=first)
 
 
+def _copy_tracks(every, part, start, total):
+    """A part's (Stream.part) per-track arrays copied at `start` into `every` ({key:
+    array of `total` tracks, or None where a part has none}, made at the first part):
+    the part without them."""
+    arrays = {k: part[k] for k in ("scores", "finite", "labels", "limit")}
+    arrays.update({("bins", k): v for k, v in part["bins"].items()})
+    arrays.update({("compared", i): v for i, v in enumerate(part["compared"])})
+    for key, values in arrays.items():
+        if key not in every:  # the first part
+            every[key] = None if values is None else np.empty(total, values.dtype)
+        if values is None:
+            every[key] = None
+        elif every[key] is not None:
+            every[key][start:start + len(values)] = values
+    return {**part, **{k: None for k in arrays if isinstance(k, str)},
+            "bins": dict.fromkeys(part["bins"]), "compared": [None] * len(part["compared"])}
+
+
 def read_and_score(source, tree, settings, model, passes, keep=0):
     """Read the input and score every track (NaN where a feature is not finite) with
     `passes` as it comes: a Scored (train_scores None), said on the console."""
@@ -242,6 +281,7 @@ def read_and_score(source, tree, settings, model, passes, keep=0):
         inp = read_dataset(source, settings.features)
         if len(inp.data):  # none: said by finish
             stream.add(0, len(inp.data), inp.data, inp.labels, inp.limit, inp.columns)
+    release_free_memory()
     return stream.finish(source, tree, settings, inp, clock), stream.n_bad
 
 

@@ -1,6 +1,6 @@
 """Scale benchmark: the whole pipeline on one large matching file (not a test).
 
-    .venv/bin/python -m bench.scale [--tracks 10000000] [--cache bench/.cache/scale]
+    .venv/bin/python -m bench.scale [--tracks 10000000] [--cache bench/.cache/scale] [--skip ...]
 
 Makes (once, cached) a --tracks sample with make_sample.py, then runs each step as
 its own process, as a user would, and measures its wall time and the peak memory
@@ -15,8 +15,10 @@ of its whole process tree (PSS, so Ray's shared object store counts once; RSS to
   4 files, Ray the same sample split into 4 files (cached), scored as Ray tasks on a
                local cluster of its own (bench.cluster_run: `ray start --head` with 2
                cores, its processes measured with the run's), a friend file per input
-Prints a table with each step against the bare read; the numbers go in the
-README.  Run it on a quiet machine: they are wall-clock times.
+Prints a table with each step's wall time and peak PSS against the bare read's,
+and the load average before it; the numbers go in the README.  Run it on a quiet
+machine: the times are wall-clock times.  Above 10M tracks the sample is made in
+10M-track parts of seeds 7, 8, ... joined in one file (make_sample below).
 """
 import argparse
 import os
@@ -27,6 +29,7 @@ from bench.bench_training import run_measured
 
 TREE = "kalman_validator/kalman_ip_tree"
 NOTES = ("read ", "scored ", "bare ", "dataset ", "search done", "wrote ")
+SAMPLE_PART = 10_000_000  # tracks per make_sample.py run: larger samples are joined
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -52,10 +55,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     py = sys.executable
-    sample = os.path.join(args.cache, f"matching_{args.tracks}.root")
-    if not os.path.exists(sample):
-        subprocess.run([py, "make_sample.py", "-o", sample, "--tracks", str(args.tracks),
-                        "--track", "matching", "--seed", "7"], cwd=ROOT_DIR, check=True)
+    sample = make_sample(args.cache, args.tracks)
     ds = os.path.join(args.cache, f"ds_{args.tracks}")
     models = os.path.join(args.cache, f"model_{args.tracks}")
     model = os.path.join(models, "ghost_model.onnx")
@@ -88,18 +88,44 @@ def main():
                                        os.path.join(args.cache, "plots_files"), "--address"]))
     print(f"{os.cpu_count()} CPUs, {args.tracks:,} tracks, load average "
           f"{os.getloadavg()[0]:.2f} before")
-    rows, floor = [], None
+    floor = None
     for name, cmd in steps:
-        wall, pss, rss, output = measure(cmd, os.path.join(args.cache,
-                                                           f"{name.replace(' ', '_')}.log"))
-        floor = floor or wall
+        load = os.getloadavg()[0]
+        wall, pss, rss, output = measure(cmd, os.path.join(
+            args.cache, f"{name.replace(' ', '_').replace(',', '')}_{args.tracks}.log"))
+        floor = floor or (wall, pss)
         notes = [ln.strip() for ln in output.splitlines() if ln.startswith(NOTES)][:3]
-        rows.append((name, wall, pss, rss, notes))
-        print(f"{name:13s} {wall:8.1f} s  {wall / floor:5.2f}x bare read  peak PSS "
-              f"{pss / 2**30:5.2f} GB  RSS {rss / 2**30:5.2f} GB", flush=True)
+        print(f"{name:13s} {wall:8.1f} s  {wall / floor[0]:5.2f}x bare read  peak PSS "
+              f"{pss / 2**30:5.2f} GB ({pss / floor[1]:4.2f}x)  RSS {rss / 2**30:5.2f} GB  "
+              f"load average {load:.2f} before", flush=True)
         for ln in notes:
             print(f"{'':15s}{ln[:110]}")
     print(f"load average {os.getloadavg()[0]:.2f} after")
+
+
+def make_sample(cache, tracks):
+    """The --tracks sample (made once): make_sample.py's, seed 7; above SAMPLE_PART
+    tracks (make_sample.py holds about 540 bytes a track: 5.2 GB at 10M), parts of
+    SAMPLE_PART tracks, seeds 7, 8, ... (the first is the SAMPLE_PART sample itself),
+    made once each and joined one after another in one file by ROOT's TFileMerger,
+    which copies the compressed baskets as they are."""
+    sample = os.path.join(cache, f"matching_{tracks}.root")
+    sizes = [min(SAMPLE_PART, tracks - i) for i in range(0, tracks, SAMPLE_PART)]
+    parts = [(os.path.join(cache, f"matching_{n}" + (f"_seed{7 + i}" if i else "") + ".root"),
+              n, 7 + i) for i, n in enumerate(sizes)]
+    for path, n, seed in parts if not os.path.exists(sample) else []:
+        if not os.path.exists(path):
+            subprocess.run([sys.executable, "make_sample.py", "-o", path, "--tracks", str(n),
+                            "--track", "matching", "--seed", str(seed)], cwd=ROOT_DIR,
+                           check=True)
+    if not os.path.exists(sample):
+        code = ("import ROOT\nm = ROOT.TFileMerger(False)\n"
+                f"assert m.OutputFile({sample + '.tmp'!r}, 'RECREATE', 501)\n"  # ZSTD 1
+                f"for f in {[p for p, _, _ in parts]!r}:\n    assert m.AddFile(f)\n"
+                "assert m.Merge()\n")
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT_DIR, check=True)
+        os.replace(sample + ".tmp", sample)
+    return sample
 
 
 def split_sample(sample, folder, n):

@@ -106,11 +106,14 @@ def test_several_files_give_their_concatenation(quick_models, parts, tmp_path, c
     f.Close()
 
 
-def test_streams_of_each_file_join_into_the_stream_of_all(quick_models, parts, monkeypatch):
+@pytest.mark.parametrize("total", [False, True], ids=["concatenated", "copied-as-they-come"])
+def test_streams_of_each_file_join_into_the_stream_of_all(quick_models, parts, monkeypatch,
+                                                          total):
     """The tasks' work without Ray: each file scored by many_files.score_file (with
     the model's bytes shipped), the parts joined in order, equal the stream of all
     files read at once, the first tracks' features cut across the files (40 rows of
-    results.root's trees, the first 7,000 finite tracks: more than one file holds)."""
+    results.root's trees, the first 7,000 finite tracks: more than one file holds);
+    joined at the end, or (given the total, as --address does) copied as they come."""
     files, _ = parts
     monkeypatch.setattr(streaming, "TREE_ROWS", 40)
     monkeypatch.setattr(inputs, "TREE_ROWS", 40)
@@ -131,8 +134,8 @@ def test_streams_of_each_file_join_into_the_stream_of_all(quick_models, parts, m
     monkeypatch.setattr(many_files, "TREE_ROWS", 40)
     starts = [0, SIZES[0], SIZES[0] + SIZES[1]]
     joined = streaming.Stream(model, settings.features, [scorer.scoring_pass()], 7000)
-    joined.join(many_files.score_file(path, job, start, sum(SIZES))
-                for path, start in zip(files, starts))
+    joined.join((many_files.score_file(path, job, start, sum(SIZES))
+                 for path, start in zip(files, starts)), sum(SIZES) if total else None)
     mine, theirs = whole.part(), joined.part()
     assert len(theirs["head"]) == 40 and len(theirs["first"]) == 7000
     assert theirs["rows"][-1] > SIZES[0]  # the first file's finite tracks and the second's
