@@ -11,7 +11,6 @@ inputs.TREE_ROWS tracks' features (results.root's trees), the first finite track
 track and of its input.
 """
 import ctypes
-import ctypes.util
 import math
 import warnings
 from dataclasses import dataclass
@@ -94,7 +93,7 @@ def release_free_memory():
     their pages in the heap once freed (about 80 MB after a read), which the peak
     that follows would count again; no value changes."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)  # this process's own symbols: libc's among them
     except (OSError, AttributeError):
         pass
 
