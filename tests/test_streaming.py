@@ -155,3 +155,27 @@ def test_an_error_in_a_chunk_ends_the_read_with_that_error(matching_file):
     stream_root([matching_file], DEFAULT_TREE, MATCHING, 8000,
                 lambda first, total, columns: seen.append((first, len(columns[rootio.MATRIX]))))
     assert seen == [(0, 8000), (8000, 8000), (16000, 4000)]
+
+
+def test_free_memory_is_handed_back_where_libc_can_and_nothing_happens_elsewhere(monkeypatch):
+    """release_free_memory calls glibc's malloc_trim(0) once; a C library without it
+    (or none found) is no error."""
+    import ctypes
+    calls = []
+
+    class Glibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+            return 1
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Glibc())
+    assert streaming.release_free_memory() is None and calls == [0]
+
+    class Other:  # no malloc_trim (macOS's libc)
+        pass
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Other())
+    assert streaming.release_free_memory() is None
+
+    def missing(name):
+        raise OSError("no C library")
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert streaming.release_free_memory() is None
