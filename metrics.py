@@ -139,9 +139,8 @@ class Roc:
 
     def __init__(self, ss):
         self.s, self.y, self.n_g, self.n_r = ss.scores, ss.labels, len(ss.ghosts), len(ss.reals)
-        points = ROC_POINTS // 20
-        self.grids = (np.linspace(0.0, 1.0, points), np.geomspace(1e-6, 1, points))
-        self.found, self.small, self.d = np.zeros(3 * points, dtype=np.intp), [], 0
+        self.grids = roc_grids(ROC_POINTS // 20)  # downsample_roc's, as Roc.kept keeps it
+        self.found, self.small, self.d = np.zeros(3 * ROC_POINTS // 20, dtype=np.intp), [], 0
         final = self.rates(np.array([self.n_r]), np.array([self.n_g]))  # t = -inf
         self._search(*final)
         j = final[1] - final[0]
@@ -173,8 +172,8 @@ class Roc:
         for a in range(0, len(s), BLOCK):
             b = min(a + BLOCK, len(s))
             last = np.ones(b - a, dtype=bool)  # the last of each run of equal scores
-            np.not_equal(s[a + 1:b + 1], s[a:b][:len(s[a + 1:b + 1])],
-                         out=last[:len(s[a + 1:b + 1])])
+            after = s[a + 1:b + 1]  # each score's next (none after the very last)
+            np.not_equal(after, s[a:a + len(after)], out=last[:len(after)])
             ghosts_le = np.cumsum(y[a:b], dtype=np.int64)
             ghosts_le += ghosts
             ghosts = int(ghosts_le[-1])
@@ -221,15 +220,19 @@ class Roc:
 ROC_POINTS = 100_000  # a longer ROC is kept downsampled (downsample_roc)
 
 
+def roc_grids(points):
+    """downsample_roc's and Roc's rates: `points` in [0, 1] (fpr, tpr), on a log scale (fpr)."""
+    return np.linspace(0.0, 1.0, points), np.geomspace(1e-6, 1, points)
+
+
 def downsample_roc(fpr, tpr, points=2000):
     """Indices of a few thousand ROC points, dense where either rate changes, and at
     the low-fpr end on a log scale."""
     if len(fpr) <= 2 * points:
         return np.arange(len(fpr))
-    grid = np.linspace(0.0, 1.0, points)
+    grid, logs = roc_grids(points)
     idx = np.concatenate([np.searchsorted(fpr, grid), np.searchsorted(tpr, grid),
-                          np.searchsorted(fpr, np.geomspace(1e-6, 1, points)),
-                          [0, len(fpr) - 1]])
+                          np.searchsorted(fpr, logs), [0, len(fpr) - 1]])
     return np.unique(np.clip(idx, 0, len(fpr) - 1))
 
 
