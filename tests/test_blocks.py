@@ -53,11 +53,22 @@ def _analysis(scores, labels):
                          curve.fpr, curve.tpr, curve.auc))
 
 
-@pytest.mark.parametrize("n,ties", [(1000, False), (150_000, False), (150_000, True)])
-def test_any_block_gives_the_whole_arrays_numbers(monkeypatch, n, ties):
+@pytest.mark.parametrize("n,ties,roc_points,blocks", [
+    (1000, False, None, (1, 7, 4096, 65_537)),  # every ROC point kept
+    (1000, False, 200, (1, 7, 4096, 65_537)),   # downsampled (Roc.kept), a block a track
+    (1000, True, 200, (1, 7, 4096, 65_537)),    # the same with runs of equal scores
+    (150_000, False, None, (7, 4096, 65_537)),  # downsampled at the real ROC_POINTS
+    (150_000, True, None, (7, 4096, 65_537)),
+])
+def test_any_block_gives_the_whole_arrays_numbers(monkeypatch, n, ties, roc_points, blocks):
+    """Blocks of one track are checked on 1000 tracks, with the ROC downsampled by a
+    small ROC_POINTS: at 150,000 they would be 150,000 Python-level steps a pass
+    (a minute of the suite) for what blocks of 7 already cross."""
+    if roc_points:
+        monkeypatch.setattr(metrics, "ROC_POINTS", roc_points)
     scores, labels = _sample(n, n, ties)
     whole = _analysis(scores, labels)
-    for block in (1, 7, 4096, 65_537):
+    for block in blocks:
         monkeypatch.setattr(metrics, "BLOCK", block)
         monkeypatch.setattr(kinematics, "BLOCK", block)
         assert _analysis(scores, labels) == whole, block
