@@ -43,7 +43,8 @@ class DerivedLayer(nn.Module):
 
     def forward(self, x):
         ops = ArrayOps(torch, lambda name: x[:, self.index[name]], x.new_tensor)
-        columns = [walk(tree, ops).expand(x.shape[0]).unsqueeze(1) for tree in self.trees]
+        columns = [walk(tree, ops) for tree in self.trees]  # a constant one: a scalar
+        columns = [(c if c.dim() else c.expand(x.shape[0])).unsqueeze(1) for c in columns]
         return torch.cat([x, *columns], dim=1)
 
 

@@ -73,6 +73,10 @@ def test_onnx_matches_torch_and_describes_itself(trained_model, raw_dataset):
     assert [o.name for o in proto.graph.output] == ["probabilities"]
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[1].dim_value == 13
+    # the README's opset and IR; a graph of arithmetic only, no shape computation
+    assert ([(o.domain, o.version) for o in proto.opset_import], proto.ir_version) == (
+        [("", 20)], 9)
+    assert not {n.op_type for n in proto.graph.node} & {"Shape", "Expand", "Reshape"}
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["track"] == "matching" and props["network"] == "1"
     assert props["features"].split(",") == config["features"]
@@ -97,6 +101,9 @@ def test_int8_artifacts_load_and_run(trained_model, raw_dataset):
     proto = onnx.load(str(trained / "ghost_model_int8.onnx"))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert not ops & {"Shape", "Expand", "Reshape"}
+    assert ([(o.domain, o.version) for o in proto.opset_import], proto.ir_version) == (
+        [("", 17)], 8)  # the README's
     got = ort.InferenceSession(str(trained / "ghost_model_int8.onnx")).run(
         None, {"features": x})[0]
     config = load_config(str(trained / "ghost_model_int8_config.pkl"))
