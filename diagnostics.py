@@ -24,15 +24,26 @@ def permutation_ranking(score, data, labels, names, seed=42):
     return reference, rows
 
 
+def average_ranks(x):
+    """Ranks 1..n of a 1-d array, equal values given their average rank: what
+    scipy.stats.rankdata gives, bit for bit, without its import (0.9 s a run)."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])  # each run, then n
+    counts = np.diff(starts)
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(starts[:-1] + (counts + 1) / 2, counts)
+    return ranks
+
+
 def correlations(data, labels):
     """Spearman (rank) correlation matrices of the features, for ghosts and for real
     tracks: robust to the heavy tails, the same before and after any monotonic
     transform.  {"ghost": [f, f], "real": [f, f]}."""
-    from scipy.stats import rankdata
     out = {}
     for name, want in (("ghost", True), ("real", False)):
         x = data[labels == want]
-        ranks = np.column_stack([rankdata(x[:, j]) for j in range(x.shape[1])])
+        ranks = np.column_stack([average_ranks(x[:, j]) for j in range(x.shape[1])])
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = np.nan_to_num(np.corrcoef(ranks, rowvar=False))
     return out

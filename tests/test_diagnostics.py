@@ -1,4 +1,5 @@
-"""diagnostics.py: what a trained classifier has learned (permutation ranking)."""
+"""diagnostics.py: what a trained classifier has learned (permutation ranking), and
+the rank correlations' ranks."""
 import numpy as np
 
 from diagnostics import permutation_ranking
@@ -25,3 +26,17 @@ def test_ranking_csv_quotes_a_derived_input_holding_a_comma():
     parsed = list(csv.reader(ranking_csv(rows).splitlines()))
     assert parsed[1] == ["1", "kick := residual(pr_match_dtx, qop)", "0.1", "0.2"]
     assert parsed[2][1] == "chi2" and ranking_csv(rows).splitlines()[2].startswith("2,chi2,")
+
+
+def test_average_ranks_are_scipys_rankdata_bit_for_bit():
+    from scipy.stats import rankdata
+
+    from diagnostics import average_ranks
+    rng = np.random.default_rng(4)
+    for x in (rng.normal(size=1000).astype(np.float32),
+              rng.integers(0, 7, 1000).astype(np.float32),  # long runs of ties
+              np.array([3.0, -0.0, 0.0, 1e-45, 3.0], dtype=np.float32),  # -0.0 == 0.0
+              np.array([5.0]), np.array([])):
+        want = rankdata(x)
+        got = average_ranks(x)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), x
