@@ -36,6 +36,7 @@ def test_average_ranks_are_scipys_rankdata_bit_for_bit():
     for x in (rng.normal(size=1000).astype(np.float32),
               rng.integers(0, 7, 1000).astype(np.float32),  # long runs of ties
               np.array([3.0, -0.0, 0.0, 1e-45, 3.0], dtype=np.float32),  # -0.0 == 0.0
+              np.array([1.0, np.nan, 0.0, np.inf, -np.inf]),  # NaN: all NaN
               np.array([5.0]), np.array([])):
         want = rankdata(x)
         got = average_ranks(x)
