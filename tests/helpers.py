@@ -38,14 +38,12 @@ SEARCH = ["-n", "2", "--epochs", "2", "--batch", "512", "--cpu", "1", "--seed", 
 
 def run_script(script, *args, cwd=None, timeout=600):
     """Run one of the toolkit's scripts as a user would: its exit code, stdout and
-    stderr as a CompletedProcess.  training.py (Ray, signals) runs as a new process;
-    the others run main() through cli.run_cli, as their `__main__` does, in a child
-    forked from a warm process (faultlib.ForkServer: the imports and ROOT's compiler
-    are paid once per test run, not once per run)."""
+    stderr as a CompletedProcess: main() through cli.run_cli, as the script's
+    `__main__` does, in a child forked from a warm process (faultlib.ForkServer: the
+    imports and ROOT's compiler are paid once per test run, not once per run; a
+    training.py child starts its own Ray as a new process would).  The tests of
+    signals and of the interpreter's own exit start real processes instead."""
     argv = [str(a) for a in args]
-    if script == "training.py":
-        return subprocess.run([sys.executable, os.path.join(ROOT_DIR, script), *argv],
-                              capture_output=True, text=True, cwd=cwd, timeout=timeout)
     server = fork_server()
     result = server.run(script.removesuffix(".py"), argv, os.path.dirname(server.log_path),
                         timeout, cwd=cwd)
