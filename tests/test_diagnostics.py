@@ -35,6 +35,9 @@ def test_average_ranks_are_scipys_rankdata_bit_for_bit():
     rng = np.random.default_rng(4)
     for x in (rng.normal(size=1000).astype(np.float32),
               rng.integers(0, 7, 1000).astype(np.float32),  # long runs of ties
+              # long inputs with many ties
+              rng.integers(0, 50, 200_000).astype(np.float32),
+              rng.normal(size=200_000).round(2),
               np.array([3.0, -0.0, 0.0, 1e-45, 3.0], dtype=np.float32),  # -0.0 == 0.0
               np.array([1.0, np.nan, 0.0, np.inf, -np.inf]),  # NaN: all NaN
               np.array([5.0]), np.array([])):
