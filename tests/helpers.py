@@ -40,7 +40,7 @@ def run_script(script, *args, cwd=None, timeout=600):
     """Run one of the toolkit's scripts as a user would: its exit code, stdout and
     stderr as a CompletedProcess: main() through cli.run_cli, as the script's
     `__main__` does, in a child forked from a warm process (faultlib.ForkServer: the
-    imports and ROOT's compiler are paid once per test run, not once per run; a
+    imports and ROOT's compiler are paid once per pytest worker, not once per run; a
     training.py child starts its own Ray as a new process would).  The tests of
     signals and of the interpreter's own exit start real processes instead."""
     argv = [str(a) for a in args]
