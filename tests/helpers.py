@@ -2,7 +2,6 @@
 as a user would (from a warm fork server), the one-line error check, sample files,
 what is made once per test run, the searches and briefly trained models, Ray clusters
 and processes, compiling a C++ header."""
-import atexit
 import glob
 import os
 import pickle
@@ -18,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from forkserver import SOCKET, ForkServer
 
-from faultlib import ForkServer
 from features import DERIVED
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,32 +38,40 @@ SEARCH = ["-n", "2", "--epochs", "2", "--batch", "512", "--cpu", "1", "--seed", 
 def run_script(script, *args, cwd=None, timeout=600):
     """Run one of the toolkit's scripts as a user would: its exit code, stdout and
     stderr as a CompletedProcess: main() through cli.run_cli, as the script's
-    `__main__` does, in a child forked from a warm process (faultlib.ForkServer: the
-    imports and ROOT's compiler are paid once per pytest worker, not once per run; a
-    training.py child starts its own Ray as a new process would).  The tests of
-    signals and of the interpreter's own exit start real processes instead."""
+    `__main__` does, in a child forked from a warm process (forkserver.ForkServer: the
+    imports and ROOT's compiler are paid once per test run, not once per run of a
+    script; a training.py child starts its own Ray as a new process would).  The
+    tests of signals and of the interpreter's own exit start real processes instead."""
     argv = [str(a) for a in args]
     server = fork_server()
-    result = server.run(script.removesuffix(".py"), argv, os.path.dirname(server.log_path),
-                        timeout, cwd=cwd)
+    result = server.run(script.removesuffix(".py"), argv, server.folder, timeout, cwd=cwd)
     if result.rc is None:
         raise subprocess.TimeoutExpired([script, *argv], timeout, result.stdout, result.stderr)
     return subprocess.CompletedProcess([script, *argv], result.rc, result.stdout,
                                        result.stderr)
 
 
-_FORKS = []  # this process's fork server, started on first use
+_FORKS = []  # the run's fork server, found or started on first use
 
 
 def fork_server():
-    """This process's faultlib.ForkServer (in a folder of its own, closed at exit),
-    its ROOT compiler warmed on a small sample."""
+    """The test run's forkserver.ForkServer, one for all pytest-xdist workers: the
+    first that needs it starts it (behind a file lock) in a folder named after the
+    run's process, which the server removes when the run ends; its ROOT compiler is
+    warmed on a small sample of its own."""
     if not _FORKS:
-        folder = tempfile.mkdtemp(prefix="ghost_tracks_forks_")
-        server = ForkServer(os.path.join(folder, "server.log"),
-                            warm_root=os.path.join(folder, "warm.root"))
-        atexit.register(shutil.rmtree, folder, True)
-        atexit.register(server.close)
+        from filelock import FileLock
+        owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+        folder = os.path.join(tempfile.gettempdir(), f"ghost_tracks_forks_{owner}")
+        os.makedirs(folder, exist_ok=True)
+        with FileLock(os.path.join(folder, "start.lock")):
+            server = ForkServer(os.path.join(folder, SOCKET))
+            try:
+                server.connect().close()  # a server of this run is listening
+            except OSError:
+                if os.path.exists(server.socket_path):  # left by a server that died
+                    os.remove(server.socket_path)
+                server = ForkServer.start(folder, owner, os.path.join(folder, "warm.root"))
         _FORKS.append(server)
     return _FORKS[0]
 

@@ -12,7 +12,7 @@ no temporary, no folder.
     .onnx models       inference.py --model X.onnx
 
 The cases (fault_inputs.py, fault_models.py) run in forked children of a fork server
-(faultlib.ForkServer): the imports are paid once; a handful run as real subprocesses
+(forkserver.ForkServer): the imports are paid once; a handful run as real subprocesses
 too (test_real_exit_path).
 """
 import os

@@ -224,19 +224,17 @@ def test_files_as_ray_tasks_on_a_cluster(quick_models, parts, tmp_path):
     --ranking and --cross-check (the first finite tracks across files) scored as
     Ray tasks gives what one process gives, friend files included."""
     files, whole = parts
-    port, env = start_ray_cluster(cpus=2)
+    port, _ = start_ray_cluster(cpus=2)
     glob = os.path.join(os.path.dirname(files[0]), "part*.root")
     common = ["-f", glob, "--model", quick_models["net1"], "--batch", "1000", "--no-plots",
               "--compare", quick_models["int8"], "--ranking", "--cross-check"]
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     for folder in (local, cluster):
         folder.mkdir()
-    try:  # the cluster's driver as a process of its own, the local run in this one
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT_DIR, "inference.py"), *map(str, common),
-             "--output", cluster / "p.npy", "--plots-dir", cluster / "plots",
-             "--output-dir", cluster / "friends", "--address", f"127.0.0.1:{port}"],
-            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT_DIR)
+    try:  # the cluster's driver as a script run of its own, the local run in this process
+        proc = run_script("inference.py", *common, "--output", cluster / "p.npy",
+                          "--plots-dir", cluster / "plots", "--output-dir", cluster / "friends",
+                          "--address", f"127.0.0.1:{port}", cwd=ROOT_DIR)
     finally:
         stop_ray_cluster(port)
     assert proc.returncode == 0, proc.stderr[-3000:]

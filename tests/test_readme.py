@@ -21,9 +21,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import forkserver
 import pytest
 
-from helpers import CXX, ROOT_DIR
+from helpers import CXX, ROOT_DIR, fork_server
 
 README = Path(ROOT_DIR) / "README.md"
 NVCC = shutil.which("nvcc")
@@ -165,8 +166,13 @@ def readme_session(tmp_path_factory, matching_file):
         (work / script.name).symlink_to(script)
     (data / "Data.root").symlink_to(matching_file)
     (work / "FILE.root").symlink_to("sample.root")  # made by the make_sample.py block
+    # `python`: a toolkit script or code on stdin runs in a child of the warm fork
+    # server (helpers.fork_server), with the block's streams, folder and environment;
+    # anything else is the real interpreter
+    server, real = fork_server(), shlex.quote(sys.executable)
     python = bin_dir / "python"
-    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.write_text(f'#!/bin/sh\nexec {real} -S {shlex.quote(forkserver.__file__)} python '
+                      f'{shlex.quote(server.socket_path)} {real} "$@"\n')
     python.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     results = {block.id: run_block(block, work, env, str(python)) for block in RUN}
