@@ -39,17 +39,24 @@ class Result:
         return [ln for ln in self.stderr.splitlines() if ln.startswith("error:")]
 
 
-def run_forked(main, argv, workdir, timeout=120, setup=None, cwd=None, argv0=None):
-    """cli.run_cli(main, argv) in a forked child, its stdout and stderr (fd 1 and
-    2, so C++ output too) in files under `workdir`: a Result.  `setup`, if given,
-    runs in the child first; `cwd`: the child's working folder; `argv0`: its
-    sys.argv[0] (the script, as argparse names it).  A child that outlives
-    `timeout` is killed with its process group."""
+def run_forked(main, argv, workdir, timeout=120, setup=None, cwd=None, argv0=None,
+               stdin=None, env=None):
+    """cli.run_cli(main, argv) in a forked child (main None: the code on its stdin),
+    its stdout and stderr (fd 1 and 2, so C++ output too) in files under `workdir`:
+    a Result.  `setup`, if given, runs in the child first; `cwd`: the child's
+    working folder; `argv0`: its sys.argv[0] (the script, as argparse names it);
+    `stdin`: the text on its stdin (none by default); `env`: its environment.  A
+    child that outlives `timeout` is killed with its process group."""
     paths = [os.path.join(workdir, f".fault_{os.getpid()}_{name}")
-             for name in ("stdout", "stderr")]
-    streams = [os.open(os.devnull, os.O_RDONLY)]  # stdin: not the server's requests
-    streams += [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for path in paths]
-    rc = _wait(_fork(main, argv, streams, setup, cwd, argv0), timeout)
+             for name in ("stdin", "stdout", "stderr")]
+    with open(paths[0], "w") as f:
+        f.write(stdin or "")
+    streams = [os.open(paths[0], os.O_RDONLY)]  # not the server's requests
+    streams += [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                for path in paths[1:]]
+    os.remove(paths[0])
+    paths = paths[1:]
+    rc = _wait(_fork(main, argv, streams, setup, cwd, argv0, env), timeout)
     texts = []
     for path in paths:
         with open(path, errors="replace") as f:
@@ -182,11 +189,14 @@ class ForkServer:
             raise
         return conn
 
-    def run(self, script, argv, workdir, timeout=120, setup=None, cwd=None):
-        """Run `script`'s main(argv) in a forked child (see run_forked): a Result."""
+    def run(self, script, argv, workdir, timeout=120, setup=None, cwd=None, stdin=None,
+            env=None):
+        """Run `script`'s main(argv) in a forked child (script "-": the code `stdin`,
+        as `python -` runs it; see run_forked): a Result."""
         request = {"script": script, "argv": [str(a) for a in argv], "workdir": str(workdir),
                    "timeout": timeout, "setup": setup, "cwd": cwd and str(cwd),
-                   "argv0": os.path.join(ROOT_DIR, f"{script}.py")}
+                   "argv0": "-" if script == "-" else os.path.join(ROOT_DIR, f"{script}.py"),
+                   "stdin": stdin, "env": env}
         with self.connect() as conn:
             conn.sendall(json.dumps(request).encode() + b"\n")
             return Result(**json.loads(_line(conn)))
@@ -305,7 +315,8 @@ def _handle(conn, modules):
         else:
             reply = asdict(run_forked(main, request["argv"], request["workdir"],
                                       request["timeout"], SETUPS.get(request["setup"]),
-                                      request["cwd"], request["argv0"]))
+                                      request["cwd"], request["argv0"], request["stdin"],
+                                      request["env"]))
         conn.sendall(json.dumps(reply).encode() + b"\n")
     except BaseException:
         traceback.print_exc()

@@ -42,9 +42,19 @@ def run_script(script, *args, cwd=None, timeout=600):
     imports and ROOT's compiler are paid once per test run, not once per run of a
     script; a training.py child starts its own Ray as a new process would).  The
     tests of signals and of the interpreter's own exit start real processes instead."""
+    return _forked(script.removesuffix(".py"), args, cwd, timeout)
+
+
+def run_code(code, *args, cwd=None, timeout=600, env=None):
+    """`python - ARGS` with `code` on stdin, as a child of the warm fork server (see
+    run_script): a CompletedProcess."""
+    return _forked("-", args, cwd, timeout, stdin=code, env=env)
+
+
+def _forked(script, args, cwd, timeout, **kw):
     argv = [str(a) for a in args]
     server = fork_server()
-    result = server.run(script.removesuffix(".py"), argv, server.folder, timeout, cwd=cwd)
+    result = server.run(script, argv, server.folder, timeout, cwd=cwd, **kw)
     if result.rc is None:
         raise subprocess.TimeoutExpired([script, *argv], timeout, result.stdout, result.stderr)
     return subprocess.CompletedProcess([script, *argv], result.rc, result.stdout,

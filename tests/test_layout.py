@@ -6,10 +6,8 @@ import ast
 import glob
 import json
 import os
-import subprocess
-import sys
 
-from helpers import RAY_FIXTURES, ROOT_DIR
+from helpers import RAY_FIXTURES, ROOT_DIR, run_code
 
 # Wings from the bottom up: a module imports only from its own wing or those below.
 WINGS = [
@@ -132,11 +130,13 @@ def test_the_quick_loop_starts_no_search(tmp_path):
     what it lists, and every test with its markers (the `ray` marker as conftest
     leaves it) and fixtures, as -m selected or deselected it."""
     (tmp_path / "ghost_collector.py").write_text(_COLLECTOR)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}"
-           f"{os.environ.get('PYTHONPATH', '')}", "GHOST_COLLECTED": str(tmp_path / "all.json")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
-                           "--collect-only", "-p", "ghost_collector", "-m", "not ray", "tests"],
-                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=300, env=env)
+    env = {**os.environ, "GHOST_COLLECTED": str(tmp_path / "all.json")}
+    # `python -m pytest ...`, as a child of the warm fork server (its imports paid)
+    pytest_main = f"import sys, pytest\nsys.path.insert(0, {str(tmp_path)!r})\n" \
+                  "sys.exit(pytest.main(sys.argv[1:]))\n"
+    proc = run_code(pytest_main, "-q", "-p", "no:xdist", "--collect-only", "-p",
+                    "ghost_collector", "-m", "not ray", "tests", cwd=ROOT_DIR, timeout=300,
+                    env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     quick = {line for line in proc.stdout.splitlines() if "::" in line}
     seen = json.loads((tmp_path / "all.json").read_text())

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +16,7 @@ from features import DERIVED
 from helpers import (
     ROOT_DIR,
     assert_clean_error,
+    run_code,
     run_script,
     search,
     start_ray_cluster,
@@ -177,9 +177,7 @@ cli.run_cli(training.main, sys.argv[1:])
 
 
 def _run_with_failing_trials(error, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT_DIR}
-    return subprocess.run([sys.executable, "-c", FAILING.format(error=error), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=ROOT_DIR, timeout=600)
+    return run_code(FAILING.format(error=error), *args, cwd=ROOT_DIR)
 
 
 def _trial_lines(proc, n):
