@@ -176,8 +176,8 @@ class ForkServer:
             ready = proc.stdout.readline() == "ready\n"
         if not ready:
             proc.wait()
-            with open(os.path.join(folder, "server.log")) as f:
-                raise RuntimeError(f"the fork server ended: {f.read()[-3000:]}")
+        with open(os.path.join(folder, "server.log")) as f:
+            assert ready, f"the fork server ended: {f.read()[-3000:]}"
         return cls(os.path.join(folder, SOCKET))
 
     def connect(self):
