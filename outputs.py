@@ -44,10 +44,11 @@ def check_writable_folder(folder, what="output folder"):
     if not os.path.isdir(folder):
         raise GhostError(f"{what} {folder} does not exist")
     try:
-        with signals_held():  # a signal meanwhile would leave the probe behind
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".ghost_probe")
-            os.close(fd)
-            os.remove(probe)
+        # a file without a name where the filesystem allows it (Linux's O_TMPFILE): a
+        # signal cannot leave it behind, even one that another thread receives
+        # (signals_held blocks them in this thread only)
+        with signals_held(), tempfile.TemporaryFile(dir=folder, prefix=".ghost_probe"):
+            pass
     except OSError as e:
         raise GhostError(f"{what} {folder} is not writable ({e.strerror or e})")
     return folder

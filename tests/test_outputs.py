@@ -240,18 +240,46 @@ import os, signal, sys, tempfile
 sys.path.insert(0, {root!r})
 from outputs import check_writable_folder
 from cli import run_cli
-real = tempfile.mkstemp
+real = tempfile.TemporaryFile
 def signalled(*args, **kw):  # the signal lands between the probe's creation and removal
     made = real(*args, **kw)
     os.kill(os.getpid(), signal.SIGTERM)
     return made
-tempfile.mkstemp = signalled
+tempfile.TemporaryFile = signalled
 def main(argv):
     check_writable_folder("out")
     print("checked")
     return 0
 run_cli(main)
 """
+
+
+THREADED = """
+import os, signal, sys, threading, time
+sys.path.insert(0, {root!r})
+from outputs import check_writable_folder
+from cli import run_cli
+def send():  # from another thread, which receives it: the main thread's hold is no help
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+def main(argv):
+    threading.Thread(target=send, daemon=True).start()
+    while True:
+        check_writable_folder("out")
+run_cli(main)
+"""
+
+
+def test_a_signal_from_another_thread_during_the_probes_leaves_no_probe(tmp_path):
+    """Seen again under load (training.py's SIGTERM test, at "writing the model
+    files"): a signal received by another thread while the main thread held them
+    back still stopped the run inside the probe, and `.ghost_probe*` stayed.  Probing
+    without pause until a thread's SIGTERM ends the run leaves nothing."""
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run([sys.executable, "-c", THREADED.format(root=ROOT_DIR)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert os.listdir(tmp_path / "out") == []
 
 
 def test_a_signal_during_the_writability_probe_leaves_no_probe(tmp_path):
