@@ -48,14 +48,16 @@ def run_forked(main, argv, workdir, timeout=120, setup=None, cwd=None, argv0=Non
     `stdin`: the text on its stdin (none by default); `env`: its environment.  A
     child that outlives `timeout` is killed with its process group."""
     paths = [os.path.join(workdir, f".fault_{os.getpid()}_{name}")
-             for name in ("stdin", "stdout", "stderr")]
-    with open(paths[0], "w") as f:
-        f.write(stdin or "")
-    streams = [os.open(paths[0], os.O_RDONLY)]  # not the server's requests
-    streams += [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                for path in paths[1:]]
-    os.remove(paths[0])
-    paths = paths[1:]
+             for name in ("stdout", "stderr")]
+    if stdin is None:
+        streams = [os.open(os.devnull, os.O_RDONLY)]  # not the server's requests
+    else:  # a file opened, then removed: the child reads it to its end
+        text = os.path.join(workdir, f".fault_{os.getpid()}_stdin")
+        with open(text, "w") as f:
+            f.write(stdin)
+        streams = [os.open(text, os.O_RDONLY)]
+        os.remove(text)
+    streams += [os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for path in paths]
     rc = _wait(_fork(main, argv, streams, setup, cwd, argv0, env), timeout)
     texts = []
     for path in paths:
